@@ -1,0 +1,53 @@
+"""Server settings, built once (from the CLI or a test) and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATA = Path("data")
+DEFAULT_WORKSPACE = "default"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on every request, so no single call can exhaust the server."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_batch_items: int = 10_000
+    max_tree_depth: int = 12
+    max_tree_nodes: int = 200
+    max_string_length: int = 4096
+    max_attributes_per_person: int = 500
+    max_tags_per_person: int = 1000
+    max_devices_per_person: int = 100
+    max_csv_bytes: int = 4 * 1024 * 1024 * 1024
+    max_page_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = DEFAULT_DATA
+    listen: str = DEFAULT_LISTEN
+    # LMDB reserves this much address space; the file only grows as data is written.
+    map_size: int = 64 * 1024**3
+    # Seconds between re-checks of time-dependent segments.
+    tick_seconds: float = 60.0
+    # How long the change feed keeps entries.
+    change_retention_seconds: int = 30 * 24 * 3600
+    # How long event data is kept.
+    event_retention_seconds: int = 180 * 24 * 3600
+    # How long an audience snapshot can be resumed.
+    snapshot_retention_seconds: int = 24 * 3600
+    # Write a checkpoint after this many operations have been logged since the last one.
+    checkpoint_every_ops: int = 20_000
+    # Seconds given to calls in flight on shutdown.
+    grace_seconds: float = 10.0
+    # gRPC worker threads.
+    workers: int = 16
+    # Bearer tokens: empty means no authentication, and then only loopback listening is allowed.
+    tokens_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    limits: Limits = field(default_factory=Limits)

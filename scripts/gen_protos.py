@@ -59,8 +59,11 @@ def main() -> int:
         names = [n for n in names if n != "__pycache__"]
         _, mismatch, errors = filecmp.cmpfiles(fresh, current, names, shallow=False)
         if mismatch or errors:
-            print(f"segsvc/v1 is stale ({', '.join(mismatch + errors)}): "
-                  "run python scripts/gen_protos.py", file=sys.stderr)
+            print(
+                f"segsvc/v1 is stale ({', '.join(mismatch + errors)}): "
+                "run python scripts/gen_protos.py",
+                file=sys.stderr,
+            )
             return 1
     print("segsvc/v1 matches protos/")
     return 0

@@ -1,0 +1,98 @@
+"""Bit-sliced index (as in Pilosa and O'Neil & Quass): one bitmap per bit of an unsigned
+encoding of the value, so a range over a million people is a few dozen bitmap operations,
+never a loop over people."""
+
+from __future__ import annotations
+
+import struct
+
+from pyroaring import BitMap
+
+_DOUBLE = struct.Struct(">d")
+_U64 = struct.Struct(">Q")
+_SIGN = 1 << 63
+_MASK = (1 << 64) - 1
+
+NUMBER_BITS = 64
+# Timestamps of the years 1..9999 shifted to be non-negative fit in 39 bits.
+TIMESTAMP_OFFSET = 1 << 38
+TIMESTAMP_BITS = 39
+
+
+def encode_number(value: float) -> int:
+    """An unsigned integer that sorts like the float: flip all bits of negatives, set the sign
+    bit of non-negatives."""
+    bits: int = _U64.unpack(_DOUBLE.pack(value + 0.0))[0]
+    return (~bits & _MASK) if bits & _SIGN else bits | _SIGN
+
+
+def encode_timestamp(value: int) -> int:
+    return value + TIMESTAMP_OFFSET
+
+
+class BitSlicedIndex:
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.slices = [BitMap() for _ in range(bits)]
+        self.exists = BitMap()
+
+    def add(self, ordinal: int, code: int) -> None:
+        self.exists.add(ordinal)
+        for i in range(self.bits):
+            if code >> i & 1:
+                self.slices[i].add(ordinal)
+
+    def remove(self, ordinal: int, code: int) -> None:
+        self.exists.discard(ordinal)
+        for i in range(self.bits):
+            if code >> i & 1:
+                self.slices[i].discard(ordinal)
+
+    def add_many(self, ordinals: list[int], codes: list[int]) -> None:
+        """Bulk insert of people that have no value here yet."""
+        self.exists.update(ordinals)
+        for i in range(self.bits):
+            chosen = [o for o, c in zip(ordinals, codes, strict=True) if c >> i & 1]
+            if chosen:
+                self.slices[i].update(chosen)
+
+    def compare(self, code: int) -> tuple[BitMap, BitMap, BitMap]:
+        """(less than, equal to, greater than) `code`, among people with a value."""
+        less, greater = BitMap(), BitMap()
+        equal = BitMap(self.exists)
+        for i in reversed(range(self.bits)):
+            if not equal:
+                break
+            bit_slice = self.slices[i]
+            if code >> i & 1:
+                less |= equal - bit_slice
+                equal &= bit_slice
+            else:
+                greater |= equal & bit_slice
+                equal -= bit_slice
+        return less, equal, greater
+
+    def range(
+        self, low: int | None, low_inclusive: bool, high: int | None, high_inclusive: bool
+    ) -> BitMap:
+        result = BitMap(self.exists)
+        if low is not None:
+            _, equal, greater = self.compare(low)
+            result = greater | equal if low_inclusive else greater
+        if high is not None:
+            less, equal, _ = self.compare(high)
+            result &= less | equal if high_inclusive else less
+        return result
+
+    def equal(self, code: int) -> BitMap:
+        return self.compare(code)[1]
+
+    def serialize(self) -> list[bytes]:
+        return [self.exists.serialize(), *(s.serialize() for s in self.slices)]
+
+    @classmethod
+    def deserialize(cls, bits: int, parts: list[bytes]) -> BitSlicedIndex:
+        index = cls(bits)
+        index.exists = BitMap.deserialize(parts[0])
+        index.slices = [BitMap.deserialize(p) for p in parts[1:]]
+        return index

@@ -1,0 +1,80 @@
+"""The engine: every workspace over one store, and the ticker that moves time-dependent
+segments."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+from segsvc.config import Config
+from segsvc.engine.clock import Clock, SystemClock
+from segsvc.engine.errors import InvalidArgument
+from segsvc.engine.workspace import Workspace
+from segsvc.storage.store import Store
+
+log = logging.getLogger(__name__)
+_WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Engine:
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.store = Store(config.data_dir, config.map_size)
+        self._workspaces: dict[str, Workspace] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        with self.store.read() as txn:
+            names = [k[len(b"ws:") :].decode() for k, _ in txn.scan("meta", b"ws:")]
+        for name in names:
+            self.workspace(name)
+
+    def workspace(self, name: str) -> Workspace:
+        """The named workspace, created on first use."""
+        ws = self._workspaces.get(name)
+        if ws is not None:
+            return ws
+        if not _WORKSPACE_NAME.match(name):
+            raise InvalidArgument(
+                f"workspace name {name!r} must be 1-64 letters, digits, '_', '.' or '-'",
+                "workspace",
+            )
+        with self._lock:
+            ws = self._workspaces.get(name)
+            if ws is None:
+                with self.store.write() as txn:
+                    if txn.get("meta", b"ws:" + name.encode()) is None:
+                        txn.put("meta", b"ws:" + name.encode(), b"")
+                ws = self._workspaces[name] = Workspace(name, self.store, self.clock, self.config)
+            return ws
+
+    def workspaces(self) -> list[Workspace]:
+        return list(self._workspaces.values())
+
+    def tick(self) -> None:
+        for ws in self.workspaces():
+            try:
+                ws.tick()
+            except Exception:
+                log.exception("tick failed for workspace %s", ws.name)
+
+    def start_ticker(self) -> None:
+        def run() -> None:
+            while not self._stop.wait(self.config.tick_seconds):
+                self.tick()
+
+        self._ticker = threading.Thread(target=run, name="segsvc-ticker", daemon=True)
+        self._ticker.start()
+
+    def close(self, checkpoint: bool = True) -> None:
+        """Stops the ticker, writes a checkpoint of each workspace (fast next start) and
+        closes LMDB."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+        if checkpoint:
+            for ws in self.workspaces():
+                ws.checkpoint()
+        self.store.close()

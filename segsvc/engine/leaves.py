@@ -1,0 +1,319 @@
+"""Leaf conditions: canonical, hashable, each answered two ways that must always agree:
+`full` over the whole index (bitmap operations, used when a segment is defined and on ticks)
+and `match` for one person's record (used when that person changes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pyroaring import BitMap
+
+from segsvc.engine.bsi import encode_number, encode_timestamp
+from segsvc.engine.index import (
+    DEVICES_KEY,
+    UNIQUE_FIELDS,
+    PeopleIndex,
+    anniversary_days,
+    field_value,
+    tag_key,
+)
+from segsvc.engine.people import PersonRecord
+from segsvc.engine.values import Kind, Timestamp, Value, kind_of
+
+_BUILTIN_KINDS: dict[str, Kind] = {
+    "id": "string",
+    "email": "string",
+    "phone": "string",
+    "created_at": "timestamp",
+    "unsubscribed": "bool",
+}
+
+
+def builtin_kind(field: str | None) -> Kind | None:
+    return None if field is None else _BUILTIN_KINDS.get(field)
+
+
+def field_key(attribute: str | None, builtin: str | None) -> str:
+    return "$" + builtin if builtin is not None else "a:" + (attribute or "")
+
+
+def _encode(kind: Kind, value: Value) -> int:
+    return encode_number(float(value)) if kind == "number" else encode_timestamp(int(value))
+
+
+def _text_match(op: str, needle: str, value: str) -> bool:
+    folded = value.casefold()
+    if op == "contains":
+        return needle in folded
+    if op == "starts_with":
+        return folded.startswith(needle)
+    return folded.endswith(needle)
+
+
+@dataclass(frozen=True)
+class AttrEquals:
+    key: str
+    # Part of the identity: in Python True == 1.0, but a bool never equals a number here.
+    kind: Kind
+    value: Value
+
+    @property
+    def dep(self) -> str:
+        return self.key
+
+    time_dependent = False
+
+    def match(self, record: PersonRecord, now: int) -> bool:
+        v = field_value(record, self.key)
+        return v is not None and kind_of(v) == self.kind and v == self.value
+
+    def full(self, index: PeopleIndex, now: int) -> BitMap:
+        fi = index.field(self.key)
+        if fi is None:
+            return BitMap()
+        if self.key in UNIQUE_FIELDS:
+            values = index.unique_values(self.key)
+            return BitMap(i for i in fi.exists if values[i] == self.value)
+        if self.kind == "string":
+            assert isinstance(self.value, str)
+            return BitMap(fi.strings.get(self.value, BitMap()))
+        if self.kind == "bool":
+            return BitMap(fi.bools.get(bool(self.value), BitMap()))
+        bsi = fi.numbers if self.kind == "number" else fi.times
+        return BitMap() if bsi is None else bsi.equal(_encode(self.kind, self.value))
+
+
+@dataclass(frozen=True)
+class AttrText:
+    key: str
+    op: str  # contains, starts_with, ends_with
+    needle: str  # case-folded
+
+    @property
+    def dep(self) -> str:
+        return self.key
+
+    time_dependent = False
+
+    def match(self, record: PersonRecord, now: int) -> bool:
+        v = field_value(record, self.key)
+        return isinstance(v, str) and _text_match(self.op, self.needle, v)
+
+    def full(self, index: PeopleIndex, now: int) -> BitMap:
+        fi = index.field(self.key)
+        if fi is None:
+            return BitMap()
+        if self.key in UNIQUE_FIELDS:
+            values = index.unique_values(self.key)
+            return BitMap(
+                i for i in fi.exists if _text_match(self.op, self.needle, values[i] or "")
+            )
+        matched = [bm for v, bm in fi.strings.items() if _text_match(self.op, self.needle, v)]
+        return BitMap.union(*matched) if matched else BitMap()
+
+
+@dataclass(frozen=True)
+class AttrExists:
+    key: str
+
+    @property
+    def dep(self) -> str:
+        return self.key
+
+    time_dependent = False
+
+    def match(self, record: PersonRecord, now: int) -> bool:
+        return field_value(record, self.key) is not None
+
+    def full(self, index: PeopleIndex, now: int) -> BitMap:
+        fi = index.field(self.key)
+        return BitMap() if fi is None else BitMap(fi.exists)
+
+
+@dataclass(frozen=True)
+class AttrRange:
+    key: str
+    kind: Kind  # number or timestamp
+    low: Value | None
+    low_inclusive: bool
+    high: Value | None
+    high_inclusive: bool
+
+    @property
+    def dep(self) -> str:
+        return self.key
+
+    time_dependent = False
+
+    def match(self, record: PersonRecord, now: int) -> bool:
+        v = field_value(record, self.key)
+        if v is None or kind_of(v) != self.kind:
+            return False
+        return _in_range(v, self.low, self.low_inclusive, self.high, self.high_inclusive)
+
+    def full(self, index: PeopleIndex, now: int) -> BitMap:
+        fi = index.field(self.key)
+        bsi = None if fi is None else (fi.numbers if self.kind == "number" else fi.times)
+        if bsi is None:
+            return BitMap()
+        low = None if self.low is None else _encode(self.kind, self.low)
+        high = None if self.high is None else _encode(self.kind, self.high)
+        return bsi.range(low, self.low_inclusive, high, self.high_inclusive)
+
+
+def _in_range(v: Any, low: Any, low_inc: bool, high: Any, high_inc: bool) -> bool:
+    if low is not None and (v < low or (v == low and not low_inc)):
+        return False
+    return not (high is not None and (v > high or (v == high and not high_inc)))
+
+
+@dataclass(frozen=True)
+class AttrRelative:
+    """A timestamp within the last `seconds` (now - s <= t <= now) or more than `seconds` ago
+    (t < now - s): its answer moves with the clock."""
+
+    key: str
+    op: str  # within_last, more_than_ago
+    seconds: int
+
+    @property
+    def dep(self) -> str:
+        return self.key
+
+    time_dependent = True
+
+    def bounds(self, now: int) -> tuple[int | None, bool, int | None, bool]:
+        if self.op == "within_last":
+            return now - self.seconds, True, now, True
+        return None, False, now - self.seconds, False
+
+    def match(self, record: PersonRecord, now: int) -> bool:
+        v = field_value(record, self.key)
+        return isinstance(v, Timestamp) and _in_range(v, *self.bounds(now))
+
+    def full(self, index: PeopleIndex, now: int) -> BitMap:
+        fi = index.field(self.key)
+        if fi is None or fi.times is None:
+            return BitMap()
+        low, low_inc, high, high_inc = self.bounds(now)
+        return fi.times.range(
+            None if low is None else encode_timestamp(low),
+            low_inc,
+            None if high is None else encode_timestamp(high),
+            high_inc,
+        )
+
+
+@dataclass(frozen=True)
+class AttrAnniversary:
+    key: str
+    granularity: str  # day, month
+
+    @property
+    def dep(self) -> str:
+        return self.key
+
+    time_dependent = True
+
+    def match(self, record: PersonRecord, now: int) -> bool:
+        v = field_value(record, self.key)
+        if not isinstance(v, Timestamp):
+            return False
+        date = datetime.fromtimestamp(int(v), UTC)
+        return date.month * 100 + date.day in anniversary_days(now, self.granularity)
+
+    def full(self, index: PeopleIndex, now: int) -> BitMap:
+        fi = index.field(self.key)
+        if fi is None:
+            return BitMap()
+        parts = [
+            fi.month_days[d] for d in anniversary_days(now, self.granularity) if d in fi.month_days
+        ]
+        return BitMap.union(*parts) if parts else BitMap()
+
+
+@dataclass(frozen=True)
+class TagLeaf:
+    tag: str
+
+    @property
+    def dep(self) -> str:
+        return tag_key(self.tag)
+
+    time_dependent = False
+
+    def match(self, record: PersonRecord, now: int) -> bool:
+        return self.tag in record.tags
+
+    def full(self, index: PeopleIndex, now: int) -> BitMap:
+        return BitMap(index.tags.get(self.tag, BitMap()))
+
+
+@dataclass(frozen=True)
+class DeviceLeaf:
+    platform: str  # "" for any device
+
+    @property
+    def dep(self) -> str:
+        return DEVICES_KEY
+
+    time_dependent = False
+
+    def match(self, record: PersonRecord, now: int) -> bool:
+        if not self.platform:
+            return bool(record.devices)
+        return self.platform in record.devices.values()
+
+    def full(self, index: PeopleIndex, now: int) -> BitMap:
+        if not self.platform:
+            return BitMap(index.any_device)
+        return BitMap(index.platforms.get(self.platform, BitMap()))
+
+
+@dataclass(frozen=True)
+class SegmentLeaf:
+    """Membership of another segment: its bitmap is that segment's, kept by the segments."""
+
+    segment_id: int
+
+    @property
+    def dep(self) -> str:
+        return f"s:{self.segment_id}"
+
+    time_dependent = False
+
+
+@dataclass(frozen=True)
+class EventLeaf:
+    """Did the event `name` (with properties matching every filter) at least `min_count`
+    times in the window."""
+
+    name: str
+    filters: frozenset[Any]
+    min_count: int
+    within_last_seconds: int | None
+    start: Timestamp | None
+    end: Timestamp | None
+
+    @property
+    def dep(self) -> str:
+        return "e:" + self.name
+
+    @property
+    def time_dependent(self) -> bool:
+        return self.within_last_seconds is not None
+
+
+IndexLeaf = (
+    AttrEquals
+    | AttrText
+    | AttrExists
+    | AttrRange
+    | AttrRelative
+    | AttrAnniversary
+    | TagLeaf
+    | DeviceLeaf
+)
+Leaf = IndexLeaf | SegmentLeaf | EventLeaf

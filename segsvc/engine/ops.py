@@ -1,0 +1,147 @@
+"""Operation records: every write becomes one, with a sequence number, committed to the log
+before it is acknowledged. The in-memory state is a deterministic function of the log, so the
+same records give crash recovery (replay) and, later, replication."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from segsvc.engine import conditions
+from segsvc.engine.conditions import Node
+from segsvc.engine.people import PersonRecord
+
+
+@dataclass(frozen=True)
+class PeopleOp:
+    """Upserts and deletions: for each person the record before (None: new) and after
+    (None: deleted), so applying it needs nothing but the record itself."""
+
+    at: int
+    people: tuple[tuple[int, PersonRecord | None, PersonRecord | None], ...]
+
+
+@dataclass(frozen=True)
+class CreateSegmentOp:
+    at: int
+    segment_id: int
+    name: str
+    description: str
+    dynamic: bool
+    definition: Node | None
+
+
+@dataclass(frozen=True)
+class UpdateSegmentOp:
+    at: int
+    segment_id: int
+    name: str | None
+    description: str | None
+    definition: Node | None  # None: conditions unchanged
+
+
+@dataclass(frozen=True)
+class DeleteSegmentsOp:
+    at: int
+    segment_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ArchiveSegmentsOp:
+    at: int
+    segment_ids: tuple[int, ...]
+    archived: bool
+
+
+@dataclass(frozen=True)
+class MembersOp:
+    """Manual membership: add or remove these people; `clear` removes everyone."""
+
+    at: int
+    segment_id: int
+    add: bool
+    ordinals: tuple[int, ...]
+    clear: bool = False
+
+
+@dataclass(frozen=True)
+class TickOp:
+    """Time passed: re-evaluate the conditions that depend on the clock as of `at`."""
+
+    at: int
+
+
+Op = (
+    PeopleOp
+    | CreateSegmentOp
+    | UpdateSegmentOp
+    | DeleteSegmentsOp
+    | ArchiveSegmentsOp
+    | MembersOp
+    | TickOp
+)
+
+
+def _node(n: Node | None) -> Any:
+    return None if n is None else conditions.to_plain(n)
+
+
+def _from_node(d: Any) -> Node | None:
+    return None if d is None else conditions.from_plain(d)
+
+
+def _rec(r: PersonRecord | None) -> Any:
+    return None if r is None else r.to_plain()
+
+
+def _from_rec(d: Any) -> PersonRecord | None:
+    return None if d is None else PersonRecord.from_plain(d)
+
+
+def encode(op: Op) -> bytes:
+    body: list[Any]
+    if isinstance(op, PeopleOp):
+        body = ["people", op.at, [[o, _rec(a), _rec(b)] for o, a, b in op.people]]
+    elif isinstance(op, CreateSegmentOp):
+        body = [
+            "create",
+            op.at,
+            op.segment_id,
+            op.name,
+            op.description,
+            op.dynamic,
+            _node(op.definition),
+        ]
+    elif isinstance(op, UpdateSegmentOp):
+        body = ["update", op.at, op.segment_id, op.name, op.description, _node(op.definition)]
+    elif isinstance(op, DeleteSegmentsOp):
+        body = ["delete", op.at, list(op.segment_ids)]
+    elif isinstance(op, ArchiveSegmentsOp):
+        body = ["archive", op.at, list(op.segment_ids), op.archived]
+    elif isinstance(op, MembersOp):
+        body = ["members", op.at, op.segment_id, op.add, list(op.ordinals), op.clear]
+    else:
+        body = ["tick", op.at]
+    return bytes(msgpack.packb(body, use_bin_type=True))
+
+
+def decode(data: bytes) -> Op:
+    d = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    kind, at = d[0], d[1]
+    if kind == "people":
+        return PeopleOp(at, tuple((o, _from_rec(a), _from_rec(b)) for o, a, b in d[2]))
+    if kind == "create":
+        return CreateSegmentOp(at, d[2], d[3], d[4], d[5], _from_node(d[6]))
+    if kind == "update":
+        return UpdateSegmentOp(at, d[2], d[3], d[4], _from_node(d[5]))
+    if kind == "delete":
+        return DeleteSegmentsOp(at, tuple(d[2]))
+    if kind == "archive":
+        return ArchiveSegmentsOp(at, tuple(d[2]), d[3])
+    if kind == "members":
+        return MembersOp(at, d[2], d[3], tuple(d[4]), d[5])
+    if kind == "tick":
+        return TickOp(at)
+    raise ValueError(f"unknown operation {kind!r}")

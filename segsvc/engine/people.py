@@ -1,0 +1,212 @@
+"""People: the stored record, the partial update a client sends, and how one is applied to
+the other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgpack
+
+from segsvc.config import Limits
+from segsvc.engine.errors import InvalidArgument
+from segsvc.engine.values import (
+    Timestamp,
+    Value,
+    check_key,
+    check_value,
+    normalize_email,
+    normalize_phone,
+)
+
+
+@dataclass(frozen=True)
+class PersonRecord:
+    id: str
+    created_at: Timestamp
+    updated_at: Timestamp
+    email: str | None = None
+    phone: str | None = None
+    unsubscribed: bool = False
+    attributes: dict[str, Value] = field(default_factory=dict)
+    tags: frozenset[str] = frozenset()
+    # device id -> platform
+    devices: dict[str, str] = field(default_factory=dict)
+
+    def same_data(self, other: PersonRecord) -> bool:
+        """Equal but for updated_at, with types compared too (1.0 is not True)."""
+        return (
+            self.id == other.id
+            and self.created_at == other.created_at
+            and self.email == other.email
+            and self.phone == other.phone
+            and self.unsubscribed == other.unsubscribed
+            and self.tags == other.tags
+            and self.devices == other.devices
+            and _typed(self.attributes) == _typed(other.attributes)
+        )
+
+    def encode(self) -> bytes:
+        return bytes(
+            msgpack.packb(
+                [
+                    self.id,
+                    int(self.created_at),
+                    int(self.updated_at),
+                    self.email,
+                    self.phone,
+                    self.unsubscribed,
+                    {k: _pack_value(v) for k, v in self.attributes.items()},
+                    sorted(self.tags),
+                    self.devices,
+                ],
+                use_bin_type=True,
+            )
+        )
+
+    @staticmethod
+    def decode(data: bytes) -> PersonRecord:
+        return PersonRecord.from_plain(msgpack.unpackb(data, raw=False))
+
+    def to_plain(self) -> list[Any]:
+        """The msgpack-ready form, for embedding in operation records."""
+        return [
+            self.id,
+            int(self.created_at),
+            int(self.updated_at),
+            self.email,
+            self.phone,
+            self.unsubscribed,
+            {k: _pack_value(v) for k, v in self.attributes.items()},
+            sorted(self.tags),
+            self.devices,
+        ]
+
+    @staticmethod
+    def from_plain(row: list[Any]) -> PersonRecord:
+        pid, created, updated, email, phone, unsub, attrs, tags, devices = row
+        return PersonRecord(
+            id=pid,
+            created_at=Timestamp(created),
+            updated_at=Timestamp(updated),
+            email=email,
+            phone=phone,
+            unsubscribed=unsub,
+            attributes={k: _unpack_value(v) for k, v in attrs.items()},
+            tags=frozenset(tags),
+            devices=dict(devices),
+        )
+
+
+def _typed(attrs: dict[str, Value]) -> dict[str, tuple[str, Value]]:
+    return {k: (type(v).__name__, v) for k, v in attrs.items()}
+
+
+def _pack_value(v: Value) -> Any:
+    # msgpack keeps int and float apart, and numbers are always floats: an int is a timestamp.
+    return int(v) if isinstance(v, Timestamp) else v
+
+
+def _unpack_value(v: Any) -> Value:
+    if isinstance(v, bool | float | str):
+        return v
+    if isinstance(v, int):
+        return Timestamp(v)
+    raise ValueError(f"bad stored value {v!r}")
+
+
+@dataclass(frozen=True)
+class PersonUpsert:
+    """A create-or-update of one person: unset fields (None, empty) keep what is stored."""
+
+    id: str
+    email: str | None = None  # "" removes
+    phone: str | None = None  # "" removes
+    unsubscribed: bool | None = None
+    attributes: dict[str, Value] = field(default_factory=dict)
+    remove_attributes: tuple[str, ...] = ()
+    add_tags: tuple[str, ...] = ()
+    remove_tags: tuple[str, ...] = ()
+    devices: tuple[tuple[str, str], ...] = ()  # (device id, platform)
+    remove_device_ids: tuple[str, ...] = ()
+    created_at: Timestamp | None = None
+    replace: bool = False
+
+
+def validate_upsert(upsert: PersonUpsert, path: str, limits: Limits) -> PersonUpsert:
+    """Checks one upsert and returns it with email and phone normalised; raises
+    InvalidArgument naming the field (e.g. `people[3].email`)."""
+    check_key(upsert.id, "the person id", f"{path}.id")
+    email = upsert.email
+    if email:
+        email = normalize_email(email, f"{path}.email")
+    phone = upsert.phone
+    if phone:
+        phone = normalize_phone(phone, f"{path}.phone")
+    attrs: dict[str, Value] = {}
+    for key, value in upsert.attributes.items():
+        check_key(key, "the attribute name", f"{path}.attributes[{key!r}]", 256)
+        attrs[key] = check_value(value, f"{path}.attributes[{key!r}]", limits.max_string_length)
+    if len(attrs) > limits.max_attributes_per_person:
+        raise InvalidArgument(
+            f"more than {limits.max_attributes_per_person} attributes", f"{path}.attributes"
+        )
+    both = set(attrs) & set(upsert.remove_attributes)
+    if both:
+        raise InvalidArgument(
+            f"attribute {sorted(both)[0]!r} is both set and removed", f"{path}.remove_attributes"
+        )
+    for i, tag in enumerate(upsert.add_tags):
+        check_key(tag, "the tag", f"{path}.add_tags[{i}]")
+    if len(upsert.add_tags) > limits.max_tags_per_person:
+        raise InvalidArgument(f"more than {limits.max_tags_per_person} tags", f"{path}.add_tags")
+    both = set(upsert.add_tags) & set(upsert.remove_tags)
+    if both:
+        raise InvalidArgument(
+            f"tag {sorted(both)[0]!r} is both added and removed", f"{path}.remove_tags"
+        )
+    for i, (device_id, platform) in enumerate(upsert.devices):
+        check_key(device_id, "the device id", f"{path}.devices[{i}].id")
+        check_key(platform, "the device platform", f"{path}.devices[{i}].platform", 64)
+    if len(upsert.devices) > limits.max_devices_per_person:
+        raise InvalidArgument(
+            f"more than {limits.max_devices_per_person} devices", f"{path}.devices"
+        )
+    if upsert.created_at is not None:
+        check_value(upsert.created_at, f"{path}.created_at", 0)
+    return replace(upsert, email=email, phone=phone, attributes=attrs)
+
+
+def apply_upsert(old: PersonRecord | None, upsert: PersonUpsert, now: Timestamp) -> PersonRecord:
+    """The record after `upsert` (already validated) is applied to `old`."""
+    if old is None or upsert.replace:
+        base = PersonRecord(
+            id=upsert.id,
+            created_at=old.created_at if old is not None else now,
+            updated_at=now,
+            email=old.email if old is not None else None,
+            phone=old.phone if old is not None else None,
+            unsubscribed=old.unsubscribed if old is not None else False,
+        )
+    else:
+        base = old
+    attributes = dict(base.attributes)
+    attributes.update(upsert.attributes)
+    for key in upsert.remove_attributes:
+        attributes.pop(key, None)
+    tags = (set(base.tags) | set(upsert.add_tags)) - set(upsert.remove_tags)
+    devices = dict(base.devices)
+    devices.update(upsert.devices)
+    for device_id in upsert.remove_device_ids:
+        devices.pop(device_id, None)
+    return PersonRecord(
+        id=upsert.id,
+        created_at=upsert.created_at if upsert.created_at is not None else base.created_at,
+        updated_at=now,
+        email=base.email if upsert.email is None else (upsert.email or None),
+        phone=base.phone if upsert.phone is None else (upsert.phone or None),
+        unsubscribed=base.unsubscribed if upsert.unsubscribed is None else upsert.unsubscribed,
+        attributes=attributes,
+        tags=frozenset(tags),
+        devices=devices,
+    )

@@ -1,0 +1,468 @@
+"""The in-memory state of one workspace and the one function that changes it: `apply(op)`.
+
+The write path and crash recovery both call `apply`, so memberships after a restart are exactly
+what they were: the state is a deterministic function of the operation log. `apply` reads no
+clock and no storage; everything it needs is in the record.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from pyroaring import BitMap
+
+from segsvc.engine import conditions
+from segsvc.engine.conditions import All, Any_, Expr, Node, Not, compile_node, leaves_of
+from segsvc.engine.index import PeopleIndex
+from segsvc.engine.leaves import EventLeaf, IndexLeaf, Leaf, SegmentLeaf
+from segsvc.engine.ops import (
+    ArchiveSegmentsOp,
+    CreateSegmentOp,
+    DeleteSegmentsOp,
+    MembersOp,
+    Op,
+    PeopleOp,
+    TickOp,
+    UpdateSegmentOp,
+)
+from segsvc.engine.people import PersonRecord
+
+ENTERED, EXITED = 1, 2
+CAUSE_DATA, CAUSE_DEFINITION, CAUSE_MANUAL, CAUSE_TIME, CAUSE_DELETED = 1, 2, 3, 4, 5
+CHECKPOINT_VERSION = 1
+
+# Above this many people changed on one key, a leaf is recomputed from the index (bitmap
+# operations) instead of checking each person's record.
+BULK_THRESHOLD = 256
+
+
+@dataclass
+class ChangeBatch:
+    """Changes of one kind and cause for one segment from one operation; the people get the
+    sequence numbers first_seq, first_seq + 1, ... in ordinal order."""
+
+    first_seq: int
+    segment_id: int
+    kind: int
+    cause: int
+    at: int
+    ordinals: BitMap
+
+    def encode(self) -> bytes:
+        return bytes(
+            msgpack.packb(
+                [self.segment_id, self.kind, self.cause, self.at, self.ordinals.serialize()],
+                use_bin_type=True,
+            )
+        )
+
+    @staticmethod
+    def decode(first_seq: int, data: bytes) -> ChangeBatch:
+        segment_id, kind, cause, at, ordinals = msgpack.unpackb(data, raw=False)
+        return ChangeBatch(first_seq, segment_id, kind, cause, at, BitMap.deserialize(ordinals))
+
+
+@dataclass
+class SegmentState:
+    id: int
+    name: str
+    description: str
+    dynamic: bool
+    created_at: int
+    updated_at: int
+    archived: bool = False
+    definition: Node | None = None
+    expr: Expr | None = None
+    members: BitMap = field(default_factory=BitMap)
+    # True when the expression holds for a person none of whose leaves hold (e.g. "has not
+    # tag x"): such a segment must look at every new person, whatever data they came with.
+    matches_blank: bool = False
+
+
+def leaf_id(leaf: Leaf) -> str:
+    """A stable name for a leaf (frozenset order varies between processes; repr of the
+    sorted filters does not)."""
+    if isinstance(leaf, EventLeaf):
+        filters = sorted(repr(f) for f in leaf.filters)
+        return repr(
+            (leaf.name, filters, leaf.min_count, leaf.within_last_seconds, leaf.start, leaf.end)
+        )
+    return repr(leaf)
+
+
+class WorkspaceState:
+    def __init__(self) -> None:
+        self.index = PeopleIndex()
+        self.segments: dict[int, SegmentState] = {}
+        self.leaves: dict[IndexLeaf | EventLeaf, BitMap] = {}
+        self.leaf_users: dict[IndexLeaf | EventLeaf, set[int]] = defaultdict(set)
+        self.leaves_by_dep: dict[str, set[IndexLeaf | EventLeaf]] = defaultdict(set)
+        # segment id -> dynamic segments whose conditions name it
+        self.referenced_by: dict[int, set[int]] = defaultdict(set)
+        self.op_seq = 0
+        self.change_seq = 1
+        self.next_ordinal = 0
+        self.next_segment_id = 1
+        self.now = 0
+        self._topo: list[int] | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def leaf_bitmap(self, leaf: Leaf) -> BitMap:
+        if isinstance(leaf, SegmentLeaf):
+            return self.segments[leaf.segment_id].members
+        return self.leaves[leaf]
+
+    def evaluate(
+        self, expr: Expr, universe: BitMap, leaf_bitmap: Callable[[Leaf], BitMap] | None = None
+    ) -> BitMap:
+        """The people of `universe` the expression holds for."""
+        get = leaf_bitmap or self.leaf_bitmap
+        if isinstance(expr, All):
+            if not expr.children:
+                return BitMap(universe)
+            parts = [self.evaluate(c, universe, get) for c in expr.children]
+            return BitMap.intersection(*parts) if len(parts) > 1 else parts[0]
+        if isinstance(expr, Any_):
+            parts = [self.evaluate(c, universe, get) for c in expr.children]
+            if not parts:
+                return BitMap()
+            return BitMap.union(*parts) if len(parts) > 1 else parts[0]
+        if isinstance(expr, Not):
+            return universe - self.evaluate(expr.child, universe, get)
+        return get(expr) & universe
+
+    def holds_for(self, expr: Expr, ordinal: int) -> bool:
+        """The expression's truth for one person, from the maintained leaf bitmaps."""
+        if isinstance(expr, All):
+            return all(self.holds_for(c, ordinal) for c in expr.children)
+        if isinstance(expr, Any_):
+            return any(self.holds_for(c, ordinal) for c in expr.children)
+        if isinstance(expr, Not):
+            return ordinal in self.index.live and not self.holds_for(expr.child, ordinal)
+        return ordinal in self.leaf_bitmap(expr)
+
+    def topo_order(self) -> list[int]:
+        """Segment ids with every segment after the segments its conditions name."""
+        if self._topo is None:
+            order: list[int] = []
+            seen: set[int] = set()
+
+            def visit(sid: int) -> None:
+                if sid in seen:
+                    return
+                seen.add(sid)
+                seg = self.segments[sid]
+                if seg.expr is not None:
+                    for leaf in leaves_of(seg.expr):
+                        if isinstance(leaf, SegmentLeaf) and leaf.segment_id in self.segments:
+                            visit(leaf.segment_id)
+                order.append(sid)
+
+            for sid in sorted(self.segments):
+                visit(sid)
+            self._topo = order
+        return self._topo
+
+    # -- applying ----------------------------------------------------------------------------
+
+    def apply(self, seq: int, op: Op) -> list[ChangeBatch]:
+        """Applies one logged operation; returns the membership changes it made."""
+        out: list[ChangeBatch] = []
+        if isinstance(op, PeopleOp):
+            self._apply_people(op, out)
+        elif isinstance(op, MembersOp):
+            self._apply_members(op, out)
+        elif isinstance(op, CreateSegmentOp):
+            self._apply_create(op, out)
+        elif isinstance(op, UpdateSegmentOp):
+            self._apply_update(op, out)
+        elif isinstance(op, DeleteSegmentsOp):
+            self._apply_delete(op, out)
+        elif isinstance(op, ArchiveSegmentsOp):
+            for sid in op.segment_ids:
+                self.segments[sid].archived = op.archived
+                self.segments[sid].updated_at = op.at
+        elif isinstance(op, TickOp):
+            self._apply_tick(op, out)
+        self.op_seq = seq
+        return out
+
+    def _emit(
+        self, out: list[ChangeBatch], sid: int, kind: int, cause: int, at: int, who: BitMap
+    ) -> None:
+        if not who:
+            return
+        out.append(ChangeBatch(self.change_seq, sid, kind, cause, at, BitMap(who)))
+        self.change_seq += len(who)
+
+    def _apply_people(self, op: PeopleOp, out: list[ChangeBatch]) -> None:
+        touched: dict[str, list[int]] = defaultdict(list)
+        records: dict[int, PersonRecord | None] = {}
+        changed, created, deleted = BitMap(), BitMap(), BitMap()
+        for ordinal, old, new in op.people:
+            for key in self.index.apply(ordinal, old, new):
+                touched[key].append(ordinal)
+            records[ordinal] = new
+            changed.add(ordinal)
+            if old is None:
+                created.add(ordinal)
+                self.next_ordinal = max(self.next_ordinal, ordinal + 1)
+            if new is None:
+                deleted.add(ordinal)
+        seeds = self._refresh_leaves(touched, records, op.at)
+        if created:
+            seeds |= {s.id for s in self.segments.values() if s.matches_blank}
+        if deleted:
+            for seg in self.segments.values():
+                if not seg.members.intersect(deleted):
+                    continue
+                if seg.dynamic:
+                    seeds.add(seg.id)
+                else:
+                    gone = seg.members & deleted
+                    seg.members -= gone
+                    self._emit(out, seg.id, EXITED, CAUSE_DELETED, op.at, gone)
+                    seeds |= self.referenced_by[seg.id]
+        self._refresh_segments(seeds, changed, op.at, CAUSE_DATA, out, deleted)
+
+    def _refresh_leaves(
+        self, touched: dict[str, list[int]], records: dict[int, PersonRecord | None], now: int
+    ) -> set[int]:
+        """Brings the leaves that depend on the touched keys up to date for those people;
+        returns the segments that use them."""
+        seeds: set[int] = set()
+        for key, ordinals in touched.items():
+            for leaf in self.leaves_by_dep.get(key, ()):
+                if isinstance(leaf, EventLeaf):
+                    continue
+                bitmap = self.leaves[leaf]
+                if len(ordinals) > BULK_THRESHOLD:
+                    people = BitMap(ordinals)
+                    bitmap -= people
+                    bitmap |= leaf.full(self.index, now) & people
+                else:
+                    for ordinal in ordinals:
+                        record = records[ordinal]
+                        if record is not None and leaf.match(record, now):
+                            bitmap.add(ordinal)
+                        else:
+                            bitmap.discard(ordinal)
+                seeds |= self.leaf_users[leaf]
+        return seeds
+
+    def _refresh_segments(
+        self,
+        seeds: Iterable[int],
+        people: BitMap,
+        at: int,
+        cause: int,
+        out: list[ChangeBatch],
+        deleted: BitMap | None = None,
+    ) -> None:
+        """Re-evaluates the seeded dynamic segments (and, in dependency order, the segments
+        that name them) for `people` only, and emits the differences."""
+        pending = set(seeds)
+        if not pending:
+            return
+        universe = people & self.index.live
+        for sid in self.topo_order():
+            if sid not in pending:
+                continue
+            seg = self.segments[sid]
+            if not seg.dynamic or seg.expr is None:
+                continue
+            now_in = self.evaluate(seg.expr, universe)
+            was_in = seg.members & people
+            entered, exited = now_in - was_in, was_in - now_in
+            if not entered and not exited:
+                continue
+            seg.members |= entered
+            seg.members -= exited
+            self._emit(out, sid, ENTERED, cause, at, entered)
+            if deleted:
+                self._emit(out, sid, EXITED, cause, at, exited - deleted)
+                self._emit(out, sid, EXITED, CAUSE_DELETED, at, exited & deleted)
+            else:
+                self._emit(out, sid, EXITED, cause, at, exited)
+            pending |= self.referenced_by[sid]
+
+    def _apply_members(self, op: MembersOp, out: list[ChangeBatch]) -> None:
+        seg = self.segments[op.segment_id]
+        if op.clear:
+            moved = BitMap(seg.members)
+            seg.members.clear()
+        else:
+            people = BitMap(op.ordinals) & self.index.live
+            moved = people - seg.members if op.add else people & seg.members
+            if op.add:
+                seg.members |= moved
+            else:
+                seg.members -= moved
+        self._emit(
+            out, seg.id, ENTERED if op.add and not op.clear else EXITED, CAUSE_MANUAL, op.at, moved
+        )
+        self._refresh_segments(self.referenced_by[seg.id], moved, op.at, CAUSE_DATA, out)
+
+    def _register(self, seg: SegmentState, now: int) -> None:
+        assert seg.expr is not None
+        for leaf in leaves_of(seg.expr):
+            if isinstance(leaf, SegmentLeaf):
+                self.referenced_by[leaf.segment_id].add(seg.id)
+                continue
+            if leaf not in self.leaves:
+                if isinstance(leaf, EventLeaf):
+                    raise NotImplementedError("event conditions")
+                self.leaves[leaf] = leaf.full(self.index, now)
+                self.leaves_by_dep[leaf.dep].add(leaf)
+            self.leaf_users[leaf].add(seg.id)
+        # With every leaf false (and every referenced segment empty), does it hold?
+        seg.matches_blank = bool(self.evaluate(seg.expr, BitMap([0]), lambda _leaf: BitMap()))
+        self._topo = None
+
+    def _unregister(self, seg: SegmentState) -> None:
+        if seg.expr is None:
+            return
+        for leaf in leaves_of(seg.expr):
+            if isinstance(leaf, SegmentLeaf):
+                self.referenced_by[leaf.segment_id].discard(seg.id)
+                continue
+            users = self.leaf_users.get(leaf)
+            if users is None:
+                continue
+            users.discard(seg.id)
+            if not users:
+                del self.leaf_users[leaf]
+                del self.leaves[leaf]
+                self.leaves_by_dep[leaf.dep].discard(leaf)
+                if not self.leaves_by_dep[leaf.dep]:
+                    del self.leaves_by_dep[leaf.dep]
+        self._topo = None
+
+    def _apply_create(self, op: CreateSegmentOp, out: list[ChangeBatch]) -> None:
+        seg = SegmentState(op.segment_id, op.name, op.description, op.dynamic, op.at, op.at)
+        self.segments[seg.id] = seg
+        self.next_segment_id = max(self.next_segment_id, seg.id + 1)
+        self._topo = None
+        if op.dynamic and op.definition is not None:
+            seg.definition = op.definition
+            seg.expr = compile_node(op.definition)
+            self._register(seg, op.at)
+            seg.members = self.evaluate(seg.expr, self.index.live)
+            self._emit(out, seg.id, ENTERED, CAUSE_DEFINITION, op.at, seg.members)
+
+    def _apply_update(self, op: UpdateSegmentOp, out: list[ChangeBatch]) -> None:
+        seg = self.segments[op.segment_id]
+        seg.updated_at = op.at
+        if op.name is not None:
+            seg.name = op.name
+        if op.description is not None:
+            seg.description = op.description
+        if op.definition is None:
+            return
+        self._unregister(seg)
+        seg.definition = op.definition
+        seg.expr = compile_node(op.definition)
+        self._register(seg, op.at)
+        # The edited segment and everything that names it, over everyone.
+        self._refresh_segments(
+            [seg.id], self.index.live | seg.members, op.at, CAUSE_DEFINITION, out
+        )
+
+    def _apply_delete(self, op: DeleteSegmentsOp, out: list[ChangeBatch]) -> None:
+        for sid in op.segment_ids:
+            seg = self.segments.pop(sid)
+            self._unregister(seg)
+            self.referenced_by.pop(sid, None)
+            self._emit(out, sid, EXITED, CAUSE_DELETED, op.at, seg.members)
+        self._topo = None
+
+    def _apply_tick(self, op: TickOp, out: list[ChangeBatch]) -> None:
+        self.now = op.at
+        moved = BitMap()
+        seeds: set[int] = set()
+        for leaf in list(self.leaves):
+            if not leaf.time_dependent or isinstance(leaf, EventLeaf):
+                continue
+            fresh = leaf.full(self.index, op.at)
+            diff = fresh ^ self.leaves[leaf]
+            if diff:
+                self.leaves[leaf] = fresh
+                moved |= diff
+                seeds |= self.leaf_users[leaf]
+        self._refresh_segments(seeds, moved, op.at, CAUSE_TIME, out)
+
+    def has_time_dependent(self) -> bool:
+        return any(leaf.time_dependent for leaf in self.leaves)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        segments = [
+            [
+                s.id,
+                s.name,
+                s.description,
+                s.dynamic,
+                s.created_at,
+                s.updated_at,
+                s.archived,
+                None if s.definition is None else conditions.to_plain(s.definition),
+                s.members.serialize(),
+            ]
+            for s in self.segments.values()
+        ]
+        leaves = {leaf_id(leaf): bm.serialize() for leaf, bm in self.leaves.items()}
+        body = [
+            CHECKPOINT_VERSION,
+            self.op_seq,
+            self.change_seq,
+            self.next_ordinal,
+            self.next_segment_id,
+            self.now,
+            self.index.to_plain(),
+            segments,
+            leaves,
+        ]
+        return bytes(msgpack.packb(body, use_bin_type=True))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WorkspaceState:
+        body: list[Any] = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if body[0] != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {body[0]} is not {CHECKPOINT_VERSION}")
+        state = cls()
+        (
+            _,
+            state.op_seq,
+            state.change_seq,
+            state.next_ordinal,
+            state.next_segment_id,
+            state.now,
+        ) = body[:6]
+        state.index = PeopleIndex.from_plain(body[6])
+        leaf_bitmaps: dict[str, bytes] = body[8]
+        for sid, name, desc, dynamic, created, updated, archived, definition, members in body[7]:
+            seg = SegmentState(sid, name, desc, dynamic, created, updated, archived)
+            seg.members = BitMap.deserialize(members)
+            state.segments[sid] = seg
+            if definition is not None:
+                seg.definition = conditions.from_plain(definition)
+                seg.expr = compile_node(seg.definition)
+        for seg in state.segments.values():
+            if seg.expr is None:
+                continue
+            for leaf in leaves_of(seg.expr):
+                if isinstance(leaf, SegmentLeaf):
+                    state.referenced_by[leaf.segment_id].add(seg.id)
+                    continue
+                if leaf not in state.leaves:
+                    state.leaves[leaf] = BitMap.deserialize(leaf_bitmaps[leaf_id(leaf)])
+                    state.leaves_by_dep[leaf.dep].add(leaf)
+                state.leaf_users[leaf].add(seg.id)
+            seg.matches_blank = bool(state.evaluate(seg.expr, BitMap([0]), lambda _leaf: BitMap()))
+        return state

@@ -1,0 +1,925 @@
+"""One workspace: its people, segments and change feed, and every call the API makes on them.
+
+Writes follow one path: resolve the request against what is stored (validation, lookups) into
+an operation record; apply the record to the in-memory state; store the record, the rows it
+changes and the membership changes in the same LMDB transaction; commit; only then answer.
+A failure before the commit leaves nothing on disk, and the in-memory state is reloaded from
+disk, so memory never runs ahead of what was acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+from pyroaring import BitMap
+
+from segsvc.config import Config
+from segsvc.engine import conditions
+from segsvc.engine.clock import Clock
+from segsvc.engine.conditions import (
+    EventCondition,
+    Group,
+    MessageCondition,
+    Node,
+    PageViewCondition,
+    ValidationContext,
+    children_paths,
+    compile_node,
+    describe_node,
+    referenced_segments,
+)
+from segsvc.engine.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+    SegsvcError,
+    Unimplemented,
+)
+from segsvc.engine.leaves import EventLeaf, Leaf, SegmentLeaf
+from segsvc.engine.model import (
+    AudienceSpec,
+    Change,
+    ExplainNode,
+    ItemResult,
+    Member,
+    PersonKey,
+    PersonView,
+    SegmentInfo,
+    SegmentRef,
+)
+from segsvc.engine.ops import (
+    ArchiveSegmentsOp,
+    CreateSegmentOp,
+    DeleteSegmentsOp,
+    MembersOp,
+    Op,
+    PeopleOp,
+    TickOp,
+    UpdateSegmentOp,
+    decode,
+    encode,
+)
+from segsvc.engine.people import PersonRecord, PersonUpsert, apply_upsert, validate_upsert
+from segsvc.engine.state import ENTERED, ChangeBatch, WorkspaceState
+from segsvc.engine.values import Timestamp, check_key, normalize_email, normalize_phone
+from segsvc.storage.errors import StorageFullError
+from segsvc.storage.store import Store, Txn, prefix, read_u32, read_u64, u32, u64
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+_LOOKUP_CHAR = {"id": b"i", "email": b"e", "phone": b"p"}
+
+
+class Workspace:
+    def __init__(self, name: str, store: Store, clock: Clock, config: Config) -> None:
+        self.name = name
+        self.store = store
+        self.clock = clock
+        self.config = config
+        self.limits = config.limits
+        self._prefix = prefix(name)
+        self._lock = threading.RLock()
+        # Watchers wait on this; it is notified after every commit that wrote changes.
+        self.changed = threading.Condition()
+        self._items_since_checkpoint = 0
+        self._last_history: dict[int, int] = {}
+        self.state = self._load()
+        self._committed_head = self.state.change_seq - 1
+
+    # -- recovery and checkpoints -----------------------------------------------------------
+
+    def _load(self) -> WorkspaceState:
+        """The state as of the last committed operation: checkpoint plus the log after it."""
+        with self.store.read() as txn:
+            blob = txn.get("checkpoints", self._prefix)
+            state = WorkspaceState.from_bytes(blob) if blob else WorkspaceState()
+            replayed = 0
+            for key, value in txn.scan("ops", self._prefix, self._prefix + u64(state.op_seq + 1)):
+                state.apply(read_u64(key, len(self._prefix)), decode(value))
+                replayed += 1
+        self._items_since_checkpoint = replayed
+        if replayed:
+            log.info(
+                "workspace %s: replayed %d operations after the checkpoint", self.name, replayed
+            )
+        return state
+
+    def checkpoint(self) -> None:
+        """Stores the whole in-memory state and drops the log records it covers."""
+        with self._lock:
+            blob = self.state.to_bytes()
+            with self.store.write() as txn:
+                txn.put("checkpoints", self._prefix, blob)
+                txn.delete_range(
+                    "ops", self._prefix + u64(0), self._prefix + u64(self.state.op_seq + 1)
+                )
+            self._items_since_checkpoint = 0
+            log.info(
+                "workspace %s: checkpoint at op %d (%d bytes)",
+                self.name,
+                self.state.op_seq,
+                len(blob),
+            )
+
+    def _commit(
+        self, resolve: Callable[[Txn], tuple[Op | None, R, Callable[[Txn], None] | None]]
+    ) -> R:
+        """Runs one write: `resolve` validates against storage and returns the operation (or
+        None when nothing changes), the answer, and the extra rows to store."""
+        with self._lock:
+            applied = False
+            try:
+                with self.store.write() as txn:
+                    op, answer, persist = resolve(txn)
+                    if op is None:
+                        return answer
+                    seq = self.state.op_seq + 1
+                    applied = True
+                    batches = self.state.apply(seq, op)
+                    txn.put("ops", self._prefix + u64(seq), encode(op))
+                    if persist is not None:
+                        persist(txn)
+                    for batch in batches:
+                        txn.put("changes", self._prefix + u64(batch.first_seq), batch.encode())
+                    self._after_apply(txn, op)
+            except StorageFullError as exc:
+                self._reload_after_failure(applied)
+                raise ResourceExhausted(
+                    f"storage is full ({self.store.map_size() >> 20} MiB map): nothing was "
+                    "written; restart the server with a larger --map-size"
+                ) from exc
+            except BaseException:
+                self._reload_after_failure(applied)
+                raise
+            self._items_since_checkpoint += _weight(op)
+            if self._items_since_checkpoint >= self.config.checkpoint_every_ops:
+                self.checkpoint()
+        if batches:
+            with self.changed:
+                self._committed_head = self.state.change_seq - 1
+                self.changed.notify_all()
+        return answer
+
+    def _reload_after_failure(self, applied: bool) -> None:
+        if applied:
+            log.error("workspace %s: write failed after apply; reloading from disk", self.name)
+            self.state = self._load()
+
+    def _after_apply(self, txn: Txn, op: Op) -> None:
+        """Size history: a point whenever a tick or a definition change moved a count."""
+        if not isinstance(op, TickOp | CreateSegmentOp | UpdateSegmentOp):
+            return
+        for seg in self.state.segments.values():
+            count = len(seg.members)
+            if self._last_history.get(seg.id) != count:
+                self._last_history[seg.id] = count
+                txn.put("history", self._prefix + u64(seg.id) + u64(op.at), u64(count))
+
+    # -- people ---------------------------------------------------------------------------
+
+    def _lookup(self, txn: Txn, kind: str, value: str) -> int | None:
+        raw = txn.get("lookup", self._prefix + _LOOKUP_CHAR[kind] + value.encode())
+        return None if raw is None else read_u32(raw)
+
+    def _record(self, txn: Txn, ordinal: int) -> PersonRecord:
+        raw = txn.get("people", self._prefix + u32(ordinal))
+        assert raw is not None, f"person {ordinal} has a lookup but no record"
+        return PersonRecord.decode(raw)
+
+    def _normalize_key(self, key: PersonKey, field: str) -> PersonKey:
+        if key.kind == "email":
+            return PersonKey("email", normalize_email(key.value, field))
+        if key.kind == "phone":
+            return PersonKey("phone", normalize_phone(key.value, field))
+        check_key(key.value, "the person id", field)
+        return key
+
+    def _find(self, txn: Txn, key: PersonKey, field: str) -> int:
+        key = self._normalize_key(key, field)
+        ordinal = self._lookup(txn, key.kind, key.value)
+        if ordinal is None:
+            raise NotFound(f"no person with {key.kind} {key.value!r}")
+        return ordinal
+
+    def upsert_people(
+        self, upserts: Sequence[PersonUpsert], path: str = "people"
+    ) -> list[ItemResult]:
+        self._check_batch(len(upserts), path)
+
+        def resolve(txn: Txn) -> tuple[Op | None, list[ItemResult], Callable[[Txn], None]]:
+            now = Timestamp(self.clock.now())
+            results: list[ItemResult] = []
+            # person id -> (ordinal, record before the batch, record now)
+            pending: dict[str, tuple[int, PersonRecord | None, PersonRecord]] = {}
+            owners: dict[bytes, int | None] = {}  # lookup keys claimed or freed in this batch
+            next_ordinal = self.state.next_ordinal
+
+            def owner(kind: str, value: str) -> int | None:
+                k = _LOOKUP_CHAR[kind] + value.encode()
+                return owners[k] if k in owners else self._lookup(txn, kind, value)
+
+            for i, raw in enumerate(upserts):
+                item_path = f"{path}[{i}]"
+                try:
+                    upsert = validate_upsert(raw, item_path, self.limits)
+                except InvalidArgument as exc:
+                    v = exc.violations[0]
+                    results.append(ItemResult(i, raw.id, "invalid", v.description, v.field))
+                    continue
+                if upsert.id in pending:
+                    ordinal, before, current = pending[upsert.id]
+                    old: PersonRecord | None = current
+                else:
+                    found = self._lookup(txn, "id", upsert.id)
+                    before = None if found is None else self._record(txn, found)
+                    ordinal = next_ordinal if found is None else found
+                    old = before
+                new = apply_upsert(old, upsert, now)
+                conflict = ""
+                for kind, value, old_value in (
+                    ("email", new.email, old.email if old else None),
+                    ("phone", new.phone, old.phone if old else None),
+                ):
+                    if value and value != old_value:
+                        holder = owner(kind, value)
+                        if holder is not None and holder != ordinal:
+                            conflict = f"{kind} {value!r} already belongs to another person"
+                            results.append(
+                                ItemResult(
+                                    i, upsert.id, "conflict", conflict, f"{item_path}.{kind}"
+                                )
+                            )
+                            break
+                if conflict:
+                    continue
+                if old is not None and new.same_data(old):
+                    results.append(ItemResult(i, upsert.id, "unchanged"))
+                    continue
+                if old is None and upsert.id not in pending:
+                    next_ordinal += 1
+                for kind, value, old_value in (
+                    ("email", new.email, old.email if old else None),
+                    ("phone", new.phone, old.phone if old else None),
+                ):
+                    if value != old_value:
+                        if old_value:
+                            owners[_LOOKUP_CHAR[kind] + old_value.encode()] = None
+                        if value:
+                            owners[_LOOKUP_CHAR[kind] + value.encode()] = ordinal
+                pending[upsert.id] = (ordinal, before, new)
+                results.append(ItemResult(i, upsert.id, "created" if before is None else "updated"))
+            changed = tuple(
+                (o, b, n) for o, b, n in pending.values() if b is None or not n.same_data(b)
+            )
+            if not changed:
+                return None, results, self._persist_people(())
+            return PeopleOp(int(now), changed), results, self._persist_people(changed)
+
+        return self._commit(resolve)
+
+    def _persist_people(
+        self, people: Sequence[tuple[int, PersonRecord | None, PersonRecord | None]]
+    ) -> Callable[[Txn], None]:
+        def persist(txn: Txn) -> None:
+            p = self._prefix
+            # Free every key first, then claim: within a batch one person may take over an
+            # email another just gave up.
+            for _ordinal, old, new in people:
+                if old is None:
+                    continue
+                for kind, value in (("email", old.email), ("phone", old.phone)):
+                    if value and (new is None or getattr(new, kind) != value):
+                        txn.delete("lookup", p + _LOOKUP_CHAR[kind] + value.encode())
+                if new is None:
+                    txn.delete("lookup", p + b"i" + old.id.encode())
+                    txn.delete("people", p + u32(_ordinal))
+            for ordinal, old, new in people:
+                if new is None:
+                    continue
+                txn.put("people", p + u32(ordinal), new.encode())
+                if old is None:
+                    txn.put("lookup", p + b"i" + new.id.encode(), u32(ordinal))
+                for kind, value in (("email", new.email), ("phone", new.phone)):
+                    if value and (old is None or getattr(old, kind) != value):
+                        txn.put("lookup", p + _LOOKUP_CHAR[kind] + value.encode(), u32(ordinal))
+
+        return persist
+
+    def delete_people(self, keys: Sequence[PersonKey], path: str = "people") -> list[ItemResult]:
+        self._check_batch(len(keys), path)
+
+        def resolve(txn: Txn) -> tuple[Op | None, list[ItemResult], Callable[[Txn], None]]:
+            results: list[ItemResult] = []
+            gone: dict[int, PersonRecord] = {}
+            for i, key in enumerate(keys):
+                try:
+                    ordinal = self._find(txn, key, f"{path}[{i}]")
+                except (NotFound, InvalidArgument) as exc:
+                    results.append(_rejected(i, str(key), exc))
+                    continue
+                if ordinal in gone:
+                    results.append(
+                        ItemResult(i, str(key), "not_found", "deleted earlier in this batch")
+                    )
+                    continue
+                gone[ordinal] = self._record(txn, ordinal)
+                results.append(ItemResult(i, gone[ordinal].id, "deleted"))
+            people = tuple((o, r, None) for o, r in gone.items())
+            op = PeopleOp(self.clock.now(), people) if people else None
+            return op, results, self._persist_people(people)
+
+        return self._commit(resolve)
+
+    def get_person(self, key: PersonKey) -> PersonView:
+        with self._lock, self.store.read() as txn:
+            ordinal = self._find(txn, key, "person")
+            record = self._record(txn, ordinal)
+            segments = tuple(
+                sid for sid, s in sorted(self.state.segments.items()) if ordinal in s.members
+            )
+            return PersonView(record, segments)
+
+    # -- segments -------------------------------------------------------------------------
+
+    def _segment(self, segment_id: int, field: str = "segment_id") -> conditions.Node | None:
+        seg = self.state.segments.get(segment_id)
+        if seg is None:
+            raise NotFound(f"segment {segment_id} does not exist ({field})")
+        return seg.definition
+
+    def _validate_definition(self, definition: Node | None, defining: int | None) -> Node:
+        segments = self.state.segments
+
+        def references_of(sid: int) -> frozenset[int]:
+            seg = segments.get(sid)
+            if seg is None or seg.definition is None:
+                return frozenset()
+            return referenced_segments(seg.definition)
+
+        ctx = ValidationContext(
+            limits=self.limits,
+            segment_exists=lambda sid: sid in segments,
+            references_of=references_of,
+            defining=defining,
+        )
+        conditions.validate(definition, ctx)
+        assert definition is not None
+        _refuse_events(definition)
+        return definition
+
+    def _check_name(self, name: str, own_id: int | None) -> str:
+        name = check_key(name, "the segment name", "name", 256).strip()
+        folded = name.casefold()
+        for seg in self.state.segments.values():
+            if seg.id != own_id and seg.name.casefold() == folded:
+                raise AlreadyExists(f"a segment named {seg.name!r} already exists (id {seg.id})")
+        return name
+
+    def create_segment(
+        self, name: str, description: str, dynamic: bool, definition: Node | None
+    ) -> SegmentInfo:
+        def resolve(txn: Txn) -> tuple[Op | None, int, None]:
+            checked_name = self._check_name(name, None)
+            if len(description) > self.limits.max_string_length:
+                raise InvalidArgument(
+                    f"longer than {self.limits.max_string_length} characters", "description"
+                )
+            tree: Node | None = None
+            if dynamic:
+                tree = self._validate_definition(definition, None)
+            elif definition is not None:
+                raise InvalidArgument(
+                    "a manual segment has no conditions: remove them or make it dynamic",
+                    "conditions",
+                )
+            sid = self.state.next_segment_id
+            return (
+                CreateSegmentOp(self.clock.now(), sid, checked_name, description, dynamic, tree),
+                sid,
+                None,
+            )
+
+        return self.get_segment(self._commit(resolve))
+
+    def update_segment(
+        self, segment_id: int, name: str | None, description: str | None, definition: Node | None
+    ) -> SegmentInfo:
+        def resolve(txn: Txn) -> tuple[Op | None, None, None]:
+            self._segment(segment_id)
+            seg = self.state.segments[segment_id]
+            checked_name = None if name is None else self._check_name(name, segment_id)
+            if description is not None and len(description) > self.limits.max_string_length:
+                raise InvalidArgument(
+                    f"longer than {self.limits.max_string_length} characters", "description"
+                )
+            tree = None
+            if definition is not None:
+                if not seg.dynamic:
+                    raise FailedPrecondition(
+                        f"segment {segment_id} is manual: it has no conditions to change"
+                    )
+                tree = self._validate_definition(definition, segment_id)
+            return (
+                UpdateSegmentOp(self.clock.now(), segment_id, checked_name, description, tree),
+                None,
+                None,
+            )
+
+        self._commit(resolve)
+        return self.get_segment(segment_id)
+
+    def delete_segments(self, segment_ids: Sequence[int]) -> list[ItemResult]:
+        self._check_batch(len(segment_ids), "segment_ids")
+
+        def resolve(txn: Txn) -> tuple[Op | None, list[ItemResult], None]:
+            results: list[ItemResult] = []
+            doomed = {sid for sid in segment_ids if sid in self.state.segments}
+            chosen: list[int] = []
+            for i, sid in enumerate(segment_ids):
+                if sid not in self.state.segments or sid in chosen:
+                    results.append(
+                        ItemResult(
+                            i,
+                            str(sid),
+                            "not_found",
+                            f"segment {sid} does not exist",
+                            f"segment_ids[{i}]",
+                        )
+                    )
+                    continue
+                users = sorted(self.state.referenced_by.get(sid, set()) - doomed)
+                if users:
+                    names = ", ".join(f"{u} ({self.state.segments[u].name!r})" for u in users)
+                    results.append(
+                        ItemResult(
+                            i,
+                            str(sid),
+                            "failed_precondition",
+                            f"segment {sid} is referenced by segments {names}: "
+                            "change or delete those first",
+                            f"segment_ids[{i}]",
+                        )
+                    )
+                    doomed.discard(sid)
+                    continue
+                chosen.append(sid)
+                results.append(ItemResult(i, str(sid), "deleted"))
+            op = DeleteSegmentsOp(self.clock.now(), tuple(chosen)) if chosen else None
+            return op, results, None
+
+        return self._commit(resolve)
+
+    def archive_segments(self, segment_ids: Sequence[int], archived: bool) -> list[ItemResult]:
+        self._check_batch(len(segment_ids), "segment_ids")
+
+        def resolve(txn: Txn) -> tuple[Op | None, list[ItemResult], None]:
+            results: list[ItemResult] = []
+            chosen: list[int] = []
+            for i, sid in enumerate(segment_ids):
+                seg = self.state.segments.get(sid)
+                if seg is None:
+                    results.append(
+                        ItemResult(
+                            i,
+                            str(sid),
+                            "not_found",
+                            f"segment {sid} does not exist",
+                            f"segment_ids[{i}]",
+                        )
+                    )
+                    continue
+                if seg.archived != archived and sid not in chosen:
+                    chosen.append(sid)
+                results.append(ItemResult(i, str(sid), "archived" if archived else "unarchived"))
+            op = ArchiveSegmentsOp(self.clock.now(), tuple(chosen), archived) if chosen else None
+            return op, results, None
+
+        return self._commit(resolve)
+
+    def _info(self, segment_id: int, with_definition: bool = True) -> SegmentInfo:
+        seg = self.state.segments[segment_id]
+        refs: tuple[SegmentRef, ...] = ()
+        if seg.definition is not None:
+            refs = tuple(
+                SegmentRef(r, self.state.segments[r].name)
+                for r in sorted(referenced_segments(seg.definition))
+                if r in self.state.segments
+            )
+        users = tuple(
+            SegmentRef(u, self.state.segments[u].name)
+            for u in sorted(self.state.referenced_by.get(segment_id, ()))
+        )
+        return SegmentInfo(
+            seg.id,
+            seg.name,
+            seg.description,
+            seg.dynamic,
+            seg.created_at,
+            seg.updated_at,
+            seg.archived,
+            len(seg.members),
+            seg.definition if with_definition else None,
+            refs,
+            users,
+        )
+
+    def get_segment(self, segment_id: int) -> SegmentInfo:
+        with self._lock:
+            self._segment(segment_id)
+            return self._info(segment_id)
+
+    def list_segments(
+        self,
+        name_contains: str = "",
+        dynamic: bool | None = None,
+        archived: bool | None = False,
+        page_size: int = 100,
+        page_token: str = "",
+    ) -> tuple[list[SegmentInfo], str]:
+        """Segments in id order after `page_token`; `archived` None lists both."""
+        page_size = _page_size(page_size, 100, 1000)
+        after = _token(page_token)
+        needle = name_contains.casefold()
+        with self._lock:
+            rows: list[SegmentInfo] = []
+            for sid in sorted(self.state.segments):
+                seg = self.state.segments[sid]
+                if sid <= after or (needle and needle not in seg.name.casefold()):
+                    continue
+                if (dynamic is not None and seg.dynamic != dynamic) or (
+                    archived is not None and seg.archived != archived
+                ):
+                    continue
+                if len(rows) == page_size:
+                    return rows, str(rows[-1].id)
+                rows.append(self._info(sid, with_definition=False))
+            return rows, ""
+
+    def preview(self, definition: Node | None, sample_size: int = 10) -> tuple[int, list[str]]:
+        sample_size = _page_size(sample_size, 10, 1000)
+        with self._lock:
+            tree = self._validate_definition(definition, None)
+            expr = compile_node(tree)
+            now = self.clock.now()
+            state = self.state
+
+            def leaf_bitmap(leaf: Leaf) -> BitMap:
+                # Time-dependent leaves are answered as of now, not as of the last tick.
+                if isinstance(leaf, SegmentLeaf | EventLeaf):
+                    return state.leaf_bitmap(leaf)
+                maintained = state.leaves.get(leaf)
+                if maintained is not None and not leaf.time_dependent:
+                    return maintained
+                return leaf.full(state.index, now)
+
+            members = state.evaluate(expr, state.index.live, leaf_bitmap)
+            ids = state.index.ids
+            return len(members), [ids[o] or "" for o in members[:sample_size]]
+
+    def explain(self, key: PersonKey, segment_id: int) -> tuple[bool, ExplainNode]:
+        with self._lock, self.store.read() as txn:
+            definition = self._segment(segment_id)
+            if definition is None:
+                raise FailedPrecondition(
+                    f"segment {segment_id} is manual: membership is who was added, not conditions"
+                )
+            ordinal = self._find(txn, key, "person")
+            state = self.state
+
+            def walk(node: Node, path: str) -> ExplainNode:
+                children = tuple(
+                    walk(child, child_path) for child_path, child in children_paths(node, path)
+                )
+                matched = state.holds_for(compile_node(node), ordinal)
+                return ExplainNode(
+                    f"{path}.{conditions.NODE_FIELD[type(node)]}",
+                    describe_node(node),
+                    matched,
+                    children,
+                )
+
+            return ordinal in state.segments[segment_id].members, walk(definition, "conditions")
+
+    def history(self, segment_id: int, start: int | None, end: int | None) -> list[tuple[int, int]]:
+        with self._lock:
+            self._segment(segment_id)
+        base = self._prefix + u64(segment_id)
+        with self.store.read() as txn:
+            lo = base + u64(max(start or 0, 0))
+            hi = base + u64(end + 1) if end is not None else None
+            return [
+                (read_u64(k, len(base)), read_u64(v)) for k, v in txn.scan("history", base, lo, hi)
+            ]
+
+    # -- manual membership ------------------------------------------------------------------
+
+    def _manual(self, segment_id: int) -> None:
+        self._segment(segment_id)
+        if self.state.segments[segment_id].dynamic:
+            raise FailedPrecondition(
+                f"segment {segment_id} is dynamic: its members are whoever matches its conditions; "
+                "change the conditions instead of adding or removing people"
+            )
+
+    def change_members(
+        self, segment_id: int, keys: Sequence[PersonKey], add: bool, path: str = "people"
+    ) -> list[ItemResult]:
+        self._check_batch(len(keys), path)
+
+        def resolve(txn: Txn) -> tuple[Op | None, list[ItemResult], None]:
+            self._manual(segment_id)
+            members = self.state.segments[segment_id].members
+            results: list[ItemResult] = []
+            chosen: dict[int, None] = {}
+            for i, key in enumerate(keys):
+                try:
+                    ordinal = self._find(txn, key, f"{path}[{i}]")
+                except (NotFound, InvalidArgument) as exc:
+                    results.append(_rejected(i, str(key), exc))
+                    continue
+                is_member = ordinal in members or ordinal in chosen
+                if add:
+                    outcome = "already_member" if is_member else "added"
+                else:
+                    outcome = (
+                        "removed"
+                        if ordinal in members and ordinal not in chosen
+                        else "not_a_member"
+                    )
+                if outcome in ("added", "removed"):
+                    chosen[ordinal] = None
+                results.append(ItemResult(i, str(key), outcome))
+            op = MembersOp(self.clock.now(), segment_id, add, tuple(chosen)) if chosen else None
+            return op, results, None
+
+        return self._commit(resolve)
+
+    def add_ordinals(self, segment_id: int, ordinals: Sequence[int]) -> int:
+        """Adds people already resolved to ordinals (CSV import); returns how many were new."""
+
+        def resolve(txn: Txn) -> tuple[Op | None, int, None]:
+            self._manual(segment_id)
+            new = BitMap(ordinals) - self.state.segments[segment_id].members
+            op = MembersOp(self.clock.now(), segment_id, True, tuple(new)) if new else None
+            return op, len(new), None
+
+        return self._commit(resolve)
+
+    def resolve_keys(self, kind: str, values: Sequence[str]) -> list[int | str | None]:
+        """Ordinals for keys (None: unknown; a string: why the key is malformed)."""
+        out: list[int | str | None] = []
+        with self.store.read() as txn:
+            for value in values:
+                try:
+                    key = self._normalize_key(PersonKey(kind, value), "")  # type: ignore[arg-type]
+                except InvalidArgument as exc:
+                    out.append(exc.violations[0].description)
+                    continue
+                out.append(self._lookup(txn, key.kind, key.value))
+        return out
+
+    def clear_segment(self, segment_id: int) -> int:
+        def resolve(txn: Txn) -> tuple[Op | None, int, None]:
+            self._manual(segment_id)
+            count = len(self.state.segments[segment_id].members)
+            op = MembersOp(self.clock.now(), segment_id, False, (), clear=True) if count else None
+            return op, count, None
+
+        return self._commit(resolve)
+
+    def list_members(
+        self, segment_id: int, page_size: int = 1000, page_token: str = ""
+    ) -> tuple[list[Member], str, int]:
+        page_size = _page_size(page_size, 1000, self.limits.max_page_size)
+        after = _token(page_token) if page_token else -1
+        with self._lock:
+            self._segment(segment_id)
+            members = self.state.segments[segment_id].members
+            start = members.rank(after) if after >= 0 else 0
+            page = members[start : start + page_size]
+            index = self.state.index
+            rows = [Member(index.ids[o] or "", index.emails[o], index.phones[o]) for o in page]
+            more = start + page_size < len(members)
+            return rows, (str(page[-1]) if more and len(page) else ""), len(members)
+
+    def check_membership(
+        self, key: PersonKey, segment_ids: Sequence[int]
+    ) -> tuple[str, list[tuple[int, bool]]]:
+        with self._lock, self.store.read() as txn:
+            ordinal = self._find(txn, key, "person")
+            for i, sid in enumerate(segment_ids):
+                self._segment(sid, f"segment_ids[{i}]")
+            segs = self.state.segments
+            return self.state.index.ids[ordinal] or "", [
+                (sid, ordinal in segs[sid].members) for sid in segment_ids
+            ]
+
+    # -- time -------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Re-checks time-dependent conditions as of now (TIME changes), records segment
+        sizes and drops changes past their retention."""
+
+        def resolve(txn: Txn) -> tuple[Op | None, None, None]:
+            now = self.clock.now()
+            self._prune_changes(txn, now)
+            if not self.state.has_time_dependent():
+                self._after_apply(txn, TickOp(now))
+                return None, None, None
+            return TickOp(now), None, None
+
+        self._commit(resolve)
+
+    def _prune_changes(self, txn: Txn, now: int) -> None:
+        cutoff = now - self.config.change_retention_seconds
+        pruned_to = None
+        doomed: list[bytes] = []
+        for key, value in txn.scan("changes", self._prefix):
+            batch = ChangeBatch.decode(read_u64(key, len(self._prefix)), value)
+            if batch.at >= cutoff:
+                break
+            doomed.append(key)
+            pruned_to = batch.first_seq + len(batch.ordinals)
+            if len(doomed) >= 10_000:
+                break
+        for key in doomed:
+            txn.delete("changes", key)
+        if pruned_to is not None:
+            txn.put("meta", b"pruned:" + self._prefix, u64(pruned_to))
+
+    # -- change feed --------------------------------------------------------------------------
+
+    def head_seq(self) -> int:
+        """The sequence number of the last change committed."""
+        return self._committed_head
+
+    def read_changes(
+        self, after_seq: int, segment_ids: frozenset[int], limit: int = 1000
+    ) -> tuple[list[Change], int]:
+        """Up to `limit` stored changes with seq > after_seq; returns them and the seq to
+        continue after. OUT_OF_RANGE when after_seq is older than what is kept."""
+        p = self._prefix
+        out: list[Change] = []
+        last = after_seq
+        with self.store.read() as txn:
+            raw = txn.get("meta", b"pruned:" + p)
+            pruned_to = read_u64(raw) if raw else 1
+            if after_seq + 1 < pruned_to:
+                raise OutOfRange(
+                    f"changes up to {pruned_to - 1} are past their retention: "
+                    f"resume from after_seq >= {pruned_to - 1}"
+                )
+            start = p + u64(after_seq + 1)
+            first = next(txn.scan("changes", p, stop=p + u64(after_seq + 2), reverse=True), None)
+            if first is not None:
+                start = first[0]
+            ids = self.state.index.ids
+            for key, value in txn.scan("changes", p, start):
+                batch = ChangeBatch.decode(read_u64(key, len(p)), value)
+                end = batch.first_seq + len(batch.ordinals) - 1
+                if end <= after_seq:
+                    continue
+                if segment_ids and batch.segment_id not in segment_ids:
+                    last = end
+                    continue
+                skip = max(0, after_seq + 1 - batch.first_seq)
+                for rank, ordinal in enumerate(batch.ordinals[skip:], start=skip):
+                    seq = batch.first_seq + rank
+                    out.append(
+                        Change(
+                            seq,
+                            batch.segment_id,
+                            ids[ordinal] or "",
+                            batch.kind == ENTERED,
+                            batch.cause,
+                            batch.at,
+                        )
+                    )
+                    last = seq
+                    if len(out) >= limit:
+                        return out, last
+        return out, last
+
+    def watch(
+        self,
+        after_seq: int,
+        segment_ids: frozenset[int],
+        stop: Callable[[], bool],
+        follow: bool = True,
+    ) -> Iterator[Change]:
+        """The stored changes after `after_seq`, then live ones as they are committed, in
+        order, without gaps or repeats: the live part is read back from storage too, so the
+        switch from replay to live needs no hand-over."""
+        cursor = after_seq
+        while not stop():
+            changes, cursor = self.read_changes(cursor, segment_ids)
+            if changes:
+                yield from changes
+                continue
+            if not follow:
+                return
+            with self.changed:
+                if cursor >= self._committed_head:
+                    self.changed.wait(timeout=0.5)
+
+    # -- audiences ------------------------------------------------------------------------------
+
+    def audience(self, spec: AudienceSpec) -> BitMap:
+        """The audience as a bitmap of ordinals, computed under the lock: a frozen snapshot."""
+        with self._lock:
+            segs = self.state.segments
+            for group, ids in (
+                ("include", spec.include),
+                ("require", spec.require),
+                ("exclude", spec.exclude),
+            ):
+                for i, sid in enumerate(ids):
+                    seg = segs.get(sid)
+                    if seg is None:
+                        raise NotFound(f"segment {sid} does not exist (audience.{group}[{i}])")
+                    if seg.archived:
+                        raise FailedPrecondition(
+                            f"segment {sid} ({seg.name!r}) is archived (audience.{group}[{i}]): "
+                            "unarchive it to send to it"
+                        )
+            if not spec.include:
+                raise InvalidArgument("name at least one segment to include", "audience.include")
+            result = BitMap.union(*(segs[s].members for s in spec.include))
+            for sid in spec.require:
+                result &= segs[sid].members
+            if spec.exclude:
+                result -= BitMap.union(*(segs[s].members for s in spec.exclude))
+            index = self.state.index
+            if not spec.include_unsubscribed:
+                unsub = index.field("$unsubscribed")
+                if unsub is not None:
+                    result -= unsub.bools.get(True, BitMap())
+            if spec.channel == "email":
+                result &= _exists(index, "$email")
+            elif spec.channel == "phone":
+                result &= _exists(index, "$phone")
+            elif spec.channel == "device":
+                result &= (
+                    index.platforms.get(spec.device_platform, BitMap())
+                    if spec.device_platform
+                    else index.any_device
+                )
+            return result
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _check_batch(self, size: int, path: str) -> None:
+        if size > self.limits.max_batch_items:
+            raise InvalidArgument(
+                f"{size} items: at most {self.limits.max_batch_items} per call (split the batch)",
+                path,
+            )
+
+
+def _exists(index: object, key: str) -> BitMap:
+    fi = index.field(key)  # type: ignore[attr-defined]
+    return BitMap() if fi is None else fi.exists
+
+
+def _weight(op: Op) -> int:
+    return (
+        len(op.people)
+        if isinstance(op, PeopleOp)
+        else max(1, len(getattr(op, "ordinals", ())) // 100)
+    )
+
+
+def _rejected(index: int, key: str, exc: SegsvcError) -> ItemResult:
+    if isinstance(exc, InvalidArgument):
+        v = exc.violations[0]
+        return ItemResult(index, key, "invalid", v.description, v.field)
+    return ItemResult(index, key, "not_found", str(exc))
+
+
+def _page_size(requested: int, default: int, maximum: int) -> int:
+    if requested <= 0:
+        return default
+    return min(requested, maximum)
+
+
+def _token(token: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise InvalidArgument("not a page token from a previous response", "page_token")
+    return int(token)
+
+
+def _refuse_events(node: Node) -> None:
+    if isinstance(node, EventCondition | PageViewCondition | MessageCondition):
+        raise Unimplemented("event, page view and message conditions are not available yet")
+    if isinstance(node, Group):
+        for child in node.children:
+            _refuse_events(child)

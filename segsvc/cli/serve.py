@@ -1,0 +1,129 @@
+"""`segsvc serve`: run the server in the foreground."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+import click
+
+from segsvc.cli.common import fail
+from segsvc.config import DEFAULT_DATA, DEFAULT_LISTEN, Config
+
+_DEFAULTS = Config()
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA,
+    show_default=True,
+    help="Directory of the LMDB files (created if missing).",
+)
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT")
+@click.option(
+    "--map-size",
+    type=click.IntRange(min=1 << 20),
+    default=_DEFAULTS.map_size,
+    show_default=True,
+    metavar="BYTES",
+    help="LMDB address space to reserve; the file grows only as data is written.",
+)
+@click.option(
+    "--tick-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.tick_seconds,
+    show_default=True,
+    help="How often time-dependent segments are re-checked.",
+)
+@click.option(
+    "--change-retention-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.change_retention_seconds / 86400,
+    show_default=True,
+    help="How long the change feed keeps entries.",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.checkpoint_every_ops,
+    show_default=True,
+    metavar="N",
+    help="Write an index checkpoint after N logged operations.",
+)
+@click.option(
+    "--grace-seconds",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.grace_seconds,
+    show_default=True,
+    help="Time given to calls in flight on shutdown.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=_DEFAULTS.workers,
+    show_default=True,
+    help="gRPC worker threads.",
+)
+@click.option(
+    "--tokens-file",
+    type=_FILE,
+    help="Bearer tokens (hashed, each with workspace and role). Without it the server "
+    "accepts every call and may listen on loopback only.",
+)
+@click.option("--tls-cert", type=_FILE, help="PEM certificate chain; needs --tls-key.")
+@click.option("--tls-key", type=_FILE, help="PEM private key; needs --tls-cert.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def serve(
+    data: Path,
+    listen: str,
+    map_size: int,
+    tick_seconds: float,
+    change_retention_days: float,
+    checkpoint_every: int,
+    grace_seconds: float,
+    workers: int,
+    tokens_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    log_level: str,
+) -> None:
+    """Run the server in the foreground until SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+      segsvc serve --data /var/lib/segsvc --listen 0.0.0.0:50051 \\
+          --tokens-file /etc/segsvc/tokens --tls-cert cert.pem --tls-key key.pem
+    """
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together")
+    config = Config(
+        data_dir=data,
+        listen=listen,
+        map_size=map_size,
+        tick_seconds=tick_seconds,
+        change_retention_seconds=round(change_retention_days * 86400),
+        checkpoint_every_ops=checkpoint_every,
+        grace_seconds=grace_seconds,
+        workers=workers,
+        tokens_file=tokens_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Imported only here: the client commands must not load the engine, LMDB and bitmaps.
+    server = importlib.import_module("segsvc.api.server")
+    run = cast(Callable[[Config], None], server.serve)
+    run(config)

@@ -13,16 +13,10 @@ from typing import Any
 import click
 import grpc
 
-from segsvc.cli.audience import audience
+from segsvc.cli import audience, events, members, people, segments, serve, watch
 from segsvc.cli.client import Client, ClientSettings
 from segsvc.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Session
-from segsvc.cli.events import events
-from segsvc.cli.members import members
 from segsvc.cli.output import Output, rpc_error_lines
-from segsvc.cli.people import people
-from segsvc.cli.segments import segments
-from segsvc.cli.serve import serve
-from segsvc.cli.watch import watch
 from segsvc.config import DEFAULT_LISTEN
 
 __all__ = ["main"]
@@ -99,5 +93,10 @@ def main(
     ctx.call_on_close(client.close)
 
 
-for _command in (serve, segments, members, people, events, watch, audience):
-    main.add_command(_command)
+main.add_command(serve.serve)
+main.add_command(segments.segments)
+main.add_command(members.members)
+main.add_command(people.people)
+main.add_command(events.events)
+main.add_command(watch.watch)
+main.add_command(audience.audience)

@@ -20,6 +20,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Reconnect attempts in a row after UNAVAILABLE before giving up; any chunk received resets it.
 MAX_RECONNECTS = 5
+# Seconds before the first reconnect; doubled for each further one in a row.
+RECONNECT_DELAY = 0.2
 
 _CHANNELS = {
     "email": audiences_pb2.CHANNEL_EMAIL,
@@ -182,8 +184,7 @@ def export(session: Session, /, file: Path, fields: str, chunk_size: int, **sele
                     f"connection lost after {written} people; reconnecting "
                     f"({failures}/{MAX_RECONNECTS})"
                 )
-                time.sleep(0.2 * 2**failures)
-                session.client.wait_ready(timeout=5.0)
+                time.sleep(RECONNECT_DELAY * 2 ** (failures - 1))
     if session.out.json:
         session.out.document({"file": str(file), "people": written})
     else:

@@ -24,7 +24,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # Reconnect quickly after a dropped connection (gRPC's default backoff starts at 1 s and
-    # grows to 2 min), so `audience export` can resume within its few retries.
+    # grows to 2 min): a call on a channel still backing off fails at once, so `audience
+    # export` must find the channel connected again within its few, short retries.
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
@@ -117,7 +118,6 @@ class Client:
 
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
-        self._raw: grpc.Channel | None = None
         self._channel: grpc.Channel | None = None
 
     def _open(self) -> grpc.Channel:
@@ -125,13 +125,13 @@ class Client:
             if self.settings.tls or self.settings.ca_cert:
                 roots = self.settings.ca_cert.read_bytes() if self.settings.ca_cert else None
                 credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-                self._raw = grpc.secure_channel(
+                raw = grpc.secure_channel(
                     self.settings.server, credentials, options=_CHANNEL_OPTIONS
                 )
             else:
-                self._raw = grpc.insecure_channel(self.settings.server, options=_CHANNEL_OPTIONS)
+                raw = grpc.insecure_channel(self.settings.server, options=_CHANNEL_OPTIONS)
             self._channel = grpc.intercept_channel(
-                self._raw, _MetadataInterceptor(self.settings.metadata())
+                raw, _MetadataInterceptor(self.settings.metadata())
             )
         return self._channel
 
@@ -151,18 +151,7 @@ class Client:
     def audiences(self) -> audiences_pb2_grpc.AudiencesStub:
         return audiences_pb2_grpc.AudiencesStub(self._open())
 
-    def wait_ready(self, timeout: float) -> bool:
-        """Wait until the connection is (re-)established; False if it is not within `timeout`.
-        Use before retrying a call after UNAVAILABLE."""
-        self._open()
-        assert self._raw is not None
-        try:
-            grpc.channel_ready_future(self._raw).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            return False
-        return True
-
     def close(self) -> None:
-        if self._raw is not None:
-            self._raw.close()
-        self._raw = self._channel = None
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = None

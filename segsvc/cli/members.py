@@ -37,9 +37,20 @@ _LOOKUP = {
 }
 # First cells that are column titles rather than people, whatever key the file holds.
 _HEADER_WORDS = {
-    "id", "person", "person_id", "user", "user_id", "customer_id", "external_id",
-    "email", "e-mail", "email_address", "phone", "mobile", "phone_number",
-}  # fmt: skip
+    "id",
+    "person",
+    "person_id",
+    "user",
+    "user_id",
+    "customer_id",
+    "external_id",
+    "email",
+    "e-mail",
+    "email_address",
+    "phone",
+    "mobile",
+    "phone_number",
+}
 _DELIMITERS = ",;\t|"
 
 

@@ -3,7 +3,9 @@ tag and device platform, which people have which value, as bitmaps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from array import array
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,6 +102,55 @@ class FieldIndex:
             self.times.remove(ordinal, encode_timestamp(int(value)))
             _discard(self.month_days, month_day(int(value)), ordinal)
 
+    def add_many(self, pairs: list[tuple[int, Value]]) -> None:
+        """Adds values for people that have none here yet, grouped per value."""
+        self._bulk(pairs, adding=True)
+
+    def remove_many(self, pairs: list[tuple[int, Value]]) -> None:
+        """Removes people's current values, grouped per value."""
+        self._bulk(pairs, adding=False)
+
+    def _bulk(self, pairs: list[tuple[int, Value]], adding: bool) -> None:
+        ordinals = array("I", (o for o, _ in pairs))
+        if adding:
+            self.exists |= BitMap(ordinals)
+        else:
+            self.exists -= BitMap(ordinals)
+        strings: dict[str, list[int]] = defaultdict(list)
+        bools: dict[bool, list[int]] = defaultdict(list)
+        numbers: tuple[list[int], list[int]] = ([], [])
+        times: tuple[list[int], list[int]] = ([], [])
+        days: dict[int, list[int]] = defaultdict(list)
+        for ordinal, value in pairs:
+            kind = type(value)
+            if kind is str:
+                if self.keep_values:
+                    strings[value].append(ordinal)  # type: ignore[index]
+            elif kind is bool:
+                bools[value].append(ordinal)  # type: ignore[index]
+            elif kind is float:
+                numbers[0].append(ordinal)
+                numbers[1].append(encode_number(value))  # type: ignore[arg-type]
+            else:
+                times[0].append(ordinal)
+                times[1].append(encode_timestamp(int(value)))
+                days[month_day(int(value))].append(ordinal)
+        for table, groups in (
+            (self.strings, strings),
+            (self.bools, bools),
+            (self.month_days, days),
+        ):
+            for key, people in groups.items():
+                _bulk_set(table, key, people, adding)
+        if numbers[0]:
+            if self.numbers is None:
+                self.numbers = BitSlicedIndex(NUMBER_BITS)
+            (self.numbers.add_many if adding else self.numbers.remove_many)(*numbers)
+        if times[0]:
+            if self.times is None:
+                self.times = BitSlicedIndex(TIMESTAMP_BITS)
+            (self.times.add_many if adding else self.times.remove_many)(*times)
+
     def to_plain(self) -> Any:
         return [
             self.keep_values,
@@ -123,6 +174,17 @@ class FieldIndex:
             index.times = BitSlicedIndex.deserialize(TIMESTAMP_BITS, data[5])
         index.month_days = {k: BitMap.deserialize(v) for k, v in data[6].items()}
         return index
+
+
+def _bulk_set(table: dict[Any, BitMap], key: Any, people: list[int], adding: bool) -> None:
+    if adding:
+        table.setdefault(key, BitMap()).update(array("I", people))
+        return
+    bitmap = table.get(key)
+    if bitmap is not None and people:
+        bitmap -= BitMap(array("I", people))
+        if not bitmap:
+            del table[key]
 
 
 def _discard(table: dict[Any, BitMap], key: Any, ordinal: int) -> None:
@@ -159,58 +221,123 @@ class PeopleIndex:
             index = self.fields[key] = FieldIndex(keep_values=key not in UNIQUE_FIELDS)
         return index
 
-    def apply(self, ordinal: int, old: PersonRecord | None, new: PersonRecord | None) -> set[str]:
-        """Moves one person from `old` to `new` (None: absent); returns the dependency keys
-        whose answer may have changed for them."""
-        touched: set[str] = set()
-        if new is not None and old is None:
-            self.live.add(ordinal)
-            while len(self.ids) <= ordinal:
-                self.ids.append(None)
-                self.emails.append(None)
-                self.phones.append(None)
-        elif new is None:
-            self.live.discard(ordinal)
-        self._apply_fields(ordinal, old, new, touched)
-        old_tags = old.tags if old is not None else frozenset()
-        new_tags = new.tags if new is not None else frozenset()
-        for tag in old_tags - new_tags:
-            _discard(self.tags, tag, ordinal)
-            touched.add(tag_key(tag))
-        for tag in new_tags - old_tags:
-            self.tags.setdefault(tag, BitMap()).add(ordinal)
-            touched.add(tag_key(tag))
-        old_platforms = set(old.devices.values()) if old is not None else set()
-        new_platforms = set(new.devices.values()) if new is not None else set()
-        if old_platforms != new_platforms:
-            touched.add(DEVICES_KEY)
-            for platform in old_platforms - new_platforms:
-                _discard(self.platforms, platform, ordinal)
-            for platform in new_platforms - old_platforms:
-                self.platforms.setdefault(platform, BitMap()).add(ordinal)
-            if new_platforms:
-                self.any_device.add(ordinal)
-            else:
-                self.any_device.discard(ordinal)
-        if new is not None:
-            self.ids[ordinal] = new.id
-        self.emails[ordinal] = new.email if new is not None else None
-        self.phones[ordinal] = new.phone if new is not None else None
+    def apply(
+        self, people: Sequence[tuple[int, PersonRecord | None, PersonRecord | None]]
+    ) -> dict[str, list[int]]:
+        """Moves each person from `old` to `new` (None: absent), grouping the bitmap updates
+        per value so that a batch costs a few bulk operations per distinct value. Returns,
+        per dependency key, the people whose answer on it may have changed. Each ordinal
+        appears at most once in `people`."""
+        touched: dict[str, list[int]] = defaultdict(list)
+        removes: dict[str, list[tuple[int, Value]]] = defaultdict(list)
+        adds: dict[str, list[tuple[int, Value]]] = defaultdict(list)
+        tag_moves: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        platform_moves: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        born: list[int] = []
+        died: list[int] = []
+        got_device: list[int] = []
+        lost_device: list[int] = []
+        for ordinal, old, new in people:
+            if old is None:
+                born.append(ordinal)
+            if new is None:
+                died.append(ordinal)
+            self._diff_fields(ordinal, old, new, touched, removes, adds)
+            old_tags = old.tags if old is not None else frozenset()
+            new_tags = new.tags if new is not None else frozenset()
+            if old_tags != new_tags:
+                for tag in old_tags - new_tags:
+                    tag_moves[tag][1].append(ordinal)
+                    touched[tag_key(tag)].append(ordinal)
+                for tag in new_tags - old_tags:
+                    tag_moves[tag][0].append(ordinal)
+                    touched[tag_key(tag)].append(ordinal)
+            old_platforms = set(old.devices.values()) if old is not None else set()
+            new_platforms = set(new.devices.values()) if new is not None else set()
+            if old_platforms != new_platforms:
+                touched[DEVICES_KEY].append(ordinal)
+                for platform in old_platforms - new_platforms:
+                    platform_moves[platform][1].append(ordinal)
+                for platform in new_platforms - old_platforms:
+                    platform_moves[platform][0].append(ordinal)
+                (got_device if new_platforms else lost_device).append(ordinal)
+        self._grow(max((o for o, _, _ in people), default=-1))
+        self.live |= BitMap(array("I", born))
+        self.live -= BitMap(array("I", died))
+        for key, pairs in removes.items():
+            self.fields[key].remove_many(pairs)
+        for key, pairs in adds.items():
+            self._field_for_write(key).add_many(pairs)
+        for table, moves in ((self.tags, tag_moves), (self.platforms, platform_moves)):
+            for key, (gained, lost) in moves.items():
+                _bulk_set(table, key, lost, adding=False)
+                _bulk_set(table, key, gained, adding=True)
+        self.any_device |= BitMap(array("I", got_device))
+        self.any_device -= BitMap(array("I", lost_device))
+        for ordinal, _old, new in people:
+            if new is not None:
+                self.ids[ordinal] = new.id
+            self.emails[ordinal] = new.email if new is not None else None
+            self.phones[ordinal] = new.phone if new is not None else None
         return touched
 
-    def _apply_fields(
-        self, ordinal: int, old: PersonRecord | None, new: PersonRecord | None, touched: set[str]
+    def _grow(self, ordinal: int) -> None:
+        missing = ordinal + 1 - len(self.ids)
+        if missing > 0:
+            self.ids.extend([None] * missing)
+            self.emails.extend([None] * missing)
+            self.phones.extend([None] * missing)
+
+    @staticmethod
+    def _diff_fields(
+        ordinal: int,
+        old: PersonRecord | None,
+        new: PersonRecord | None,
+        touched: dict[str, list[int]],
+        removes: dict[str, list[tuple[int, Value]]],
+        adds: dict[str, list[tuple[int, Value]]],
     ) -> None:
-        for key in _field_keys(old, new):
-            before = field_value(old, key) if old is not None else None
-            after = field_value(new, key) if new is not None else None
-            if _same(before, after):
-                continue
-            touched.add(key)
+        def move(key: str, before: Value | None, after: Value | None) -> None:
+            touched[key].append(ordinal)
             if before is not None:
-                self._field_for_write(key).remove(ordinal, before)
+                removes[key].append((ordinal, before))
             if after is not None:
-                self._field_for_write(key).add(ordinal, after)
+                adds[key].append((ordinal, after))
+
+        empty: dict[str, Value] = {}
+        old_attrs = old.attributes if old is not None else empty
+        new_attrs = new.attributes if new is not None else empty
+        for name, value in new_attrs.items():
+            before = old_attrs.get(name)
+            # Same type and value: nothing to move (type first, as True == 1.0 in Python).
+            if before is not None and type(before) is type(value) and before == value:
+                continue
+            # Inlined move(): this loop runs once per attribute per person in bulk loads.
+            key = "a:" + name
+            touched[key].append(ordinal)
+            if before is not None:
+                removes[key].append((ordinal, before))
+            adds[key].append((ordinal, value))
+        for name, value in old_attrs.items():
+            if name not in new_attrs:
+                move("a:" + name, value, None)
+        if old is not None and new is not None:
+            if old.email != new.email:
+                move("$email", old.email, new.email)
+            if old.phone != new.phone:
+                move("$phone", old.phone, new.phone)
+            if old.created_at != new.created_at:
+                move("$created_at", old.created_at, new.created_at)
+            if old.unsubscribed != new.unsubscribed:
+                move("$unsubscribed", old.unsubscribed, new.unsubscribed)
+            return
+        # Created or deleted: every built-in field that has a value moves.
+        record = new if new is not None else old
+        assert record is not None
+        for key in BUILTIN_FIELDS:
+            builtin = field_value(record, key)
+            if builtin is not None:
+                move(key, None if new is record else builtin, builtin if new is record else None)
 
     def to_plain(self) -> Any:
         return [
@@ -244,14 +371,6 @@ def _split(joined: str) -> list[str | None]:
     if not joined:
         return []
     return [x or None for x in joined.split("\x00")]
-
-
-def _field_keys(old: PersonRecord | None, new: PersonRecord | None) -> Iterable[str]:
-    keys: set[str] = set(BUILTIN_FIELDS)
-    for record in (old, new):
-        if record is not None:
-            keys.update("a:" + k for k in record.attributes)
-    return keys
 
 
 def _same(a: Value | None, b: Value | None) -> bool:

@@ -93,11 +93,12 @@ def _from_node(d: Any) -> Node | None:
 
 
 def _rec(r: PersonRecord | None) -> Any:
-    return None if r is None else r.to_plain()
+    # The record's own stored bytes, nested: encoded once for the log and the people table.
+    return None if r is None else r.encode()
 
 
 def _from_rec(d: Any) -> PersonRecord | None:
-    return None if d is None else PersonRecord.from_plain(d)
+    return None if d is None else PersonRecord.decode(d)
 
 
 def encode(op: Op) -> bytes:

@@ -3,7 +3,9 @@ the other."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import msgpack
@@ -47,22 +49,12 @@ class PersonRecord:
         )
 
     def encode(self) -> bytes:
-        return bytes(
-            msgpack.packb(
-                [
-                    self.id,
-                    int(self.created_at),
-                    int(self.updated_at),
-                    self.email,
-                    self.phone,
-                    self.unsubscribed,
-                    {k: _pack_value(v) for k, v in self.attributes.items()},
-                    sorted(self.tags),
-                    self.devices,
-                ],
-                use_bin_type=True,
-            )
-        )
+        return self.encoded
+
+    @cached_property
+    def encoded(self) -> bytes:
+        """The stored form, computed once: the log record and the people table share it."""
+        return bytes(msgpack.packb(self.to_plain(), use_bin_type=True))
 
     @staticmethod
     def decode(data: bytes) -> PersonRecord:
@@ -77,7 +69,7 @@ class PersonRecord:
             self.email,
             self.phone,
             self.unsubscribed,
-            {k: _pack_value(v) for k, v in self.attributes.items()},
+            {k: int(v) if type(v) is Timestamp else v for k, v in self.attributes.items()},
             sorted(self.tags),
             self.devices,
         ]
@@ -133,6 +125,20 @@ class PersonUpsert:
     replace: bool = False
 
 
+# Names already checked: attribute names, tags and platforms repeat across millions of people,
+# so each distinct one is validated once. Bounded so that junk cannot grow it without limit.
+_KNOWN_NAMES: set[tuple[str, int]] = set()
+_KNOWN_NAMES_MAX = 100_000
+
+
+def _check_name(name: str, what: str, path: str, max_length: int = 256) -> None:
+    if (name, max_length) in _KNOWN_NAMES:
+        return
+    check_key(name, what, path, max_length)
+    if len(_KNOWN_NAMES) < _KNOWN_NAMES_MAX:
+        _KNOWN_NAMES.add((name, max_length))
+
+
 def validate_upsert(upsert: PersonUpsert, path: str, limits: Limits) -> PersonUpsert:
     """Checks one upsert and returns it with email and phone normalised; raises
     InvalidArgument naming the field (e.g. `people[3].email`)."""
@@ -143,37 +149,51 @@ def validate_upsert(upsert: PersonUpsert, path: str, limits: Limits) -> PersonUp
     phone = upsert.phone
     if phone:
         phone = normalize_phone(phone, f"{path}.phone")
-    attrs: dict[str, Value] = {}
-    for key, value in upsert.attributes.items():
-        check_key(key, "the attribute name", f"{path}.attributes[{key!r}]", 256)
-        attrs[key] = check_value(value, f"{path}.attributes[{key!r}]", limits.max_string_length)
+    attrs = upsert.attributes
     if len(attrs) > limits.max_attributes_per_person:
         raise InvalidArgument(
             f"more than {limits.max_attributes_per_person} attributes", f"{path}.attributes"
         )
-    both = set(attrs) & set(upsert.remove_attributes)
-    if both:
-        raise InvalidArgument(
-            f"attribute {sorted(both)[0]!r} is both set and removed", f"{path}.remove_attributes"
-        )
+    max_string = limits.max_string_length
+    for key, value in attrs.items():
+        _check_name(key, "the attribute name", f"{path}.attributes[{key!r}]")
+        kind = type(value)
+        # Fast paths for the common, valid cases; check_value says what is wrong otherwise.
+        if (kind is str and len(value) <= max_string) or kind is bool:  # type: ignore[arg-type]
+            continue
+        if kind is float and math.isfinite(value) and value != 0.0:  # type: ignore[arg-type]
+            continue
+        fixed = check_value(value, f"{path}.attributes[{key!r}]", max_string)
+        if fixed is not value:
+            attrs = {**attrs, key: fixed}
+    if upsert.remove_attributes:
+        both = set(attrs) & set(upsert.remove_attributes)
+        if both:
+            raise InvalidArgument(
+                f"attribute {sorted(both)[0]!r} is both set and removed",
+                f"{path}.remove_attributes",
+            )
     for i, tag in enumerate(upsert.add_tags):
-        check_key(tag, "the tag", f"{path}.add_tags[{i}]")
+        _check_name(tag, "the tag", f"{path}.add_tags[{i}]")
     if len(upsert.add_tags) > limits.max_tags_per_person:
         raise InvalidArgument(f"more than {limits.max_tags_per_person} tags", f"{path}.add_tags")
-    both = set(upsert.add_tags) & set(upsert.remove_tags)
-    if both:
-        raise InvalidArgument(
-            f"tag {sorted(both)[0]!r} is both added and removed", f"{path}.remove_tags"
-        )
+    if upsert.remove_tags:
+        both = set(upsert.add_tags) & set(upsert.remove_tags)
+        if both:
+            raise InvalidArgument(
+                f"tag {sorted(both)[0]!r} is both added and removed", f"{path}.remove_tags"
+            )
     for i, (device_id, platform) in enumerate(upsert.devices):
         check_key(device_id, "the device id", f"{path}.devices[{i}].id")
-        check_key(platform, "the device platform", f"{path}.devices[{i}].platform", 64)
+        _check_name(platform, "the device platform", f"{path}.devices[{i}].platform", 64)
     if len(upsert.devices) > limits.max_devices_per_person:
         raise InvalidArgument(
             f"more than {limits.max_devices_per_person} devices", f"{path}.devices"
         )
     if upsert.created_at is not None:
         check_value(upsert.created_at, f"{path}.created_at", 0)
+    if email == upsert.email and phone == upsert.phone and attrs is upsert.attributes:
+        return upsert
     return replace(upsert, email=email, phone=phone, attributes=attrs)
 
 

@@ -201,12 +201,10 @@ class WorkspaceState:
         self.change_seq += len(who)
 
     def _apply_people(self, op: PeopleOp, out: list[ChangeBatch]) -> None:
-        touched: dict[str, list[int]] = defaultdict(list)
+        touched = self.index.apply(op.people)
         records: dict[int, PersonRecord | None] = {}
         changed, created, deleted = BitMap(), BitMap(), BitMap()
         for ordinal, old, new in op.people:
-            for key in self.index.apply(ordinal, old, new):
-                touched[key].append(ordinal)
             records[ordinal] = new
             changed.add(ordinal)
             if old is None:

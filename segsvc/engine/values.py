@@ -35,8 +35,14 @@ class Timestamp(int):
 Value = str | float | bool | Timestamp
 
 
+_KINDS: dict[type, Kind] = {str: "string", float: "number", bool: "bool", Timestamp: "timestamp"}
+
+
 def kind_of(value: Value) -> Kind:
-    # bool before number: bool is a subclass of int in Python.
+    kind = _KINDS.get(type(value))
+    if kind is not None:
+        return kind
+    # Subclasses (e.g. a str subclass from a library); bool before number as bool is an int.
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, Timestamp):
@@ -84,6 +90,8 @@ def describe(value: Value) -> str:
     return f"{value:g}"
 
 
+# Unicode category Cc: the C0 and C1 control characters and DEL.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE_PUNCTUATION = re.compile(r"[\s().\-/]")
 
@@ -115,6 +123,6 @@ def check_key(raw: str, what: str, field: str, max_length: int = 256) -> str:
         raise InvalidArgument(f"{what} is empty", field)
     if len(raw) > max_length:
         raise InvalidArgument(f"{what} is longer than {max_length} characters", field)
-    if any(unicodedata.category(c) == "Cc" for c in raw):
+    if _CONTROL.search(raw):
         raise InvalidArgument(f"{what} {raw!r} contains control characters", field)
     return raw

@@ -66,7 +66,9 @@ class AttrEquals:
     time_dependent = False
 
     def match(self, record: PersonRecord, now: int) -> bool:
-        v = field_value(record, self.key)
+        return self.matches_value(field_value(record, self.key), now)
+
+    def matches_value(self, v: Value | None, now: int) -> bool:
         return v is not None and kind_of(v) == self.kind and v == self.value
 
     def full(self, index: PeopleIndex, now: int) -> BitMap:
@@ -98,7 +100,9 @@ class AttrText:
     time_dependent = False
 
     def match(self, record: PersonRecord, now: int) -> bool:
-        v = field_value(record, self.key)
+        return self.matches_value(field_value(record, self.key), now)
+
+    def matches_value(self, v: Value | None, now: int) -> bool:
         return isinstance(v, str) and _text_match(self.op, self.needle, v)
 
     def full(self, index: PeopleIndex, now: int) -> BitMap:
@@ -127,6 +131,9 @@ class AttrExists:
     def match(self, record: PersonRecord, now: int) -> bool:
         return field_value(record, self.key) is not None
 
+    def matches_value(self, v: Value | None, now: int) -> bool:
+        return v is not None
+
     def full(self, index: PeopleIndex, now: int) -> BitMap:
         fi = index.field(self.key)
         return BitMap() if fi is None else BitMap(fi.exists)
@@ -148,7 +155,9 @@ class AttrRange:
     time_dependent = False
 
     def match(self, record: PersonRecord, now: int) -> bool:
-        v = field_value(record, self.key)
+        return self.matches_value(field_value(record, self.key), now)
+
+    def matches_value(self, v: Value | None, now: int) -> bool:
         if v is None or kind_of(v) != self.kind:
             return False
         return _in_range(v, self.low, self.low_inclusive, self.high, self.high_inclusive)
@@ -190,7 +199,9 @@ class AttrRelative:
         return None, False, now - self.seconds, False
 
     def match(self, record: PersonRecord, now: int) -> bool:
-        v = field_value(record, self.key)
+        return self.matches_value(field_value(record, self.key), now)
+
+    def matches_value(self, v: Value | None, now: int) -> bool:
         return isinstance(v, Timestamp) and _in_range(v, *self.bounds(now))
 
     def full(self, index: PeopleIndex, now: int) -> BitMap:
@@ -218,7 +229,9 @@ class AttrAnniversary:
     time_dependent = True
 
     def match(self, record: PersonRecord, now: int) -> bool:
-        v = field_value(record, self.key)
+        return self.matches_value(field_value(record, self.key), now)
+
+    def matches_value(self, v: Value | None, now: int) -> bool:
         if not isinstance(v, Timestamp):
             return False
         date = datetime.fromtimestamp(int(v), UTC)

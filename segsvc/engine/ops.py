@@ -11,7 +11,8 @@ import msgpack
 
 from segsvc.engine import conditions
 from segsvc.engine.conditions import Node
-from segsvc.engine.people import PersonRecord
+from segsvc.engine.people import PersonRecord, pack_value, unpack_value
+from segsvc.engine.values import Value
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,27 @@ class MembersOp:
 
 
 @dataclass(frozen=True)
-class TickOp:
-    """Time passed: re-evaluate the conditions that depend on the clock as of `at`."""
+class EventsOp:
+    """Events, and the bare people created for them (`create_missing_people`)."""
 
     at: int
+    people: tuple[tuple[int, PersonRecord | None, PersonRecord | None], ...]
+    # (ordinal, name, timestamp, properties)
+    events: tuple[tuple[int, str, int, dict[str, Value]], ...]
+
+
+@dataclass(frozen=True)
+class TickOp:
+    """Time passed: re-evaluate the conditions that depend on the clock as of `at`, and drop
+    events older than `event_cutoff` (0: keep all)."""
+
+    at: int
+    event_cutoff: int = 0
 
 
 Op = (
     PeopleOp
+    | EventsOp
     | CreateSegmentOp
     | UpdateSegmentOp
     | DeleteSegmentsOp
@@ -123,8 +137,11 @@ def encode(op: Op) -> bytes:
         body = ["archive", op.at, list(op.segment_ids), op.archived]
     elif isinstance(op, MembersOp):
         body = ["members", op.at, op.segment_id, op.add, list(op.ordinals), op.clear]
+    elif isinstance(op, EventsOp):
+        events = [[o, n, t, {k: pack_value(v) for k, v in p.items()}] for o, n, t, p in op.events]
+        body = ["events", op.at, [[o, _rec(a), _rec(b)] for o, a, b in op.people], events]
     else:
-        body = ["tick", op.at]
+        body = ["tick", op.at, op.event_cutoff]
     return bytes(msgpack.packb(body, use_bin_type=True))
 
 
@@ -143,6 +160,10 @@ def decode(data: bytes) -> Op:
         return ArchiveSegmentsOp(at, tuple(d[2]), d[3])
     if kind == "members":
         return MembersOp(at, d[2], d[3], tuple(d[4]), d[5])
+    if kind == "events":
+        people = tuple((o, _from_rec(a), _from_rec(b)) for o, a, b in d[2])
+        events = tuple((o, n, t, {k: unpack_value(v) for k, v in p.items()}) for o, n, t, p in d[3])
+        return EventsOp(at, people, events)
     if kind == "tick":
-        return TickOp(at)
+        return TickOp(at, d[2])
     raise ValueError(f"unknown operation {kind!r}")

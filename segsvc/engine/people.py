@@ -84,7 +84,7 @@ class PersonRecord:
             email=email,
             phone=phone,
             unsubscribed=unsub,
-            attributes={k: _unpack_value(v) for k, v in attrs.items()},
+            attributes={k: unpack_value(v) for k, v in attrs.items()},
             tags=frozenset(tags),
             devices=dict(devices),
         )
@@ -94,12 +94,12 @@ def _typed(attrs: dict[str, Value]) -> dict[str, tuple[str, Value]]:
     return {k: (type(v).__name__, v) for k, v in attrs.items()}
 
 
-def _pack_value(v: Value) -> Any:
+def pack_value(v: Value) -> Any:
     # msgpack keeps int and float apart, and numbers are always floats: an int is a timestamp.
     return int(v) if isinstance(v, Timestamp) else v
 
 
-def _unpack_value(v: Any) -> Value:
+def unpack_value(v: Any) -> Value:
     if isinstance(v, bool | float | str):
         return v
     if isinstance(v, int):

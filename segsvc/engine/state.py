@@ -7,22 +7,26 @@ clock and no storage; everything it needs is in the record.
 
 from __future__ import annotations
 
+from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
 from pyroaring import BitMap
 
 from segsvc.engine import conditions
 from segsvc.engine.conditions import All, Any_, Expr, Node, Not, compile_node, leaves_of
+from segsvc.engine.events import EventStore, event_matches
 from segsvc.engine.index import PeopleIndex
 from segsvc.engine.leaves import EventLeaf, IndexLeaf, Leaf, SegmentLeaf
 from segsvc.engine.ops import (
     ArchiveSegmentsOp,
     CreateSegmentOp,
     DeleteSegmentsOp,
+    EventsOp,
     MembersOp,
     Op,
     PeopleOp,
@@ -83,6 +87,12 @@ class SegmentState:
     matches_blank: bool = False
 
 
+def _grown(counts: np.ndarray, size: int) -> np.ndarray:
+    grown = np.zeros(max(size, len(counts) * 2), dtype=np.int32)
+    grown[: len(counts)] = counts
+    return grown
+
+
 def leaf_id(leaf: Leaf) -> str:
     """A stable name for a leaf (frozenset order varies between processes; repr of the
     sorted filters does not)."""
@@ -108,6 +118,11 @@ class WorkspaceState:
         self.next_ordinal = 0
         self.next_segment_id = 1
         self.now = 0
+        self.events = EventStore()
+        # Per event leaf: how many counting events each ordinal has (index = ordinal).
+        self.event_counts: dict[EventLeaf, np.ndarray] = {}
+        # Deleted people whose events are still in the logs (dropped at the next tick).
+        self.dead = BitMap()
         self._topo: list[int] | None = None
 
     # -- reading ---------------------------------------------------------------------------
@@ -187,6 +202,10 @@ class WorkspaceState:
             for sid in op.segment_ids:
                 self.segments[sid].archived = op.archived
                 self.segments[sid].updated_at = op.at
+        elif isinstance(op, EventsOp):
+            if op.people:
+                self._apply_people(PeopleOp(op.at, op.people), out)
+            self._apply_events(op, out)
         elif isinstance(op, TickOp):
             self._apply_tick(op, out)
         self.op_seq = seq
@@ -213,6 +232,16 @@ class WorkspaceState:
             if new is None:
                 deleted.add(ordinal)
         seeds = self._refresh_leaves(touched, records, op.at)
+        if deleted:
+            self.dead |= deleted
+            for leaf, counts in self.event_counts.items():
+                bitmap = self.leaves[leaf]
+                if bitmap.intersect(deleted):
+                    bitmap -= deleted
+                    seeds |= self.leaf_users[leaf]
+                for ordinal in deleted:
+                    if ordinal < len(counts):
+                        counts[ordinal] = 0
         if created:
             seeds |= {s.id for s in self.segments.values() if s.matches_blank}
         if deleted:
@@ -314,8 +343,9 @@ class WorkspaceState:
                 continue
             if leaf not in self.leaves:
                 if isinstance(leaf, EventLeaf):
-                    raise NotImplementedError("event conditions")
-                self.leaves[leaf] = leaf.full(self.index, now)
+                    self._count_event_leaf(leaf, now)
+                else:
+                    self.leaves[leaf] = leaf.full(self.index, now)
                 self.leaves_by_dep[leaf.dep].add(leaf)
             self.leaf_users[leaf].add(seg.id)
         # With every leaf false (and every referenced segment empty), does it hold?
@@ -336,6 +366,8 @@ class WorkspaceState:
             if not users:
                 del self.leaf_users[leaf]
                 del self.leaves[leaf]
+                if isinstance(leaf, EventLeaf):
+                    del self.event_counts[leaf]
                 self.leaves_by_dep[leaf.dep].discard(leaf)
                 if not self.leaves_by_dep[leaf.dep]:
                     del self.leaves_by_dep[leaf.dep]
@@ -379,23 +411,63 @@ class WorkspaceState:
             self._emit(out, sid, EXITED, CAUSE_DELETED, op.at, seg.members)
         self._topo = None
 
+    def _count_event_leaf(self, leaf: EventLeaf, now: int) -> BitMap:
+        """(Re)counts an event leaf over the whole log; returns its new bitmap."""
+        counts = self.events.counts(leaf, now, self.next_ordinal)
+        self.event_counts[leaf] = counts
+        chosen = np.flatnonzero(counts >= leaf.min_count).astype(np.uint32)
+        bitmap = BitMap(array("I", chosen.tobytes())) & self.index.live
+        self.leaves[leaf] = bitmap
+        return bitmap
+
+    def _apply_events(self, op: EventsOp, out: list[ChangeBatch]) -> None:
+        self.events.append((o, name, ts, props) for o, name, ts, props in op.events)
+        moved = BitMap()
+        seeds: set[int] = set()
+        for ordinal, name, ts, props in op.events:
+            for leaf in self.leaves_by_dep.get("e:" + name, ()):
+                assert isinstance(leaf, EventLeaf)
+                if not event_matches(leaf, ts, props, op.at):
+                    continue
+                counts = self.event_counts[leaf]
+                if ordinal >= len(counts):
+                    counts = self.event_counts[leaf] = _grown(counts, self.next_ordinal)
+                counts[ordinal] += 1
+                # Counts only grow with new events, so a leaf can only turn on here.
+                if counts[ordinal] >= leaf.min_count and ordinal not in self.leaves[leaf]:
+                    self.leaves[leaf].add(ordinal)
+                    moved.add(ordinal)
+                    seeds |= self.leaf_users[leaf]
+        self._refresh_segments(seeds, moved, op.at, CAUSE_DATA, out)
+
     def _apply_tick(self, op: TickOp, out: list[ChangeBatch]) -> None:
         self.now = op.at
         moved = BitMap()
         seeds: set[int] = set()
+        pruned = False
+        if op.event_cutoff or self.dead:
+            pruned = self.events.prune(op.event_cutoff, self.dead) > 0
+            self.dead = BitMap()
         for leaf in list(self.leaves):
-            if not leaf.time_dependent or isinstance(leaf, EventLeaf):
+            if isinstance(leaf, EventLeaf):
+                # Dropping old events changes every count of that log, windowed or not.
+                if not (leaf.time_dependent or pruned):
+                    continue
+                old = self.leaves[leaf]
+                fresh = self._count_event_leaf(leaf, op.at)
+            elif leaf.time_dependent:
+                old = self.leaves[leaf]
+                fresh = self.leaves[leaf] = leaf.full(self.index, op.at)
+            else:
                 continue
-            fresh = leaf.full(self.index, op.at)
-            diff = fresh ^ self.leaves[leaf]
+            diff = fresh ^ old
             if diff:
-                self.leaves[leaf] = fresh
                 moved |= diff
                 seeds |= self.leaf_users[leaf]
         self._refresh_segments(seeds, moved, op.at, CAUSE_TIME, out)
 
     def has_time_dependent(self) -> bool:
-        return any(leaf.time_dependent for leaf in self.leaves)
+        return any(leaf.time_dependent for leaf in self.leaves) or bool(self.dead)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -415,6 +487,11 @@ class WorkspaceState:
             for s in self.segments.values()
         ]
         leaves = {leaf_id(leaf): bm.serialize() for leaf, bm in self.leaves.items()}
+        counts = {}
+        for leaf, per_person in self.event_counts.items():
+            # Sparse: most people never did most events.
+            who = np.flatnonzero(per_person).astype(np.uint32)
+            counts[leaf_id(leaf)] = [who.tobytes(), per_person[who].astype(np.int32).tobytes()]
         body = [
             CHECKPOINT_VERSION,
             self.op_seq,
@@ -425,6 +502,9 @@ class WorkspaceState:
             self.index.to_plain(),
             segments,
             leaves,
+            self.events.to_plain(),
+            counts,
+            self.dead.serialize(),
         ]
         return bytes(msgpack.packb(body, use_bin_type=True))
 
@@ -444,6 +524,9 @@ class WorkspaceState:
         ) = body[:6]
         state.index = PeopleIndex.from_plain(body[6])
         leaf_bitmaps: dict[str, bytes] = body[8]
+        state.events = EventStore.from_plain(body[9])
+        stored_counts: dict[str, list[bytes]] = body[10]
+        state.dead = BitMap.deserialize(body[11])
         for sid, name, desc, dynamic, created, updated, archived, definition, members in body[7]:
             seg = SegmentState(sid, name, desc, dynamic, created, updated, archived)
             seg.members = BitMap.deserialize(members)
@@ -461,6 +544,13 @@ class WorkspaceState:
                 if leaf not in state.leaves:
                     state.leaves[leaf] = BitMap.deserialize(leaf_bitmaps[leaf_id(leaf)])
                     state.leaves_by_dep[leaf.dep].add(leaf)
+                    if isinstance(leaf, EventLeaf):
+                        who, how_many = stored_counts[leaf_id(leaf)]
+                        counts = np.zeros(state.next_ordinal, dtype=np.int32)
+                        counts[np.frombuffer(who, dtype=np.uint32)] = np.frombuffer(
+                            how_many, dtype=np.int32
+                        )
+                        state.event_counts[leaf] = counts
                 state.leaf_users[leaf].add(seg.id)
             seg.matches_blank = bool(state.evaluate(seg.expr, BitMap([0]), lambda _leaf: BitMap()))
         return state

@@ -20,11 +20,7 @@ from segsvc.config import Config
 from segsvc.engine import conditions
 from segsvc.engine.clock import Clock
 from segsvc.engine.conditions import (
-    EventCondition,
-    Group,
-    MessageCondition,
     Node,
-    PageViewCondition,
     ValidationContext,
     children_paths,
     compile_node,
@@ -39,8 +35,8 @@ from segsvc.engine.errors import (
     OutOfRange,
     ResourceExhausted,
     SegsvcError,
-    Unimplemented,
 )
+from segsvc.engine.events import EventInput, validate_event
 from segsvc.engine.leaves import EventLeaf, Leaf, SegmentLeaf
 from segsvc.engine.model import (
     AudienceSpec,
@@ -57,6 +53,7 @@ from segsvc.engine.ops import (
     ArchiveSegmentsOp,
     CreateSegmentOp,
     DeleteSegmentsOp,
+    EventsOp,
     MembersOp,
     Op,
     PeopleOp,
@@ -67,7 +64,7 @@ from segsvc.engine.ops import (
 )
 from segsvc.engine.people import PersonRecord, PersonUpsert, apply_upsert, validate_upsert
 from segsvc.engine.state import ENTERED, ChangeBatch, WorkspaceState
-from segsvc.engine.values import Timestamp, check_key, normalize_email, normalize_phone
+from segsvc.engine.values import Timestamp, Value, check_key, normalize_email, normalize_phone
 from segsvc.storage.errors import StorageFullError
 from segsvc.storage.store import Store, Txn, prefix, read_u32, read_u64, u32, u64
 
@@ -75,6 +72,8 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 _LOOKUP_CHAR = {"id": b"i", "email": b"e", "phone": b"p"}
+# Events may be stamped a little ahead of the server's clock, not more.
+MAX_FUTURE_SKEW_SECONDS = 3600
 
 
 class Workspace:
@@ -337,6 +336,81 @@ class Workspace:
 
         return self._commit(resolve)
 
+    def track_events(
+        self,
+        events: Sequence[EventInput],
+        create_missing_people: bool = False,
+        path: str = "events",
+    ) -> list[ItemResult]:
+        """Records events. Unknown people are rejected, or created bare (by id only) when
+        `create_missing_people` is set."""
+        self._check_batch(len(events), path)
+
+        def resolve(txn: Txn) -> tuple[Op | None, list[ItemResult], Callable[[Txn], None]]:
+            now = self.clock.now()
+            oldest = now - self.config.event_retention_seconds
+            results: list[ItemResult] = []
+            rows: list[tuple[int, str, int, dict[str, Value]]] = []
+            born: dict[str, tuple[int, None, PersonRecord]] = {}
+            for i, event in enumerate(events):
+                item = f"{path}[{i}]"
+                try:
+                    props = validate_event(event, item, self.limits)
+                    ts = now if event.timestamp is None else int(event.timestamp)
+                    if ts > now + MAX_FUTURE_SKEW_SECONDS:
+                        raise InvalidArgument(
+                            f"more than {MAX_FUTURE_SKEW_SECONDS} s in the future "
+                            "(check the sender's clock)",
+                            f"{item}.timestamp",
+                        )
+                    if ts < oldest:
+                        raise InvalidArgument(
+                            f"older than the event retention "
+                            f"({self.config.event_retention_seconds // 86400} days)",
+                            f"{item}.timestamp",
+                        )
+                    ordinal = self._event_person(
+                        txn, event.person, f"{item}.person", born, create_missing_people, now
+                    )
+                except (InvalidArgument, NotFound) as exc:
+                    results.append(_rejected(i, str(event.person), exc))
+                    continue
+                rows.append((ordinal, event.name, ts, props))
+                results.append(ItemResult(i, str(event.person), "tracked"))
+            if not rows:
+                return None, results, self._persist_people(())
+            people = tuple(born.values())
+            return EventsOp(now, people, tuple(rows)), results, self._persist_people(people)
+
+        return self._commit(resolve)
+
+    def _event_person(
+        self,
+        txn: Txn,
+        key: PersonKey,
+        field: str,
+        born: dict[str, tuple[int, None, PersonRecord]],
+        create: bool,
+        now: int,
+    ) -> int:
+        try:
+            return self._find(txn, key, field)
+        except NotFound:
+            if not create or key.kind != "id":
+                if create:
+                    raise NotFound(
+                        f"no person with {key.kind} {key.value!r}: only unknown ids can be "
+                        "created from events"
+                    ) from None
+                raise
+        if key.value not in born:
+            ordinal = self.state.next_ordinal + len(born)
+            record = PersonRecord(
+                id=key.value, created_at=Timestamp(now), updated_at=Timestamp(now)
+            )
+            born[key.value] = (ordinal, None, record)
+        return born[key.value][0]
+
     def get_person(self, key: PersonKey) -> PersonView:
         with self._lock, self.store.read() as txn:
             ordinal = self._find(txn, key, "person")
@@ -371,7 +445,6 @@ class Workspace:
         )
         conditions.validate(definition, ctx)
         assert definition is not None
-        _refuse_events(definition)
         return definition
 
     def _check_name(self, name: str, own_id: int | None) -> str:
@@ -730,10 +803,11 @@ class Workspace:
         def resolve(txn: Txn) -> tuple[Op | None, None, None]:
             now = self.clock.now()
             self._prune_changes(txn, now)
-            if not self.state.has_time_dependent():
+            cutoff = now - self.config.event_retention_seconds
+            if not self.state.has_time_dependent() and self.state.events.oldest() >= cutoff:
                 self._after_apply(txn, TickOp(now))
                 return None, None, None
-            return TickOp(now), None, None
+            return TickOp(now, cutoff), None, None
 
         self._commit(resolve)
 
@@ -915,11 +989,3 @@ def _token(token: str) -> int:
     if not token.isdigit():
         raise InvalidArgument("not a page token from a previous response", "page_token")
     return int(token)
-
-
-def _refuse_events(node: Node) -> None:
-    if isinstance(node, EventCondition | PageViewCondition | MessageCondition):
-        raise Unimplemented("event, page view and message conditions are not available yet")
-    if isinstance(node, Group):
-        for child in node.children:
-            _refuse_events(child)

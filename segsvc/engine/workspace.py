@@ -10,10 +10,12 @@ disk, so memory never runs ahead of what was acknowledged.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
+import msgpack
 from pyroaring import BitMap
 
 from segsvc.config import Config
@@ -89,6 +91,8 @@ class Workspace:
         self.changed = threading.Condition()
         self._items_since_checkpoint = 0
         self._last_history: dict[int, int] = {}
+        # Recently used audience snapshots, so paging does not decode one per chunk.
+        self._snapshots: dict[str, BitMap] = {}
         self.state = self._load()
         self._committed_head = self.state.change_seq - 1
 
@@ -803,6 +807,7 @@ class Workspace:
         def resolve(txn: Txn) -> tuple[Op | None, None, None]:
             now = self.clock.now()
             self._prune_changes(txn, now)
+            self._prune_snapshots(txn, now)
             cutoff = now - self.config.event_retention_seconds
             if not self.state.has_time_dependent() and self.state.events.oldest() >= cutoff:
                 self._after_apply(txn, TickOp(now))
@@ -946,6 +951,72 @@ class Workspace:
                     else index.any_device
                 )
             return result
+
+    def snapshot_audience(self, spec: AudienceSpec) -> tuple[str, int]:
+        """Freezes the audience and stores it, so that a sender can page through it, and
+        resume after a disconnect or a server restart, while membership moves on. Returns
+        the snapshot id and its size."""
+        members = self.audience(spec)
+        members.run_optimize()
+        snapshot_id = secrets.token_hex(12)
+        record = msgpack.packb([self.clock.now(), members.serialize()], use_bin_type=True)
+        with self.store.write() as txn:
+            txn.put("snapshots", self._prefix + snapshot_id.encode(), record)
+        self._snapshots[snapshot_id] = members
+        return snapshot_id, len(members)
+
+    def snapshot_page(
+        self, snapshot_id: str, after: int, limit: int
+    ) -> tuple[list[tuple[int, str, str | None, str | None]], int, int]:
+        """Up to `limit` people of a snapshot with ordinals above `after` (-1: from the
+        start), as (ordinal, id, email, phone); returns them, the snapshot's size and how
+        many remain after this page."""
+        members = self._snapshots.get(snapshot_id)
+        if members is None:
+            with self.store.read() as txn:
+                raw = txn.get("snapshots", self._prefix + snapshot_id.encode())
+            if raw is None:
+                raise NotFound(
+                    f"audience snapshot {snapshot_id} does not exist or has expired "
+                    f"(snapshots are kept {self.config.snapshot_retention_seconds} s): "
+                    "resolve the audience again"
+                )
+            members = BitMap.deserialize(msgpack.unpackb(raw)[1])
+            if len(self._snapshots) >= 8:
+                self._snapshots.pop(next(iter(self._snapshots)))
+            self._snapshots[snapshot_id] = members
+        start = members.rank(after) if after >= 0 else 0
+        page = members[start : start + limit]
+        index = self.state.index
+        ids, emails, phones = index.ids, index.emails, index.phones
+        rows = [(o, ids[o] or "", emails[o], phones[o]) for o in page]
+        return rows, len(members), len(members) - start - len(page)
+
+    def attributes_of(
+        self, ordinals: Sequence[int], names: Sequence[str]
+    ) -> list[dict[str, Value]]:
+        """The named attributes of each person (empty for people deleted since)."""
+        out: list[dict[str, Value]] = []
+        with self.store.read() as txn:
+            for ordinal in ordinals:
+                raw = txn.get("people", self._prefix + u32(ordinal))
+                if raw is None:
+                    out.append({})
+                    continue
+                attributes = PersonRecord.decode(raw).attributes
+                out.append({n: attributes[n] for n in names if n in attributes})
+        return out
+
+    def _prune_snapshots(self, txn: Txn, now: int) -> None:
+        cutoff = now - self.config.snapshot_retention_seconds
+        doomed = [
+            key
+            for key, value in txn.scan("snapshots", self._prefix)
+            if msgpack.unpackb(value)[0] < cutoff
+        ]
+        for key in doomed:
+            txn.delete("snapshots", key)
+            self._snapshots.pop(key[len(self._prefix) :].decode(), None)
 
     # -- helpers ------------------------------------------------------------------------------
 

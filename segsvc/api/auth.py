@@ -1,0 +1,226 @@
+"""Who is calling, and in which workspace: bearer tokens, roles, and the call's workspace.
+
+Tokens file (config.tokens_file): JSON Lines, one token per line, `#` comments and blank
+lines allowed. Only the SHA-256 of a token is stored, so the file is no secret by itself:
+
+    {"token_sha256": "<64 hex digits>", "workspace": "acme", "role": "write"}
+
+Roles: `read` (queries, the change feed, audiences), `write` (read + every change), `admin`
+(write, in any workspace: it may name another workspace in the `workspace` metadata). A read
+or write token works in its own workspace only.
+
+Without a tokens file every call is accepted (the server then listens on loopback only) and
+the workspace is the `workspace` metadata, `default` when absent.
+
+Servicers learn the caller from `current_caller()`: the interceptor runs each call (and each
+step of a streamed response) inside a contextvars scope that holds it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+
+from segsvc.api.interception import Behaviour, StreamBehaviour, rewrap
+from segsvc.config import DEFAULT_WORKSPACE
+from segsvc.engine.errors import PermissionDenied, Unauthenticated
+
+Role = Literal["read", "write", "admin"]
+_RANK: dict[str, int] = {"read": 0, "write": 1, "admin": 2}
+
+# Calls that change nothing. Every other method needs a write token: a method added to the
+# API later is protected until someone decides it is a read.
+READ_METHODS = frozenset(
+    {
+        "/segsvc.v1.People/GetPerson",
+        "/segsvc.v1.Segments/GetSegment",
+        "/segsvc.v1.Segments/ListSegments",
+        "/segsvc.v1.Segments/PreviewSegment",
+        "/segsvc.v1.Segments/ExplainMembership",
+        "/segsvc.v1.Segments/GetSegmentHistory",
+        "/segsvc.v1.Segments/ListMembers",
+        "/segsvc.v1.Segments/CheckMembership",
+        "/segsvc.v1.Changes/WatchChanges",
+        "/segsvc.v1.Audiences/CountAudience",
+        "/segsvc.v1.Audiences/ResolveAudience",
+    }
+)
+# Load balancers and grpcurl-style tools use these without credentials.
+PUBLIC_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+class TokensFileError(ValueError):
+    """The tokens file cannot be used; the message names the line."""
+
+
+@dataclass(frozen=True)
+class Token:
+    sha256: bytes
+    workspace: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class Caller:
+    workspace: str
+    role: Role
+
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("segsvc_caller")
+
+
+def current_caller() -> Caller:
+    """The caller of the RPC being served (set by AuthInterceptor)."""
+    try:
+        return _caller.get()
+    except LookupError:
+        raise RuntimeError("no caller: the server was built without AuthInterceptor") from None
+
+
+def hash_token(token: str) -> str:
+    """The hex digest to write in the tokens file for `token`."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_tokens(path: Path) -> list[Token]:
+    tokens: list[Token] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise TokensFileError(f"cannot read the tokens file {path}: {exc.strerror}") from exc
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        try:
+            entry = json.loads(text)
+            digest = bytes.fromhex(entry["token_sha256"])
+            workspace = entry["workspace"]
+            role = entry["role"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TokensFileError(
+                f'{where}: expected {{"token_sha256": HEX, "workspace": NAME, '
+                f'"role": "read|write|admin"}} ({exc})'
+            ) from exc
+        if len(digest) != 32:
+            raise TokensFileError(f"{where}: token_sha256 must be 64 hex digits")
+        if role not in _RANK:
+            raise TokensFileError(f"{where}: role must be read, write or admin, not {role!r}")
+        if not isinstance(workspace, str) or not workspace:
+            raise TokensFileError(f"{where}: workspace must be a non-empty string")
+        tokens.append(Token(digest, workspace, role))
+    if not tokens:
+        raise TokensFileError(f"{path} holds no tokens: every call would be refused")
+    return tokens
+
+
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Decides the caller of every call and makes it `current_caller()` while it runs.
+
+    Authentication runs inside the wrapped behaviour, not in intercept_service, so that its
+    errors are domain errors that ErrorInterceptor maps like any other.
+    """
+
+    def __init__(self, tokens: list[Token] | None) -> None:
+        self._tokens = tokens
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_SERVICES):
+            return handler
+        metadata = handler_call_details.invocation_metadata
+
+        def scope() -> contextvars.Context:
+            caller = self.authorize(method, metadata)
+            context = contextvars.copy_context()
+            context.run(_caller.set, caller)
+            return context
+
+        def unary(behaviour: Behaviour) -> Behaviour:
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
+                return scope().run(behaviour, request, context)
+
+            return run
+
+        def streaming(behaviour: StreamBehaviour) -> StreamBehaviour:
+            def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                call_scope = scope()
+                responses = call_scope.run(behaviour, request, context)
+                try:
+                    while True:
+                        try:
+                            response = call_scope.run(next, responses)
+                        except StopIteration:
+                            return
+                        yield response
+                finally:
+                    close = getattr(responses, "close", None)
+                    if close is not None:
+                        call_scope.run(close)
+
+            return run
+
+        return rewrap(handler, unary, streaming)
+
+    def authorize(self, method: str, metadata: Any) -> Caller:
+        """The caller for `method`, or Unauthenticated / PermissionDenied."""
+        values = _metadata_values(metadata)
+        requested = values.get("workspace", "")
+        if self._tokens is None:
+            return Caller(requested or DEFAULT_WORKSPACE, "admin")
+        token = self._find(values.get("authorization", ""))
+        needed = "read" if method in READ_METHODS else "write"
+        if _RANK[token.role] < _RANK[needed]:
+            raise PermissionDenied(
+                f"this token is {token.role}-only: {method.rsplit('/', 1)[-1]} needs a "
+                f"{needed} token"
+            )
+        if requested and requested != token.workspace and token.role != "admin":
+            raise PermissionDenied(
+                f"this token is for workspace {token.workspace!r}, not {requested!r}"
+            )
+        return Caller(requested or token.workspace, token.role)
+
+    def _find(self, authorization: str) -> Token:
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthenticated(
+                "missing bearer token: send the metadata `authorization: Bearer <token>`"
+            )
+        digest = hashlib.sha256(secret.strip().encode()).digest()
+        found: Token | None = None
+        assert self._tokens is not None
+        # Every entry is compared, in constant time, so timing tells nothing about which
+        # entry (if any) came close.
+        for token in self._tokens:
+            if hmac.compare_digest(digest, token.sha256) and found is None:
+                found = token
+        if found is None:
+            raise Unauthenticated("unknown or revoked token")
+        return found
+
+
+def _metadata_values(metadata: Any) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, value in metadata or ():
+        if isinstance(value, str):
+            values.setdefault(key.lower(), value)
+    return values

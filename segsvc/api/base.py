@@ -1,0 +1,18 @@
+"""What every servicer shares: the engine, and the workspace of the call being served."""
+
+from __future__ import annotations
+
+from segsvc.api.auth import current_caller
+from segsvc.engine.engine import Engine
+from segsvc.engine.workspace import Workspace
+
+
+class EngineServicer:
+    """Base of the segsvc servicers: dependencies come in through the constructor."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _workspace(self) -> Workspace:
+        """The workspace this call works in: the caller's, decided by AuthInterceptor."""
+        return self._engine.workspace(current_caller().workspace)

@@ -1,0 +1,40 @@
+"""segsvc.v1.Changes: the change feed, replayed from storage and then followed live."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from segsvc.api import convert
+from segsvc.api.base import EngineServicer
+from segsvc.engine.engine import Engine
+from segsvc.v1 import changes_pb2, changes_pb2_grpc
+
+
+class ChangesServicer(EngineServicer, changes_pb2_grpc.ChangesServicer):
+    def __init__(self, engine: Engine, stopping: threading.Event) -> None:
+        super().__init__(engine)
+        # Set when the server begins to shut down: followers end at once (UNAVAILABLE, so
+        # they reconnect elsewhere or later) instead of holding the shutdown for the grace.
+        self._stopping = stopping
+
+    def WatchChanges(
+        self, request: changes_pb2.WatchChangesRequest, context: grpc.ServicerContext
+    ) -> Iterator[changes_pb2.Change]:
+        workspace = self._workspace()
+        after_seq = workspace.head_seq() if request.from_now else request.after_seq
+        changes = workspace.watch(
+            after_seq,
+            frozenset(request.segment_ids),
+            stop=lambda: self._stopping.is_set() or not context.is_active(),
+            follow=not request.no_follow,
+        )
+        for change in changes:
+            yield convert.change_to_proto(change)
+        if self._stopping.is_set() and not request.no_follow:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is shutting down: reconnect and resume after the last seq received",
+            )

@@ -88,3 +88,36 @@ def outcome_counts(results: Iterable[ItemResult]) -> Counter[str]:
         if result.rejected:
             counts["rejected"] += 1
     return counts
+
+
+@dataclass
+class BulkTally(Generic[Message, Item]):
+    """A client stream of batches applied part by part, summed up for one BulkSummary.
+
+    Each stream message may hold more items than the engine takes in one call; it is cut
+    into parts of `part_size`. Every item is applied whole or not at all either way, so the
+    cut is invisible to the client, and item positions count across the whole stream.
+    """
+
+    decode: Callable[[Message, str], Item]
+    key_of: Callable[[Message], str]
+    path: str
+    part_size: int
+    max_listed_errors: int
+    received: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    # The first rejected items (the counts stay exact beyond the listed ones).
+    errors: list[ItemResult] = field(default_factory=list)
+
+    def apply(
+        self, messages: Sequence[Message], call: Callable[[list[Item], str], list[ItemResult]]
+    ) -> None:
+        """Decodes and applies one stream message with `call(items, path)`."""
+        for start in range(0, len(messages), self.part_size):
+            part = messages[start : start + self.part_size]
+            batch = decode_batch(part, self.decode, self.key_of, self.path, self.received)
+            results = batch.merge(call(batch.items, self.path))
+            self.received += len(part)
+            self.counts.update(outcome_counts(results))
+            room = self.max_listed_errors - len(self.errors)
+            self.errors.extend([r for r in results if r.rejected][:room])

@@ -17,6 +17,7 @@ from google.protobuf import timestamp_pb2
 from segsvc.api.csv_import import CsvRow, CsvSettings
 from segsvc.engine import conditions as c
 from segsvc.engine.errors import InvalidArgument, Violation
+from segsvc.engine.events import EventInput
 from segsvc.engine.model import (
     AudienceSpec,
     Change,
@@ -173,6 +174,19 @@ def person_upsert(msg: people_pb2.PersonUpsert, path: str) -> PersonUpsert:
         remove_device_ids=tuple(msg.remove_device_ids),
         created_at=timestamp_from_proto(msg.created_at) if msg.HasField("created_at") else None,
         replace=msg.replace,
+    )
+
+
+def event_input(msg: people_pb2.Event, path: str) -> EventInput:
+    violations: list[Violation] = []
+    properties = _values_map(msg.properties, f"{path}.properties", violations)
+    person = person_key(msg.person, f"{path}.person")
+    _raise_if(violations)
+    return EventInput(
+        person=person,
+        name=msg.name,
+        timestamp=timestamp_from_proto(msg.timestamp) if msg.HasField("timestamp") else None,
+        properties=properties,
     )
 
 

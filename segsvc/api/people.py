@@ -1,32 +1,32 @@
-"""segsvc.v1.People: people in, people out."""
+"""segsvc.v1.People: people and their events, one at a time, in batches and in bulk streams."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
 from segsvc.api import convert
 from segsvc.api.base import EngineServicer
-from segsvc.api.batches import decode_batch, outcome_counts
-from segsvc.engine.errors import Unimplemented
+from segsvc.api.batches import BulkTally, decode_batch, outcome_counts
+from segsvc.engine.events import EventInput
 from segsvc.engine.model import ItemResult
+from segsvc.engine.people import PersonUpsert
+from segsvc.engine.workspace import Workspace
 from segsvc.v1 import people_pb2, people_pb2_grpc
 
 # A bulk summary lists at most this many rejected items (the counts stay exact), so a stream
 # of millions of bad rows still gets an answer that fits in a message.
 MAX_LISTED_ERRORS = 10_000
 
-_EVENTS_UNAVAILABLE = (
-    "events are not stored yet: TrackEvents and StreamTrackEvents will come with event, page "
-    "view and message conditions"
-)
-
 
 def _upsert_key(msg: people_pb2.PersonUpsert) -> str:
     return str(msg.id)
+
+
+def _event_key(msg: people_pb2.Event) -> str:
+    return convert.person_ref_label(msg.person)
 
 
 class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServicer):
@@ -48,32 +48,16 @@ class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServicer):
         self, request_iterator: Iterator[people_pb2.UpsertPeopleRequest], context: Any
     ) -> people_pb2.BulkSummary:
         workspace = self._workspace()
-        # A message may hold more than the engine takes per call; each engine call is one
-        # all-or-nothing unit per item, so cutting a message in parts changes nothing visible.
-        part_size = workspace.limits.max_batch_items
-        received = 0
-        counts: Counter[str] = Counter()
-        errors: list[ItemResult] = []
-        for request in request_iterator:
-            people = request.people
-            for start in range(0, len(people), part_size):
-                part = people[start : start + part_size]
-                batch = decode_batch(
-                    part, convert.person_upsert, _upsert_key, "people", first_index=received
-                )
-                results = batch.merge(workspace.upsert_people(batch.items, "people"))
-                received += len(part)
-                counts.update(outcome_counts(results))
-                room = MAX_LISTED_ERRORS - len(errors)
-                errors.extend([r for r in results if r.rejected][:room])
-        return people_pb2.BulkSummary(
-            received=received,
-            created=counts["created"],
-            updated=counts["updated"],
-            unchanged=counts["unchanged"],
-            rejected=counts["rejected"],
-            errors=convert.item_results_to_proto(errors),
+        tally: BulkTally[people_pb2.PersonUpsert, PersonUpsert] = BulkTally(
+            convert.person_upsert,
+            _upsert_key,
+            "people",
+            workspace.limits.max_batch_items,
+            MAX_LISTED_ERRORS,
         )
+        for request in request_iterator:
+            tally.apply(request.people, workspace.upsert_people)
+        return _summary(tally)
 
     def GetPerson(
         self, request: people_pb2.GetPersonRequest, context: grpc.ServicerContext
@@ -94,9 +78,49 @@ class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServicer):
     def TrackEvents(
         self, request: people_pb2.TrackEventsRequest, context: grpc.ServicerContext
     ) -> people_pb2.TrackEventsResponse:
-        raise Unimplemented(_EVENTS_UNAVAILABLE)
+        batch = decode_batch(request.events, convert.event_input, _event_key, "events")
+        results = batch.merge(
+            self._workspace().track_events(batch.items, request.create_missing_people, "events")
+        )
+        counts = outcome_counts(results)
+        return people_pb2.TrackEventsResponse(
+            results=convert.item_results_to_proto(results),
+            tracked=counts["tracked"],
+            rejected=counts["rejected"],
+        )
 
     def StreamTrackEvents(
         self, request_iterator: Iterator[people_pb2.TrackEventsRequest], context: Any
     ) -> people_pb2.BulkSummary:
-        raise Unimplemented(_EVENTS_UNAVAILABLE)
+        workspace = self._workspace()
+        tally: BulkTally[people_pb2.Event, EventInput] = BulkTally(
+            convert.event_input,
+            _event_key,
+            "events",
+            workspace.limits.max_batch_items,
+            MAX_LISTED_ERRORS,
+        )
+        for request in request_iterator:
+            tally.apply(request.events, _tracker(workspace, request.create_missing_people))
+        return _summary(tally)
+
+
+def _tracker(
+    workspace: Workspace, create_missing_people: bool
+) -> Callable[[list[EventInput], str], list[ItemResult]]:
+    def track(events: list[EventInput], path: str) -> list[ItemResult]:
+        return workspace.track_events(events, create_missing_people, path)
+
+    return track
+
+
+def _summary(tally: BulkTally[Any, Any]) -> people_pb2.BulkSummary:
+    return people_pb2.BulkSummary(
+        received=tally.received,
+        created=tally.counts["created"],
+        updated=tally.counts["updated"],
+        unchanged=tally.counts["unchanged"],
+        rejected=tally.counts["rejected"],
+        tracked=tally.counts["tracked"],
+        errors=convert.item_results_to_proto(tally.errors),
+    )

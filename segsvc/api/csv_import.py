@@ -92,12 +92,15 @@ def import_members(
     malformed) and adds the people found (`add(ordinals)`: how many were not members yet),
     one batch at a time. A key repeated in the file counts as already a member."""
     report = ImportReport()
+    # Rows in file order, unusable ones included, so rejections are listed by line.
     pending: list[CsvRow] = []
 
     def flush() -> None:
-        found = resolve(kind, [row.value for row in pending])
+        usable = [row for row in pending if not row.problem]
+        found = iter(resolve(kind, [row.value for row in usable]))
         ordinals: list[int] = []
-        for row, outcome in zip(pending, found, strict=True):
+        for row in pending:
+            outcome = row.problem or next(found)
             if isinstance(outcome, int):
                 ordinals.append(outcome)
             elif outcome is None:
@@ -112,9 +115,6 @@ def import_members(
 
     for row in rows:
         report.rows += 1
-        if row.problem:
-            report.reject(row)
-            continue
         pending.append(row)
         if len(pending) >= BATCH_ROWS:
             flush()

@@ -93,10 +93,13 @@ class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServicer):
                 if attribute_names
                 else [{} for _ in rows]
             )
+            # The index keeps the ids of deleted people (the change feed names them), so
+            # liveness is what tells who was deleted since the snapshot: never send to them.
+            live = workspace.state.index.live
             members = []
-            for (_, person_id, email, phone), values in zip(rows, attributes, strict=True):
-                if not person_id:
-                    continue  # deleted since the snapshot: never send to a deleted person
+            for (ordinal, person_id, email, phone), values in zip(rows, attributes, strict=True):
+                if not person_id or ordinal not in live:
+                    continue
                 member = audiences_pb2.AudienceMember(
                     id=person_id,
                     email=(email or "") if "email" in fields else "",

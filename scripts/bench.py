@@ -1,0 +1,824 @@
+"""segsvc benchmark: every DESIGN.md target measured beside DuckDB answering the same question
+over the same generated data in the same run, with the counts of every segment checked equal.
+
+    .venv/bin/python scripts/bench.py --quick          # 50k people, a minute or so
+    .venv/bin/python scripts/bench.py                  # 1M people, 100 segments
+    .venv/bin/python scripts/bench.py --grpc           # also through a real server
+
+The engine runs in this process on a fixed clock (gen_data.NOW); the DuckDB peer uses the same
+instant. Restart time and resident memory are measured in fresh child processes, so that
+neither DuckDB nor the generator is counted in segsvc's memory (nor the other way round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_duckdb as peer
+import duckdb
+import gen_data
+import psutil
+import pyroaring
+from gen_data import DAY, NOW, SegmentSpec
+
+from segsvc.config import Config
+from segsvc.engine.clock import FakeClock
+from segsvc.engine.conditions import (
+    AttributeCondition,
+    Group,
+    Node,
+    TagCondition,
+)
+from segsvc.engine.engine import Engine
+from segsvc.engine.model import AudienceSpec, PersonKey
+from segsvc.engine.workspace import Workspace
+
+WORKSPACE = "default"
+MAP_SIZE = 64 * 1024**3
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+@dataclass
+class Row:
+    figure: str
+    ours: str
+    theirs: str = "-"
+    ratio: str = ""
+    target: str = ""
+    verdict: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(
+            f"  {row.figure}: segsvc {row.ours} | duckdb {row.theirs} {row.ratio} "
+            f"{row.verdict}".rstrip(),
+            flush=True,
+        )
+
+    def print(self, title: str) -> None:
+        headers = ("figure", "segsvc", "duckdb", "ratio", "target", "")
+        table = [headers] + [
+            (r.figure, r.ours, r.theirs, r.ratio, r.target, r.verdict) for r in self.rows
+        ]
+        widths = [max(len(str(line[i])) for line in table) for i in range(len(headers))]
+        print()
+        print(title)
+        for n, line in enumerate(table):
+            print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+            if n == 0:
+                print("  ".join("-" * w for w in widths))
+        for note in self.notes:
+            print(f"note: {note}")
+        if self.mismatches:
+            print(f"\n!!! {len(self.mismatches)} COUNT MISMATCHES between segsvc and DuckDB:")
+            for m in self.mismatches:
+                print(f"!!!   {m}")
+        else:
+            print("\nsegment and audience counts: segsvc == DuckDB everywhere checked")
+
+
+def ms(seconds: float) -> str:
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} us"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def rate(n: float, seconds: float) -> str:
+    return f"{n / seconds:,.0f}/s" if seconds > 0 else "inf"
+
+
+def pct(samples: Sequence[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def faster(ours: float, theirs: float) -> str:
+    """How many times less time segsvc took."""
+    return f"{theirs / ours:,.1f}x" if ours > 0 else "inf"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 1024**3
+    with duckdb.connect() as con:
+        row = con.execute("SELECT current_setting('threads')").fetchone()
+        threads = row[0] if row else "?"
+    return (
+        f"{model}; {os.cpu_count()} logical cores ({psutil.cpu_count(logical=False)} physical); "
+        f"{mem:.1f} GiB RAM; Python {platform.python_version()}; DuckDB {duckdb.__version__} "
+        f"(threads {threads}); "
+        f"pyroaring {pyroaring.__version__}; {platform.platform()}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The two systems, loaded with the same data
+
+
+@dataclass
+class Setup:
+    engine: Engine
+    ws: Workspace
+    clock: FakeClock
+    con: duckdb.DuckDBPyConnection
+    specs: list[SegmentSpec]
+    # placeholder id (spec index + 1) -> segment id in segsvc
+    ids: dict[int, int]
+    people: int
+    data_dir: Path
+    duck_path: Path
+    load_seconds: float = 0.0
+    duck_load_seconds: float = 0.0
+    create_seconds: list[float] = field(default_factory=list)
+    manual_seconds: float = 0.0
+    manual_added: int = 0
+    duck_manual_seconds: float = 0.0
+
+    def sid(self, index: int) -> int:
+        return self.ids[index + 1]
+
+    def compiler(self, now: int | None = None) -> peer.SqlCompiler:
+        return peer.SqlCompiler(self.specs, NOW if now is None else now)
+
+
+def open_engine(data_dir: Path, clock: FakeClock) -> Engine:
+    return Engine(Config(data_dir=data_dir, map_size=MAP_SIZE), clock)
+
+
+def build(
+    people: int, specs: list[SegmentSpec], data_dir: Path, seed: int, progress: bool = True
+) -> Setup:
+    """Loads the people into both systems and creates the segments in both."""
+    clock = FakeClock(NOW)
+    engine = open_engine(data_dir / "segsvc", clock)
+    ws = engine.workspace(WORKSPACE)
+    duck_path = data_dir / "peer.duckdb"
+    con = duckdb.connect(str(duck_path))
+    tsv = data_dir / "people.tsv"
+    setup = Setup(engine, ws, clock, con, specs, {}, people, data_dir, duck_path)
+    pools = gen_data.pools(seed)
+    loaded = 0
+    last_print = time.perf_counter()
+    with tsv.open("w") as out:
+        for batch in gen_data.people(people, seed, p=pools):
+            elapsed, results = timed(lambda b=batch: ws.upsert_people(b))
+            setup.load_seconds += elapsed
+            bad = [r for r in results if r.outcome != "created"]
+            if bad:
+                raise SystemExit(f"load rejected people: {bad[:3]}")
+            peer.write_rows(out, batch, loaded)
+            loaded += len(batch)
+            if progress and time.perf_counter() - last_print > 10:
+                last_print = time.perf_counter()
+                print(
+                    f"  loaded {loaded:,} people ({rate(loaded, setup.load_seconds)} in the "
+                    f"engine; RSS {psutil.Process().memory_info().rss / 2**20:,.0f} MiB)",
+                    flush=True,
+                )
+    setup.duck_load_seconds = peer.load(con, tsv)
+    tsv.unlink()
+
+    manual: dict[int, list[int]] = {}
+    for k, spec in enumerate(specs):
+        definition = gen_data.remap(spec.conditions, setup.ids) if spec.conditions else None
+        elapsed, info = timed(
+            lambda s=spec, d=definition: ws.create_segment(s.name, "", s.dynamic, d)
+        )
+        setup.ids[k + 1] = info.id
+        if spec.dynamic:
+            setup.create_seconds.append(elapsed)
+            continue
+        members = gen_data.manual_members(k, spec.manual_fraction, people, seed)
+        manual[k] = members
+        for start in range(0, len(members), 10_000):
+            keys = [PersonKey("id", gen_data.person_id(i)) for i in members[start : start + 10_000]]
+            elapsed, results = timed(lambda ks=keys, s=info.id: ws.change_members(s, ks, True))
+            setup.manual_seconds += elapsed
+            setup.manual_added += sum(r.outcome == "added" for r in results)
+    setup.duck_manual_seconds, _ = timed(lambda: peer.load_manual(con, manual))
+    return setup
+
+
+def verify(setup: Setup, compiler: peer.SqlCompiler, label: str) -> tuple[list[str], list[float]]:
+    """Compares every segment's count; returns the mismatches and DuckDB's count times of the
+    dynamic segments."""
+    mismatches: list[str] = []
+    times: list[float] = []
+    for k, spec in enumerate(setup.specs):
+        ours = setup.ws.get_segment(setup.sid(k)).member_count
+        elapsed, theirs = timed(lambda k=k: peer.count(setup.con, compiler.segment(k)))
+        if spec.dynamic:
+            times.append(elapsed)
+        if ours != theirs:
+            mismatches.append(
+                f"[{label}] segment {spec.name} (id {setup.sid(k)}): segsvc {ours}, "
+                f"DuckDB {theirs}; definition {spec.conditions}"
+            )
+    for m in mismatches:
+        print(f"!!! MISMATCH {m}", flush=True)
+    return mismatches, times
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark phases
+
+
+def five_condition(variant: int, pools: gen_data.Pools) -> Node:
+    """A 5-condition dynamic segment with operands none of the 100 segments use, so that all
+    its leaves are new (nothing is shared with existing segments)."""
+    countries = pools.country.values
+    return Group(
+        "all",
+        (
+            AttributeCondition(
+                "one_of", attribute="country", values=tuple(countries[2 + variant : 5 + variant])
+            ),
+            AttributeCondition("between", attribute="age", value=25.0 + variant, upper=47.0),
+            AttributeCondition("greater_than", attribute="lifetime_value", value=1234.56 + variant),
+            AttributeCondition(
+                "within_last", attribute="last_login", seconds=(20 + variant) * DAY + 17
+            ),
+            TagCondition(gen_data.TAG_NAMES[1 + variant], negate=True),
+        ),
+    )
+
+
+def bench_create(setup: Setup, report: Report, runs: int = 5) -> None:
+    pools = gen_data.pools()
+    ours: list[float] = []
+    theirs: list[float] = []
+    compiler = setup.compiler()
+    for v in range(runs):
+        node = five_condition(v, pools)
+        elapsed, info = timed(
+            lambda n=node, v=v: setup.ws.create_segment(f"bench-five-{v}", "", True, n)
+        )
+        ours.append(elapsed)
+        where = compiler.where(node)
+        t, _ = timed(
+            lambda w=where: setup.con.execute(
+                f"CREATE TEMP TABLE five AS SELECT pid FROM people WHERE {w}"
+            )
+        )
+        theirs.append(t)
+        duck = peer.count(setup.con, "pid IN (SELECT pid FROM five)")
+        setup.con.execute("DROP TABLE five")
+        if duck != info.member_count:
+            report.mismatches.append(
+                f"5-condition segment {v}: segsvc {info.member_count}, DuckDB {duck}"
+            )
+        setup.ws.delete_segments([info.id])
+    report.add(
+        Row(
+            "create a 5-condition dynamic segment (median / max of 5)",
+            f"{ms(statistics.median(ours))} / {ms(max(ours))}",
+            f"{ms(statistics.median(theirs))} / {ms(max(theirs))}",
+            faster(statistics.median(ours), statistics.median(theirs)),
+            "< 100 ms",
+            verdict(max(ours) < 0.1),
+        )
+    )
+
+
+def bench_counts(setup: Setup, report: Report, duck_times: list[float], rounds: int) -> None:
+    dynamic = [setup.sid(k) for k, s in enumerate(setup.specs) if s.dynamic]
+    samples: list[float] = []
+    get = setup.ws.get_segment
+    for _ in range(rounds):
+        for sid in dynamic:
+            t0 = time.perf_counter()
+            get(sid).member_count  # noqa: B018
+            samples.append(time.perf_counter() - t0)
+    p50, p99 = pct(samples, 50), pct(samples, 99)
+    d50, d99 = pct(duck_times, 50), pct(duck_times, 99)
+    report.add(
+        Row(
+            f"count a dynamic segment p50 / p99 ({len(samples)} / {len(duck_times)} runs)",
+            f"{ms(p50)} / {ms(p99)}",
+            f"{ms(d50)} / {ms(d99)}",
+            faster(p50, d50),
+            "< 1 ms, >= 50x",
+            verdict(p99 < 0.001 and d50 / p50 >= 50),
+        )
+    )
+
+
+def choose_audience(setup: Setup) -> tuple[list[int], list[int], list[int]]:
+    """Spec indices for a 10-segment audience: 4 included segments of middling size, 2
+    required large ones, 4 excluded smaller ones."""
+    sizes = sorted(
+        (setup.ws.get_segment(setup.sid(k)).member_count, k)
+        for k, s in enumerate(setup.specs)
+        if s.dynamic
+    )
+    nonempty = [k for size, k in sizes if size > 0]
+    n = len(nonempty)
+
+    def pick(position: int) -> int:
+        # Small test sets have fewer segments than the spread asks for: clamp (and repeat).
+        return nonempty[min(n - 1, max(0, position))]
+
+    require = [pick(n - 3), pick(n - 4)]
+    include = [pick(n // 2 + i * 3) for i in range(4)]
+    exclude = [pick(n // 5 + i * 2) for i in range(4)]
+    return include, require, exclude
+
+
+def bench_audience(setup: Setup, report: Report, rounds: int = 300) -> None:
+    include, require, exclude = choose_audience(setup)
+    spec = AudienceSpec(
+        include=tuple(setup.sid(k) for k in include),
+        require=tuple(setup.sid(k) for k in require),
+        exclude=tuple(setup.sid(k) for k in exclude),
+    )
+    samples = []
+    size = 0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        size = len(setup.ws.audience(spec))
+        samples.append(time.perf_counter() - t0)
+    where = peer.audience_sql(setup.compiler(), include, require, exclude)
+    duck = []
+    theirs = 0
+    for _ in range(5):
+        elapsed, theirs = timed(lambda: peer.count(setup.con, where))
+        duck.append(elapsed)
+    if size != theirs:
+        report.mismatches.append(f"10-segment audience: segsvc {size}, DuckDB {theirs}")
+        print(f"!!! MISMATCH audience: segsvc {size}, DuckDB {theirs}", flush=True)
+    p50, p99 = pct(samples, 50), pct(samples, 99)
+    d50 = statistics.median(duck)
+    report.add(
+        Row(
+            f"count a 10-segment audience p50 / p99 ({size:,} people)",
+            f"{ms(p50)} / {ms(p99)}",
+            f"{ms(d50)} / {ms(max(duck))}",
+            faster(p50, d50),
+            "< 1 ms, >= 50x",
+            verdict(p99 < 0.001 and d50 / p50 >= 50),
+        )
+    )
+
+
+def _pid(person_id: str) -> int:
+    return int(person_id[1:])
+
+
+def bench_single_updates(setup: Setup, report: Report, count: int, duck_runs: int = 100) -> None:
+    batch = gen_data.updates(count, setup.people, stream="single")
+    ours: list[float] = []
+    for upsert in batch:
+        t0 = time.perf_counter()
+        setup.ws.upsert_people([upsert])
+        ours.append(time.perf_counter() - t0)
+    compiler = setup.compiler()
+    predicates = [compiler.segment(k) for k in range(len(setup.specs))]
+    # DuckDB takes ~100x longer per update: time the first `duck_runs`, then apply the rest
+    # in one statement so that both hold the same data again.
+    theirs: list[float] = []
+    for upsert in batch[:duck_runs]:
+        pid = _pid(upsert.id)
+        t0 = time.perf_counter()
+        peer.apply_updates(setup.con, [(pid, upsert)])
+        peer.memberships(setup.con, predicates, [pid])
+        theirs.append(time.perf_counter() - t0)
+    rest = batch[duck_runs:]
+    if rest:
+        peer.apply_updates(setup.con, [(_pid(u.id), u) for u in rest])
+    p50, p99 = pct(ours, 50), pct(ours, 99)
+    report.add(
+        Row(
+            f"one person's update vs all segments p50 / p99 ({count} / {len(theirs)} runs)",
+            f"{ms(p50)} / {ms(p99)}",
+            f"{ms(pct(theirs, 50))} / {ms(pct(theirs, 99))}",
+            faster(p50, pct(theirs, 50)),
+            "p99 < 2 ms",
+            verdict(p99 < 0.002),
+        )
+    )
+
+
+def bench_batched_updates(setup: Setup, report: Report, batches: int, size: int = 1000) -> None:
+    work = [gen_data.updates(size, setup.people, stream=f"batch-{b}") for b in range(batches)]
+    ours = 0.0
+    for batch in work:
+        elapsed, _ = timed(lambda b=batch: setup.ws.upsert_people(b))
+        ours += elapsed
+    compiler = setup.compiler()
+    predicates = [compiler.segment(k) for k in range(len(setup.specs))]
+    theirs = 0.0
+    for batch in work:
+        pairs = [(_pid(u.id), u) for u in batch]
+        t0 = time.perf_counter()
+        peer.apply_updates(setup.con, pairs)
+        peer.memberships(setup.con, predicates, [p for p, _ in pairs])
+        theirs += time.perf_counter() - t0
+    n = batches * size
+    report.add(
+        Row(
+            f"batched updates ({batches} x {size} people)",
+            rate(n, ours),
+            rate(n, theirs),
+            f"{theirs / ours:,.1f}x",
+            ">= 20,000/s",
+            verdict(n / ours >= 20_000),
+        )
+    )
+
+
+def bench_tick(setup: Setup, report: Report, seconds: int = 3600) -> None:
+    setup.clock.advance(seconds)
+    elapsed, _ = timed(setup.ws.tick)
+    report.add(Row(f"tick after {seconds} s: re-check time-dependent segments", ms(elapsed), "n/a"))
+
+
+def child(kind: str, path: str) -> None:
+    """Runs in a fresh process: opens the stored state, answers one count, reports the time
+    until ready and the resident memory."""
+    base = psutil.Process().memory_info().rss
+    if kind == "engine":
+        t0 = time.perf_counter()
+        engine = open_engine(Path(path), FakeClock(NOW + 3600))
+        ws = engine.workspace(WORKSPACE)
+        first = next(iter(sorted(ws.state.segments)))
+        ws.get_segment(first)
+        ready = time.perf_counter() - t0
+        out = {"ready": ready, "rss": psutil.Process().memory_info().rss, "base": base}
+        engine.close(checkpoint=False)
+    elif kind == "duckdb":
+        where = sys.stdin.read()
+        t0 = time.perf_counter()
+        con = duckdb.connect(path)
+        peer.count(con, where)
+        ready = time.perf_counter() - t0
+        out = {"ready": ready, "rss": psutil.Process().memory_info().rss, "base": base}
+        con.close()
+    else:
+        raise SystemExit(f"unknown child {kind}")
+    print(json.dumps(out))
+
+
+def _run_child(kind: str, path: Path, stdin: str = "") -> dict[str, float]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(path)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def bench_restart(setup: Setup, report: Report) -> None:
+    # Remember the counts so that the restarted engine can be checked against them.
+    before = {sid: len(seg.members) for sid, seg in setup.ws.state.segments.items()}
+    close_s, _ = timed(setup.engine.close)
+    t0 = time.perf_counter()
+    engine = open_engine(setup.data_dir / "segsvc", setup.clock)
+    ws = engine.workspace(WORKSPACE)
+    ws.get_segment(setup.sid(0))
+    open_s = time.perf_counter() - t0
+    after = {sid: len(seg.members) for sid, seg in ws.state.segments.items()}
+    if before != after:
+        report.mismatches.append("segment counts differ after the restart")
+    setup.engine, setup.ws = engine, ws
+
+    first = setup.compiler(setup.clock.now()).segment(0)
+    setup.con.close()
+    t0 = time.perf_counter()
+    setup.con = duckdb.connect(str(setup.duck_path))
+    peer.count(setup.con, first)
+    duck_open = time.perf_counter() - t0
+    report.add(
+        Row(
+            "restart in process: open until ready (close+checkpoint before it)",
+            f"{ms(open_s)} ({ms(close_s)})",
+            ms(duck_open),
+            faster(open_s, duck_open),
+            "< 3 s",
+            verdict(open_s < 3),
+        )
+    )
+    # A fresh process for each, so memory is theirs alone.
+    engine.close(checkpoint=False)
+    setup.con.close()
+    ours = _run_child("engine", setup.data_dir / "segsvc")
+    theirs = _run_child("duckdb", setup.duck_path, first)
+    report.add(
+        Row(
+            "restart in a new process: open until ready",
+            ms(ours["ready"]),
+            ms(theirs["ready"]),
+            faster(ours["ready"], theirs["ready"]),
+            "< 3 s",
+            verdict(ours["ready"] < 3),
+        )
+    )
+    mib = 2**20
+    report.add(
+        Row(
+            "resident memory after restart (interpreter alone)",
+            f"{ours['rss'] / mib:,.0f} MiB ({ours['base'] / mib:,.0f})",
+            f"{theirs['rss'] / mib:,.0f} MiB ({theirs['base'] / mib:,.0f})",
+            "",
+            "< 1 GiB",
+            verdict(ours["rss"] < 2**30),
+        )
+    )
+    disk = sum(f.stat().st_size for f in (setup.data_dir / "segsvc").iterdir())
+    report.add(
+        Row(
+            "on disk",
+            f"{disk / mib:,.0f} MiB (LMDB)",
+            f"{setup.duck_path.stat().st_size / mib:,.0f} MiB",
+        )
+    )
+    # Reopen both for the phases after this one.
+    setup.engine = open_engine(setup.data_dir / "segsvc", setup.clock)
+    setup.ws = setup.engine.workspace(WORKSPACE)
+    setup.con = duckdb.connect(str(setup.duck_path))
+
+
+def run(args: argparse.Namespace) -> Report:
+    report = Report()
+    people = 50_000 if args.quick else args.people
+    specs = gen_data.segments(args.segments, args.seed)
+    root = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="segsvc-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {machine()}")
+    print(f"data: {people:,} people, {len(specs)} segments, seed {args.seed}, under {root}")
+    try:
+        print("loading both systems ...", flush=True)
+        setup = build(people, specs, root, args.seed)
+        report.add(
+            Row(
+                "bulk load people (engine upsert_people, batches of 10k)",
+                rate(people, setup.load_seconds),
+                rate(people, setup.duck_load_seconds),
+                f"{setup.duck_load_seconds / setup.load_seconds:,.2f}x",
+                ">= 100,000/s (API)",
+                verdict(people / setup.load_seconds >= 100_000),
+            )
+        )
+        report.notes.append(
+            "bulk load: segsvc figure is the in-process engine (upper bound of the streaming "
+            "API); DuckDB's is its parallel ingest of a TSV file written while segsvc loaded"
+        )
+        c = setup.create_seconds
+        report.add(
+            Row(
+                f"create the {len(c)} dynamic segments: median / max per segment",
+                f"{ms(statistics.median(c))} / {ms(max(c))}",
+            )
+        )
+        if setup.manual_added:
+            report.add(
+                Row(
+                    "manual members (engine change_members, batches of 10k)",
+                    rate(setup.manual_added, setup.manual_seconds),
+                    rate(setup.manual_added, setup.duck_manual_seconds),
+                )
+            )
+        print("checking every segment's count against DuckDB ...", flush=True)
+        mismatches, duck_counts = verify(setup, setup.compiler(), "after load")
+        report.mismatches += mismatches
+        bench_create(setup, report)
+        bench_counts(setup, report, duck_counts, rounds=20)
+        bench_audience(setup, report)
+        bench_single_updates(setup, report, count=200 if args.quick else 1000)
+        bench_batched_updates(setup, report, batches=5 if args.quick else 20)
+        print("checking counts after the updates ...", flush=True)
+        report.mismatches += verify(setup, setup.compiler(), "after updates")[0]
+        bench_tick(setup, report)
+        print("checking counts after the tick ...", flush=True)
+        report.mismatches += verify(setup, setup.compiler(setup.clock.now()), "after tick")[0]
+        everyone = setup.ws.create_segment(
+            "bench-everyone", "", True, AttributeCondition("exists", field="created_at")
+        ).id
+        bench_restart(setup, report)
+        if args.grpc:
+            bench_grpc(setup, report, everyone)
+        setup.engine.close(checkpoint=False)
+        setup.con.close()
+    finally:
+        if not args.data and not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Over gRPC
+
+
+def serve_child(path: str) -> None:
+    """Runs in a fresh process: a real server over the stored state until stdin closes."""
+    from segsvc.api.server import create_server  # type: ignore[import-not-found, unused-ignore]
+
+    t0 = time.perf_counter()
+    config = Config(data_dir=Path(path), map_size=MAP_SIZE, listen="127.0.0.1:0")
+    server, port = create_server(config)
+    server.start()
+    print(json.dumps({"port": port, "ready": time.perf_counter() - t0}), flush=True)
+    sys.stdin.read()
+    print(json.dumps({"rss": psutil.Process().memory_info().rss}), flush=True)
+    server.stop(1).wait()
+
+
+def bench_grpc(setup: Setup, report: Report, everyone: int) -> None:
+    try:
+        import grpc
+
+        from segsvc.v1 import audiences_pb2, audiences_pb2_grpc, segments_pb2, segments_pb2_grpc
+    except ImportError as exc:
+        report.notes.append(f"gRPC figures skipped: {exc}")
+        return
+    try:
+        import segsvc.api.server as server_module
+
+        getattr(server_module, "create_server")  # noqa: B009
+    except (ImportError, AttributeError) as exc:
+        report.notes.append(f"gRPC figures skipped: no segsvc.api.server.create_server ({exc})")
+        return
+    setup.engine.close(checkpoint=False)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(setup.data_dir / "segsvc")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        started = json.loads(proc.stdout.readline())
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{started['port']}",
+            options=[("grpc.max_receive_message_length", 64 * 2**20)],
+        )
+        grpc.channel_ready_future(channel).result(timeout=30)
+        segments = segments_pb2_grpc.SegmentsStub(channel)
+        audiences = audiences_pb2_grpc.AudiencesStub(channel)
+        dynamic = [setup.sid(k) for k, s in enumerate(setup.specs) if s.dynamic]
+        samples = []
+        for _ in range(5):
+            for sid in dynamic:
+                t0 = time.perf_counter()
+                segments.GetSegment(segments_pb2.GetSegmentRequest(segment_id=sid))
+                samples.append(time.perf_counter() - t0)
+        report.add(
+            Row(
+                f"count over gRPC: GetSegment p50 / p99 ({len(samples)} runs)",
+                f"{ms(pct(samples, 50))} / {ms(pct(samples, 99))}",
+                "",
+                "",
+                "< 3 ms",
+                verdict(pct(samples, 99) < 0.003),
+            )
+        )
+        include, require, exclude = choose_audience_ids(setup)
+        spec = audiences_pb2.AudienceSpec(include=include, require=require, exclude=exclude)
+        samples = []
+        for _ in range(300):
+            t0 = time.perf_counter()
+            audiences.CountAudience(audiences_pb2.CountAudienceRequest(audience=spec))
+            samples.append(time.perf_counter() - t0)
+        report.add(
+            Row(
+                "count a 10-segment audience over gRPC p50 / p99",
+                f"{ms(pct(samples, 50))} / {ms(pct(samples, 99))}",
+                "",
+                "",
+                "< 3 ms",
+                verdict(pct(samples, 99) < 0.003),
+            )
+        )
+        big = audiences_pb2.AudienceSpec(include=[everyone], include_unsubscribed=True)
+        t0 = time.perf_counter()
+        received = 0
+        for chunk in audiences.ResolveAudience(
+            audiences_pb2.ResolveAudienceRequest(audience=big, chunk_size=10_000)
+        ):
+            received += len(chunk.members)
+        ours = time.perf_counter() - t0
+        if received != setup.people:
+            report.mismatches.append(f"ResolveAudience streamed {received} of {setup.people}")
+        con = duckdb.connect(str(setup.duck_path))
+        theirs, _ = timed(lambda: con.execute("SELECT id FROM people").fetchall())
+        con.close()
+        report.add(
+            Row(
+                f"stream a {received:,}-person audience (ids, chunks of 10k)",
+                ms(ours),
+                f"{ms(theirs)} (fetchall)",
+                faster(ours, theirs),
+                "1M in < 2 s",
+                verdict(ours * 1_000_000 / max(1, received) < 2),
+            )
+        )
+        channel.close()
+    finally:
+        proc.stdin.close()
+        try:
+            tail = proc.stdout.readline()
+            rss = json.loads(tail)["rss"] if tail else 0
+            if rss:
+                report.add(
+                    Row(
+                        "resident memory of the server after the gRPC runs",
+                        f"{rss / 2**20:,.0f} MiB",
+                        "",
+                        "",
+                        "< 1 GiB",
+                        verdict(rss < 2**30),
+                    )
+                )
+        finally:
+            proc.wait(timeout=60)
+    setup.engine = open_engine(setup.data_dir / "segsvc", setup.clock)
+    setup.ws = setup.engine.workspace(WORKSPACE)
+
+
+def choose_audience_ids(setup: Setup) -> tuple[list[int], list[int], list[int]]:
+    include, require, exclude = choose_audience(setup)
+    return (
+        [setup.sid(k) for k in include],
+        [setup.sid(k) for k in require],
+        [setup.sid(k) for k in exclude],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--people", type=int, default=1_000_000)
+    parser.add_argument("--segments", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="50k people: a smoke run")
+    parser.add_argument("--grpc", action="store_true", help="also measure through a server")
+    parser.add_argument("--seed", type=int, default=gen_data.DEFAULT_SEED)
+    parser.add_argument("--data", help="keep the data here instead of a temporary folder")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", metavar="PATH", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    if args.serve:
+        serve_child(args.serve)
+        return
+    random.seed(args.seed)
+    started = time.perf_counter()
+    report = run(args)
+    report.print(
+        f"segsvc vs DuckDB, {50_000 if args.quick else args.people:,} people, "
+        f"{args.segments} segments ({time.perf_counter() - started:.0f} s in all)\n"
+        f"machine: {machine()}"
+    )
+    if report.mismatches:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

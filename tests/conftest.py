@@ -55,14 +55,17 @@ class Stubs:
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     @staticmethod
-    def connect(address: str) -> Stubs:
-        channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20),
-            ],
-        )
+    def connect(address: str, root_certificate: bytes | None = None) -> Stubs:
+        """Stubs over a channel to `address`, TLS when a root certificate is given."""
+        options = [
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ]
+        if root_certificate is None:
+            channel = grpc.insecure_channel(address, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificate)
+            channel = grpc.secure_channel(address, credentials, options=options)
         grpc.channel_ready_future(channel).result(timeout=10)
         return Stubs(channel)
 
@@ -111,7 +114,10 @@ class ApiServers:
         except BaseException:
             engine.close()
             raise
-        stubs = Stubs.connect(f"127.0.0.1:{server.port}")
+        if config.tls_cert is None:
+            stubs = Stubs.connect(f"127.0.0.1:{server.port}")
+        else:  # the certificate names localhost
+            stubs = Stubs.connect(f"localhost:{server.port}", config.tls_cert.read_bytes())
         api = Api(stubs.channel, server=server, engine=engine, clock=clock, config=config)
         self._running.append(api)
         return api

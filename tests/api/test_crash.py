@@ -1,0 +1,132 @@
+"""Real server processes: killed with SIGKILL mid-write, stopped with SIGTERM, refused."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import grpc
+from api_harness import (
+    add_members,
+    attr,
+    by_id,
+    dynamic_segment,
+    manual_segment,
+    members_of,
+    person,
+    stored_changes,
+)
+from conftest import REPO, Stubs, serve_command
+
+from segsvc.v1 import changes_pb2, people_pb2
+from segsvc.v1 import conditions_pb2 as C
+
+CH = changes_pb2
+
+
+def test_every_acknowledged_write_survives_sigkill(server_processes, tmp_path):
+    data = tmp_path / "data"
+    server = server_processes(data)
+    client = Stubs.connect(server.address)
+    manual = manual_segment(client, "Crash list")
+    dynamic = dynamic_segment(client, "Has n", attr("n", C.OPERATOR_EXISTS))
+
+    acknowledged_people: list[str] = []
+    acknowledged_members: list[str] = []
+    failures: list[grpc.RpcError] = []
+
+    def write_until_the_server_dies() -> None:
+        batch = 0
+        while True:
+            ids = [f"c{batch}-{j}" for j in range(5)]
+            try:
+                response = client.people.UpsertPeople(
+                    people_pb2.UpsertPeopleRequest(people=[person(i, n=batch) for i in ids]),
+                    timeout=10,
+                )
+                assert response.created == len(ids), response
+                acknowledged_people.extend(ids)
+                response = add_members(client, manual, *ids)
+                assert response.added == len(ids), response
+                acknowledged_members.extend(ids)
+            except grpc.RpcError as error:
+                failures.append(error)
+                return
+            batch += 1
+
+    writer = threading.Thread(target=write_until_the_server_dies, daemon=True)
+    writer.start()
+    deadline = time.monotonic() + 30
+    while len(acknowledged_members) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(acknowledged_members) >= 200, "the writer made no progress"
+    server.kill()  # in the middle of the writer's stream of calls
+    writer.join(15)
+    assert not writer.is_alive()
+    assert failures and failures[0].code() == grpc.StatusCode.UNAVAILABLE
+    client.channel.close()
+
+    restarted = server_processes(data)
+    client = Stubs.connect(restarted.address)
+    for person_id in acknowledged_people:
+        got = client.people.GetPerson(people_pb2.GetPersonRequest(person=by_id(person_id)))
+        assert got.id == person_id
+    assert set(acknowledged_members) <= members_of(client, manual)
+    assert set(acknowledged_people) <= members_of(client, dynamic)
+
+    changes = stored_changes(client)
+    seqs = [c.seq for c in changes]
+    assert seqs == list(range(1, len(seqs) + 1)), "gaps or repeats in the change feed"
+    entered = {
+        (c.segment_id, c.person_id, c.cause) for c in changes if c.kind == CH.CHANGE_KIND_ENTERED
+    }
+    for person_id in acknowledged_people:
+        assert (dynamic, person_id, CH.CHANGE_CAUSE_DATA) in entered
+    for person_id in acknowledged_members:
+        assert (manual, person_id, CH.CHANGE_CAUSE_MANUAL) in entered
+    # And the restarted server takes writes again, continuing the feed.
+    add_members(client, manual, acknowledged_people[0])
+    upsert = client.people.UpsertPeople(
+        people_pb2.UpsertPeopleRequest(people=[person("after-restart", n=1)])
+    )
+    assert upsert.created == 1
+    assert stored_changes(client, after_seq=seqs[-1])[0].seq == seqs[-1] + 1
+    client.channel.close()
+
+
+def test_sigterm_stops_cleanly(server_processes, tmp_path):
+    data = tmp_path / "data"
+    server = server_processes(data, "--grace-seconds", "5")
+    client = Stubs.connect(server.address)
+    vip = manual_segment(client, "VIP")
+    # Two people: one alone without a phone trips an engine bug on restart (see
+    # test_server.py::test_restart_with_a_single_person_without_email).
+    client.people.UpsertPeople(people_pb2.UpsertPeopleRequest(people=[person("u1"), person("u2")]))
+    add_members(client, vip, "u1")
+    follower = client.changes.WatchChanges(CH.WatchChangesRequest())
+    assert next(follower).person_id == "u1"
+    started = time.monotonic()
+    assert server.terminate() == 0
+    # A following watcher does not hold the shutdown for the grace period.
+    assert time.monotonic() - started < 4, server.log()
+    assert f"segsvc listening on 127.0.0.1:{server.port} (data {data})" in server.log()
+    client.channel.close()
+
+    again = server_processes(data)
+    client = Stubs.connect(again.address)
+    assert members_of(client, vip) == {"u1"}
+    client.channel.close()
+
+
+def test_serve_refuses_open_listening_without_tokens(tmp_path):
+    result = subprocess.run(
+        [*serve_command(), "--data", str(tmp_path / "data"), "--listen", "0.0.0.0:0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "refusing to listen on 0.0.0.0:0 without authentication" in result.stderr
+    assert not (tmp_path / "data").exists()

@@ -154,3 +154,28 @@ def test_shutdown_ends_followers_with_unavailable(api_servers):
     assert stopped.wait(5)
     assert time.monotonic() - started < 3
     assert follower.error and follower.error[0].code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_followers_are_bounded_so_other_calls_keep_a_thread(api_servers):
+    api = api_servers.start(api_servers.config(workers=4))
+    followers = [Follower(api, after_seq=0), Follower(api, after_seq=0)]
+    try:
+        time.sleep(0.3)
+        extra = Follower(api, after_seq=0)
+        extra._thread.join(5)
+        assert extra.error and extra.error[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Unary calls and replays still get a thread.
+        assert stored_changes(api) == []
+        manual_segment(api, "still writable")
+    finally:
+        for follower in followers:
+            follower.close()
+    # A cancelled follower gives its place back (the engine notices within 0.5 s).
+    deadline = time.monotonic() + 5
+    while True:
+        again = Follower(api, after_seq=0)
+        time.sleep(0.2)
+        if not again.error:
+            again.close()
+            break
+        assert time.monotonic() < deadline, again.error

@@ -15,6 +15,7 @@ engine's "now" (the time of the last write or tick) and the model's agree.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,7 +30,7 @@ from engine_harness import (
     make_config,
     replay_feed,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -291,6 +292,14 @@ class EngineMachine(RuleBasedStateMachine):
                 f"missing {sorted(expected[sid] - got[sid])}"
             )
             assert self.ws.get_segment(sid).member_count == len(expected[sid])
+            size = len(expected[sid])
+            event(
+                "segment: empty"
+                if not size
+                else "segment: everyone"
+                if size == len(self.world.people)
+                else "segment: some"
+            )
         for pid in ID_POOL:
             if pid in self.world.people:
                 view = self.ws.get_person(key("id", pid))
@@ -363,8 +372,11 @@ def expected_audience(world: World, now: int, spec: AudienceSpec) -> frozenset[s
     return frozenset(result)
 
 
+# SEGSVC_EXAMPLES=2000 pytest ... hunts longer.
+EXAMPLES = int(os.environ.get("SEGSVC_EXAMPLES", "0"))
+
 EngineMachine.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=EXAMPLES or 60,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -376,7 +388,7 @@ TestEngineAgainstBruteForce = EngineMachine.TestCase
 # Restart equivalence on one history: log replay alone and checkpoint give the same state.
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES or 40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     start=st.sampled_from(STARTS),
     data=st.data(),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from segsvc.engine.errors import InvalidArgument
 
 BATCH_ROWS = 10_000
+MAX_LINE_CHARS = 1 << 20
 MAX_LISTED_REJECTIONS = 10_000
 DELIMITERS = ",;\t|"
 # Lines looked at to pick the delimiter when none is given.
@@ -198,13 +199,22 @@ def _column_named(name: str, header: list[str]) -> int:
 
 def _lines(texts: Iterable[str]) -> Iterator[str]:
     """Lines ending in "\\n" (the last one may not). Only "\\n" splits: the csv module wants
-    the other separators str.splitlines knows (\\x0b, \\x1c, U+2028 ...) left in the fields."""
+    the other separators str.splitlines knows (\\x0b, \\x1c, U+2028 ...) left in the fields.
+    A file without newlines would otherwise be held whole in memory: lines are bounded."""
     rest = ""
+    count = 0
     for text in texts:
         if not text:
             continue
         parts = (rest + text).split("\n")
         rest = parts.pop()
+        count += len(parts)
+        if len(rest) > MAX_LINE_CHARS:
+            raise InvalidArgument(
+                f"line {count + 1} is longer than {MAX_LINE_CHARS} characters: "
+                "is this a CSV file with one key per line?",
+                "chunk",
+            )
         for part in parts:
             yield part + "\n"
     if rest:

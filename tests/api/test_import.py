@@ -19,6 +19,7 @@ from api_harness import (
 from segsvc.api import csv_import
 from segsvc.api.csv_import import CsvRow, CsvSettings, read_rows, sniff_delimiter
 from segsvc.config import Limits
+from segsvc.engine.errors import InvalidArgument
 from segsvc.v1 import people_pb2, segments_pb2
 
 S = segments_pb2
@@ -192,10 +193,17 @@ def test_sniff_delimiter(lines, expected):
 
 def test_read_rows_mixed_encodings_are_refused():
     data = ["é\n".encode(), b"\xff\n"]
-    with pytest.raises(Exception, match="mixes UTF-8"):
+    with pytest.raises(InvalidArgument, match="mixes UTF-8"):
         list(read_rows(data, CsvSettings()))
 
 
 def test_read_rows_declared_encoding():
     rows = list(read_rows(["Ærø\n".encode("latin-1")], CsvSettings(encoding="latin-1")))
     assert rows == [CsvRow(1, "Ærø")]
+
+
+def test_a_file_without_newlines_is_refused_not_buffered(monkeypatch):
+    monkeypatch.setattr(csv_import, "MAX_LINE_CHARS", 100)
+    chunks = [b"u1\n", b"x" * 60, b"x" * 60]
+    with pytest.raises(InvalidArgument, match="line 2 is longer than 100 characters"):
+        list(read_rows(chunks, CsvSettings()))

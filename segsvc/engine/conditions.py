@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from segsvc.config import Limits
+from segsvc.engine import values
 from segsvc.engine.errors import InvalidArgument, Violation
 from segsvc.engine.leaves import (
     AttrAnniversary,
@@ -63,6 +64,8 @@ COUNT_OPERATORS = ("at_least", "at_most", "exactly")
 URL_MATCHES = ("equals", "contains", "starts_with")
 MESSAGE_ACTIONS = ("sent", "delivered", "opened", "clicked")
 MAX_ONE_OF = 1000
+# Years 1 to 9999: no duration between two storable times is longer.
+MAX_DURATION = values.MAX_TIMESTAMP - values.MIN_TIMESTAMP
 
 Combinator = Literal["all", "any"]
 
@@ -290,15 +293,20 @@ def _compile_count(
 _EVERYONE: Expr = All(frozenset())
 
 
+def _canonical(value: Any) -> Any:
+    """-0.0 and 0.0 are one number (and one shared leaf); keep one spelling of it."""
+    return value + 0.0 if type(value) is float else value
+
+
 def _compile_attribute(node: AttributeCondition, key: str) -> Expr:
     op = node.operator
-    value = node.value
+    value = _canonical(node.value)
     if op in ("equals", "not_equals"):
         assert value is not None
         leaf: Expr = AttrEquals(key, kind_of(value), value)
         return Not(leaf) if op == "not_equals" else leaf
     if op == "one_of":
-        return _combine(Any_, [AttrEquals(key, kind_of(v), v) for v in node.values])
+        return _combine(Any_, [AttrEquals(key, kind_of(v), _canonical(v)) for v in node.values])
     if op in ("contains", "not_contains", "starts_with", "ends_with"):
         assert isinstance(value, str)
         text_op = "contains" if op == "not_contains" else op
@@ -324,7 +332,7 @@ def _compile_attribute(node: AttributeCondition, key: str) -> Expr:
     if op == "less_or_equal":
         return AttrRange(key, kind, None, False, value, True)
     if op == "between":
-        return AttrRange(key, kind, value, True, node.upper, True)
+        return AttrRange(key, kind, value, True, _canonical(node.upper), True)
     raise AssertionError(f"unvalidated operator {op}")
 
 
@@ -500,10 +508,16 @@ def _check_operator(
             out.append(Violation(path, f"{op} needs a {kind} value"))
         elif kind_of(value) != kind:
             out.append(Violation(path, f"{op} compares {kind}s, got a {kind_of(value)}"))
+        else:
+            check_value(path, value)
 
     def check_value(path: str, value: Value) -> None:
-        if isinstance(value, str) and len(value) > ctx.limits.max_string_length:
-            out.append(Violation(path, f"longer than {ctx.limits.max_string_length} characters"))
+        # The same bounds as stored values: an operand no value can equal or order against
+        # (NaN, a time outside years 1-9999) is a mistake to report, not a query to answer.
+        try:
+            values.check_value(value, path, ctx.limits.max_string_length)
+        except InvalidArgument as exc:
+            out.extend(exc.violations)
         if fixed_kind is not None and kind_of(value) != fixed_kind:
             out.append(Violation(path, f"{target} holds {fixed_kind}s, got a {kind_of(value)}"))
 
@@ -521,6 +535,8 @@ def _check_operator(
     if op in ("within_last", "more_than_ago"):
         if node.seconds <= 0:
             out.append(Violation(f"{here}.seconds", f"{op} needs a duration of at least 1 second"))
+        elif node.seconds > MAX_DURATION:
+            out.append(Violation(f"{here}.seconds", f"longer than the calendar ({MAX_DURATION} s)"))
         return
     if op == "one_of":
         if not node.values:

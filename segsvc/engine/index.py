@@ -348,9 +348,9 @@ class PeopleIndex:
             self.any_device.serialize(),
             # NUL never occurs in ids, emails or phones (they are checked for control
             # characters), so one joined string per list is compact and fast to load.
-            "\x00".join("" if x is None else x for x in self.ids),
-            "\x00".join("" if x is None else x for x in self.emails),
-            "\x00".join("" if x is None else x for x in self.phones),
+            _join(self.ids),
+            _join(self.emails),
+            _join(self.phones),
         ]
 
     @classmethod
@@ -367,8 +367,14 @@ class PeopleIndex:
         return index
 
 
-def _split(joined: str) -> list[str | None]:
-    if not joined:
+def _join(values: list[str | None]) -> list[Any]:
+    # The length is stored too: "" is both the empty list and a list of one None.
+    return [len(values), "\x00".join("" if x is None else x for x in values)]
+
+
+def _split(stored: list[Any]) -> list[str | None]:
+    length, joined = stored
+    if length == 0:
         return []
     return [x or None for x in joined.split("\x00")]
 

@@ -20,7 +20,7 @@ from segsvc.engine.index import (
     tag_key,
 )
 from segsvc.engine.people import PersonRecord
-from segsvc.engine.values import Kind, Timestamp, Value, kind_of
+from segsvc.engine.values import MIN_TIMESTAMP, Kind, Timestamp, Value, kind_of
 
 _BUILTIN_KINDS: dict[str, Kind] = {
     "id": "string",
@@ -194,9 +194,12 @@ class AttrRelative:
     time_dependent = True
 
     def bounds(self, now: int) -> tuple[int | None, bool, int | None, bool]:
+        # Clamped to the calendar: every stored time is within it, so the answer is the same
+        # and the bit-sliced index never sees a time it cannot encode.
+        edge = max(now - self.seconds, MIN_TIMESTAMP)
         if self.op == "within_last":
-            return now - self.seconds, True, now, True
-        return None, False, now - self.seconds, False
+            return edge, True, now, True
+        return None, False, edge, False
 
     def match(self, record: PersonRecord, now: int) -> bool:
         return self.matches_value(field_value(record, self.key), now)

@@ -132,6 +132,16 @@ class WorkspaceState:
             return self.segments[leaf.segment_id].members
         return self.leaves[leaf]
 
+    def fresh_leaf(self, leaf: Leaf, now: int) -> BitMap:
+        """A leaf's answer computed afresh as of `now`, whether or not a segment keeps it."""
+        if isinstance(leaf, SegmentLeaf):
+            return self.segments[leaf.segment_id].members
+        if isinstance(leaf, EventLeaf):
+            counts = self.events.counts(leaf, now, self.next_ordinal)
+            chosen = np.flatnonzero(counts >= leaf.min_count).astype(np.uint32)
+            return BitMap(array("I", chosen.tobytes())) & self.index.live
+        return leaf.full(self.index, now)
+
     def evaluate(
         self, expr: Expr, universe: BitMap, leaf_bitmap: Callable[[Leaf], BitMap] | None = None
     ) -> BitMap:

@@ -39,7 +39,7 @@ from segsvc.engine.errors import (
     SegsvcError,
 )
 from segsvc.engine.events import EventInput, validate_event
-from segsvc.engine.leaves import EventLeaf, Leaf, SegmentLeaf
+from segsvc.engine.leaves import Leaf, SegmentLeaf
 from segsvc.engine.model import (
     AudienceSpec,
     Change,
@@ -516,39 +516,37 @@ class Workspace:
         self._check_batch(len(segment_ids), "segment_ids")
 
         def resolve(txn: Txn) -> tuple[Op | None, list[ItemResult], None]:
+            segments = self.state.segments
+            # Only a set closed under "who references me" can go: refusing one segment keeps
+            # alive everything it references, so iterate until nothing more drops out.
+            doomed = {sid for sid in segment_ids if sid in segments}
+            refused: dict[int, list[int]] = {}
+            while True:
+                blocked = {
+                    sid: sorted(self.state.referenced_by.get(sid, set()) - doomed) for sid in doomed
+                }
+                blocked = {sid: users for sid, users in blocked.items() if users}
+                if not blocked:
+                    break
+                refused.update(blocked)
+                doomed -= blocked.keys()
             results: list[ItemResult] = []
-            doomed = {sid for sid in segment_ids if sid in self.state.segments}
-            chosen: list[int] = []
             for i, sid in enumerate(segment_ids):
-                if sid not in self.state.segments or sid in chosen:
-                    results.append(
-                        ItemResult(
-                            i,
-                            str(sid),
-                            "not_found",
-                            f"segment {sid} does not exist",
-                            f"segment_ids[{i}]",
-                        )
+                path = f"segment_ids[{i}]"
+                if sid not in segments:
+                    error = f"segment {sid} does not exist"
+                    results.append(ItemResult(i, str(sid), "not_found", error, path))
+                elif sid in refused:
+                    names = ", ".join(f"{u} ({segments[u].name!r})" for u in refused[sid])
+                    error = (
+                        f"segment {sid} is referenced by segments {names}: "
+                        "change or delete those first"
                     )
-                    continue
-                users = sorted(self.state.referenced_by.get(sid, set()) - doomed)
-                if users:
-                    names = ", ".join(f"{u} ({self.state.segments[u].name!r})" for u in users)
-                    results.append(
-                        ItemResult(
-                            i,
-                            str(sid),
-                            "failed_precondition",
-                            f"segment {sid} is referenced by segments {names}: "
-                            "change or delete those first",
-                            f"segment_ids[{i}]",
-                        )
-                    )
-                    doomed.discard(sid)
-                    continue
-                chosen.append(sid)
-                results.append(ItemResult(i, str(sid), "deleted"))
-            op = DeleteSegmentsOp(self.clock.now(), tuple(chosen)) if chosen else None
+                    results.append(ItemResult(i, str(sid), "failed_precondition", error, path))
+                else:
+                    results.append(ItemResult(i, str(sid), "deleted"))
+            chosen = tuple(sorted(doomed))
+            op = DeleteSegmentsOp(self.clock.now(), chosen) if chosen else None
             return op, results, None
 
         return self._commit(resolve)
@@ -648,13 +646,12 @@ class Workspace:
             state = self.state
 
             def leaf_bitmap(leaf: Leaf) -> BitMap:
-                # Time-dependent leaves are answered as of now, not as of the last tick.
-                if isinstance(leaf, SegmentLeaf | EventLeaf):
-                    return state.leaf_bitmap(leaf)
-                maintained = state.leaves.get(leaf)
-                if maintained is not None and not leaf.time_dependent:
-                    return maintained
-                return leaf.full(state.index, now)
+                # Maintained leaves answer as of the last write or tick; time-dependent ones
+                # are answered as of now, like the segment would be on the next tick.
+                kept = state.leaves.get(leaf) if not isinstance(leaf, SegmentLeaf) else None
+                if kept is not None and not leaf.time_dependent:
+                    return kept
+                return state.fresh_leaf(leaf, now)
 
             members = state.evaluate(expr, state.index.live, leaf_bitmap)
             ids = state.index.ids

@@ -85,7 +85,7 @@ class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServicer):
                     grpc.StatusCode.UNAVAILABLE,
                     "the server is shutting down: reconnect and resume with the last cursor",
                 )
-            rows, total, remaining = workspace.snapshot_page(
+            rows, total, remaining, next_after = workspace.snapshot_page(
                 cursor.snapshot, cursor.after, chunk_size
             )
             attributes = (
@@ -93,13 +93,8 @@ class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServicer):
                 if attribute_names
                 else [{} for _ in rows]
             )
-            # The index keeps the ids of deleted people (the change feed names them), so
-            # liveness is what tells who was deleted since the snapshot: never send to them.
-            live = workspace.state.index.live
             members = []
-            for (ordinal, person_id, email, phone), values in zip(rows, attributes, strict=True):
-                if not person_id or ordinal not in live:
-                    continue
+            for (_ordinal, person_id, email, phone), values in zip(rows, attributes, strict=True):
                 member = audiences_pb2.AudienceMember(
                     id=person_id,
                     email=(email or "") if "email" in fields else "",
@@ -108,8 +103,7 @@ class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServicer):
                 for name, value in values.items():
                     member.attributes[name].CopyFrom(convert.value_to_proto(value))
                 members.append(member)
-            if rows:
-                cursor = Cursor(cursor.snapshot, rows[-1][0])
+            cursor = Cursor(cursor.snapshot, next_after)
             yield audiences_pb2.AudienceChunk(
                 members=members, cursor=cursor.encode(), total=total, last=remaining == 0
             )

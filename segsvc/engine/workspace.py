@@ -964,10 +964,11 @@ class Workspace:
 
     def snapshot_page(
         self, snapshot_id: str, after: int, limit: int
-    ) -> tuple[list[tuple[int, str, str | None, str | None]], int, int]:
-        """Up to `limit` people of a snapshot with ordinals above `after` (-1: from the
-        start), as (ordinal, id, email, phone); returns them, the snapshot's size and how
-        many remain after this page."""
+    ) -> tuple[list[tuple[int, str, str | None, str | None]], int, int, int]:
+        """The next `limit` people of a snapshot after ordinal `after` (-1: from the start),
+        as (ordinal, id, email, phone), less anyone deleted since the snapshot; returns them,
+        the snapshot's size, how many remain after this page, and the `after` of the next
+        page."""
         members = self._snapshots.get(snapshot_id)
         if members is None:
             with self.store.read() as txn:
@@ -986,8 +987,13 @@ class Workspace:
         page = members[start : start + limit]
         index = self.state.index
         ids, emails, phones = index.ids, index.emails, index.phones
+        next_after = page.max() if page else after
+        remaining = len(members) - start - len(page)
+        # People deleted since the snapshot was taken are not sent to.
+        with self._lock:
+            page &= index.live
         rows = [(o, ids[o] or "", emails[o], phones[o]) for o in page]
-        return rows, len(members), len(members) - start - len(page)
+        return rows, len(members), remaining, next_after
 
     def attributes_of(
         self, ordinals: Sequence[int], names: Sequence[str]

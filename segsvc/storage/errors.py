@@ -3,3 +3,7 @@
 
 class StorageFullError(Exception):
     """The LMDB map is full: the write was aborted and nothing of it was stored."""
+
+
+class StoreLockedError(Exception):
+    """Another process has the data directory open."""

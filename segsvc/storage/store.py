@@ -7,6 +7,7 @@ contiguous key range and nothing crosses workspaces.
 
 from __future__ import annotations
 
+import fcntl
 import struct
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import lmdb
 
-from segsvc.storage.errors import StorageFullError
+from segsvc.storage.errors import StorageFullError, StoreLockedError
 
 TABLES = (
     "meta",  # schema version and per-workspace settings
@@ -89,22 +90,24 @@ class Txn:
         low = max(start, within) if start is not None else within
         end = prefix_end(within)
         if stop is not None:
-            end = min(end, stop)
+            end = stop if end is None else min(end, stop)
         with self._txn.cursor(db=self._dbs[table]) as cursor:
             if not reverse:
                 if not cursor.set_range(low):
                     return
                 for key, value in cursor:
-                    if key >= end:
+                    if end is not None and key >= end:
                         return
                     yield bytes(key), bytes(value)
                 return
-            positioned = cursor.prev() if cursor.set_range(end) else cursor.last()
+            positioned = (
+                cursor.last() if end is None or not cursor.set_range(end) else cursor.prev()
+            )
             while positioned:
                 key = cursor.key()
                 if key < low:
                     return
-                if key < end:
+                if end is None or key < end:
                     yield bytes(key), bytes(cursor.value())
                 positioned = cursor.prev()
 
@@ -123,11 +126,12 @@ class Txn:
         return deleted
 
 
-def prefix_end(start: bytes) -> bytes:
-    """The smallest key greater than every key that starts with `start`."""
+def prefix_end(start: bytes) -> bytes | None:
+    """The smallest key greater than every key that starts with `start`; None when there is
+    none (an empty or all-0xff prefix reaches to the end of the table)."""
     stripped = start.rstrip(b"\xff")
     if not stripped:
-        return b"\xff" * (len(start) + 1)
+        return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
@@ -141,6 +145,16 @@ class Store:
     def __init__(self, path: Path, map_size: int = 64 * 1024**3) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # LMDB itself lets two processes write one environment, but each would replay and
+        # extend the log from its own memory: hold an exclusive lock for the store's life.
+        self._lock_file = open(path / "segsvc.lock", "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StoreLockedError(
+                f"{path} is in use by another segsvc process: stop it, or choose another --data"
+            ) from None
         self._env = lmdb.open(
             str(path),
             map_size=map_size,
@@ -191,3 +205,5 @@ class Store:
 
     def close(self) -> None:
         self._env.close()
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()

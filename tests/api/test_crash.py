@@ -17,7 +17,7 @@ from api_harness import (
     person,
     stored_changes,
 )
-from conftest import REPO, Stubs, serve_command
+from server_harness import REPO, Stubs, serve_command
 
 from segsvc.v1 import changes_pb2, people_pb2
 from segsvc.v1 import conditions_pb2 as C

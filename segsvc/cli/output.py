@@ -209,7 +209,11 @@ def rpc_error_lines(err: grpc.RpcError) -> list[str]:
     details = err.details()
     name = code.name if code else "UNKNOWN"
     lines = [f"error: {name}: {details}" if details else f"error: {name}"]
-    lines += [f"  {field}: {description}" for field, description in _field_violations(err)]
+    for field, description in _field_violations(err):
+        line = f"{field}: {description}" if field else description
+        # Servers often put the violations in the message too; say each thing once.
+        if line not in (details or ""):
+            lines.append(f"  {line}")
     return lines
 
 

@@ -108,32 +108,46 @@ _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0"}
 
 
-def _timestamp(text: str) -> types_pb2.Value:
+def _epoch_seconds(text: str) -> int:
+    """Whole UTC seconds of an ISO-8601 date or date-time (UTC unless it names an offset);
+    ValueError if it is not one."""
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    value = types_pb2.Value()
-    value.timestamp_value.seconds = math.floor(moment.timestamp())
-    return value
+    return math.floor(moment.timestamp())
+
+
+def infer_into(value: types_pb2.Value, text: str) -> None:
+    """Set `value` to the typed reading of a cell nobody declared a type for: true/false ->
+    bool, a number -> number (unless it has a leading zero, like a zip code), an ISO-8601
+    date or date-time -> timestamp, anything else -> string. Fills the message in place
+    (a map entry, usually): this runs for every cell of files of millions of rows."""
+    first = text[0]
+    if first in "tTfF" and len(text) in (4, 5):
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            value.bool_value = lowered == "true"
+            return
+    elif first in "+-.0123456789":
+        if _NUMBER.fullmatch(text) and not _CODE.match(text):
+            number = float(text)
+            if math.isfinite(number):
+                value.number_value = number
+                return
+        elif _ISO_TIME.fullmatch(text):
+            try:
+                value.timestamp_value.seconds = _epoch_seconds(text)
+                return
+            except ValueError:
+                pass  # e.g. 2024-02-30: not a date after all, so a string
+    value.string_value = text
 
 
 def infer_value(text: str) -> types_pb2.Value:
-    """The typed value of a cell nobody declared a type for: true/false -> bool, a number ->
-    number (unless it has a leading zero, like a zip code), an ISO-8601 date or date-time ->
-    timestamp (UTC unless it names an offset), anything else -> string."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return types_pb2.Value(bool_value=lowered == "true")
-    if _NUMBER.fullmatch(text) and not _CODE.match(text):
-        number = float(text)
-        if math.isfinite(number):
-            return types_pb2.Value(number_value=number)
-    if _ISO_TIME.fullmatch(text):
-        try:
-            return _timestamp(text)
-        except ValueError:
-            pass  # e.g. 2024-02-30: not a date after all, so a string
-    return types_pb2.Value(string_value=text)
+    """`infer_into` a new Value."""
+    value = types_pb2.Value()
+    infer_into(value, text)
+    return value
 
 
 def parse_bool(text: str) -> bool:
@@ -165,10 +179,12 @@ def declared_value(text: str, type_name: str) -> types_pb2.Value:
         value = types_pb2.Value()
         value.timestamp_value.seconds = math.floor(float(text))
         return value
+    value = types_pb2.Value()
     try:
-        return _timestamp(text)
+        value.timestamp_value.seconds = _epoch_seconds(text)
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO-8601 date/time or epoch seconds") from None
+    return value
 
 
 def parse_types(spec: str) -> dict[str, str]:
@@ -195,6 +211,7 @@ class PersonBuilder:
     def __init__(self, id_column: str, types: Mapping[str, str]) -> None:
         self.id_column = id_column
         self.types = dict(types)
+        self._setters: dict[str, _Setter] = {}
         for column in self.types:
             if column == id_column or column.lower() in self.BUILTINS:
                 fail(f"--types: {column!r} is a built-in field; only attributes take a type")
@@ -224,44 +241,67 @@ class PersonBuilder:
             raise ValueError(f"{self.id_column}: empty; every row needs an id")
         person = people_pb2.PersonUpsert(id=person_id.strip())
         for column, raw in record.items():
-            if column == self.id_column:
-                continue
             value = raw.strip() if isinstance(raw, str) else raw
-            if value is None or value == "":
+            if value is None or value == "" or column == self.id_column:
                 continue
+            setter = self._setters.get(column) or self._setter(column)
             try:
-                self._set(person, column, value)
+                setter(person, value)
             except ValueError as err:
                 raise ValueError(f"{column}: {err}") from None
         return person
 
-    def _set(self, person: people_pb2.PersonUpsert, column: str, value: Any) -> None:
+    def _setter(self, column: str) -> _Setter:
+        """How values of `column` go into a PersonUpsert; decided once per column."""
         builtin = column.lower()
+        setter: _Setter
         if builtin in ("email", "phone"):
-            if not isinstance(value, str):
-                raise ValueError(f"expected text, got {value!r}")
-            setattr(person, builtin, value)
-        elif builtin == "unsubscribed":
-            person.unsubscribed = value if isinstance(value, bool) else parse_bool(str(value))
-        elif builtin == "tags":
-            tags = value if isinstance(value, list) else str(value).split("|")
-            person.add_tags.extend(t.strip() for t in map(str, tags) if t.strip())
-        else:
-            person.attributes[column].CopyFrom(self._value(column, value))
 
-    def _value(self, column: str, value: Any) -> types_pb2.Value:
-        declared = self.types.get(column)
-        if isinstance(value, bool):
-            if declared in (None, "bool"):
-                return types_pb2.Value(bool_value=value)
-            value = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            if declared in (None, "number"):
-                return types_pb2.Value(number_value=float(value))
-            value = str(value)
-        elif not isinstance(value, str):
-            raise ValueError(f"nested values are not supported ({type(value).__name__})")
-        return declared_value(value, declared) if declared else infer_value(value)
+            def setter(person: people_pb2.PersonUpsert, value: Any) -> None:
+                if not isinstance(value, str):
+                    raise ValueError(f"expected text, got {value!r}")
+                setattr(person, builtin, value)
+
+        elif builtin == "unsubscribed":
+
+            def setter(person: people_pb2.PersonUpsert, value: Any) -> None:
+                person.unsubscribed = value if isinstance(value, bool) else parse_bool(str(value))
+
+        elif builtin == "tags":
+
+            def setter(person: people_pb2.PersonUpsert, value: Any) -> None:
+                tags = value if isinstance(value, list) else str(value).split("|")
+                person.add_tags.extend(t.strip() for t in map(str, tags) if t.strip())
+
+        else:
+            declared = self.types.get(column)
+
+            def setter(person: people_pb2.PersonUpsert, value: Any) -> None:
+                if isinstance(value, str) and declared is None:
+                    infer_into(person.attributes[column], value)
+                else:
+                    person.attributes[column].CopyFrom(_attribute(value, declared))
+
+        self._setters[column] = setter
+        return setter
+
+
+_Setter = Callable[[people_pb2.PersonUpsert, Any], None]
+
+
+def _attribute(value: Any, declared: str | None) -> types_pb2.Value:
+    """A JSON value (or a CSV cell of a declared type) as an attribute value."""
+    if isinstance(value, bool):
+        if declared in (None, "bool"):
+            return types_pb2.Value(bool_value=value)
+        value = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        if declared in (None, "number"):
+            return types_pb2.Value(number_value=float(value))
+        value = str(value)
+    elif not isinstance(value, str):
+        raise ValueError(f"nested values are not supported ({type(value).__name__})")
+    return declared_value(value, declared) if declared else infer_value(value)
 
 
 def read_people_csv(

@@ -77,7 +77,11 @@ def show_segment(out: Output, segment: segments_pb2.Segment) -> None:
     )
     if segment.HasField("conditions"):
         out.text("conditions:")
-        out.text(json_format.MessageToJson(segment.conditions, indent=2))
+        out.text(
+            json_format.MessageToJson(
+                segment.conditions, indent=2, preserving_proto_field_name=True
+            )
+        )
 
 
 @click.group()

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 import click
 
@@ -124,6 +121,6 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # Imported only here: the client commands must not load the engine, LMDB and bitmaps.
-    server = importlib.import_module("segsvc.api.server")
-    run = cast(Callable[[Config], None], server.serve)
-    run(config)
+    from segsvc.api.server import serve as run_server
+
+    run_server(config)

@@ -44,6 +44,7 @@ from segsvc.engine.conditions import (
     Group,
     Node,
     TagCondition,
+    describe_node,
 )
 from segsvc.engine.engine import Engine
 from segsvc.engine.model import AudienceSpec, PersonKey
@@ -136,6 +137,36 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
+def describe(node: Node | None) -> str:
+    """A condition tree in words, for notes."""
+    if node is None:
+        return "manual"
+    if isinstance(node, Group):
+        inner = ", ".join(describe(c) for c in node.children)
+        return f"{describe_node(node)} ({inner})"
+    return describe_node(node)
+
+
+def revision() -> str:
+    """The segsvc commit measured, and whether the engine's files differ from it (others
+    change them while benchmarks run)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "segsvc"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n")
+    except OSError:
+        return "unknown revision"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return f"segsvc {head}" + (f" + uncommitted {', '.join(changed)}" if changed else "")
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -176,6 +207,7 @@ class Setup:
     load_seconds: float = 0.0
     duck_load_seconds: float = 0.0
     create_seconds: list[float] = field(default_factory=list)
+    create_names: list[str] = field(default_factory=list)
     manual_seconds: float = 0.0
     manual_added: int = 0
     duck_manual_seconds: float = 0.0
@@ -236,6 +268,7 @@ def build(
         setup.ids[k + 1] = info.id
         if spec.dynamic:
             setup.create_seconds.append(elapsed)
+            setup.create_names.append(spec.name)
             continue
         members = gen_data.manual_members(k, spec.manual_fraction, people, seed)
         manual[k] = members
@@ -412,6 +445,29 @@ def bench_audience(setup: Setup, report: Report, rounds: int = 300) -> None:
 
 def _pid(person_id: str) -> int:
     return int(person_id[1:])
+
+
+def bench_fsync(root: Path, report: Report, runs: int = 300) -> None:
+    """The floor under every acknowledged write: one small LMDB commit, fsync'd as the
+    engine's store does it, on the same disk."""
+    import lmdb
+
+    path = root / "fsync-probe"
+    env = lmdb.open(str(path), map_size=2**26, sync=True, metasync=True)
+    samples = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        with env.begin(write=True) as txn:
+            txn.put(b"k%d" % i, b"x" * 300)
+        samples.append(time.perf_counter() - t0)
+    env.close()
+    shutil.rmtree(path, ignore_errors=True)
+    report.add(
+        Row(
+            f"floor: one fsync'd LMDB commit of 300 bytes p50 / p99 ({runs} runs)",
+            f"{ms(pct(samples, 50))} / {ms(pct(samples, 99))}",
+        )
+    )
 
 
 def bench_single_updates(setup: Setup, report: Report, count: int, duck_runs: int = 100) -> None:
@@ -596,6 +652,8 @@ def run(args: argparse.Namespace) -> Report:
     root = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="segsvc-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
+    print(f"code: {revision()}")
+    load_start = os.getloadavg()
     print(f"data: {people:,} people, {len(specs)} segments, seed {args.seed}, under {root}")
     try:
         print("loading both systems ...", flush=True)
@@ -621,6 +679,14 @@ def run(args: argparse.Namespace) -> Report:
                 f"{ms(statistics.median(c))} / {ms(max(c))}",
             )
         )
+        slowest = sorted(zip(c, setup.create_names, strict=True), reverse=True)[:3]
+        report.notes.append(
+            "slowest segment creations: "
+            + "; ".join(
+                f"{name} {ms(t)}: {describe(specs[int(name.split('-')[1])].conditions)}"
+                for t, name in slowest
+            )
+        )
         if setup.manual_added:
             report.add(
                 Row(
@@ -635,6 +701,7 @@ def run(args: argparse.Namespace) -> Report:
         bench_create(setup, report)
         bench_counts(setup, report, duck_counts, rounds=20)
         bench_audience(setup, report)
+        bench_fsync(root, report)
         bench_single_updates(setup, report, count=200 if args.quick else 1000)
         bench_batched_updates(setup, report, batches=5 if args.quick else 20)
         print("checking counts after the updates ...", flush=True)
@@ -645,6 +712,13 @@ def run(args: argparse.Namespace) -> Report:
         everyone = setup.ws.create_segment(
             "bench-everyone", "", True, AttributeCondition("exists", field="created_at")
         ).id
+        load_now = os.getloadavg()
+        report.notes.append(
+            f"load average {load_start[0]:.1f} at the start, {load_now[0]:.1f} / "
+            f"{load_now[1]:.1f} / {load_now[2]:.1f} (1/5/15 min) before the restart phase, "
+            f"on {os.cpu_count()} cores: above ~1 other processes shared the CPU and figures "
+            "are pessimistic"
+        )
         bench_restart(setup, report)
         if args.grpc:
             bench_grpc(setup, report, everyone)
@@ -907,7 +981,7 @@ def main() -> None:
     report.print(
         f"segsvc vs DuckDB, {50_000 if args.quick else args.people:,} people, "
         f"{args.segments} segments ({time.perf_counter() - started:.0f} s in all)\n"
-        f"machine: {machine()}"
+        f"machine: {machine()}\ncode: {revision()}"
     )
     if report.mismatches:
         sys.exit(1)

@@ -188,13 +188,17 @@ def _chunk_rng(seed: int, stream: str, chunk: int) -> random.Random:
 
 
 def people(
-    count: int, seed: int = DEFAULT_SEED, chunk: int = CHUNK, p: Pools | None = None
+    count: int,
+    seed: int = DEFAULT_SEED,
+    chunk: int = CHUNK,
+    p: Pools | None = None,
+    first: int = 0,
 ) -> Iterator[list[PersonUpsert]]:
-    """`count` people as lists of at most `chunk` upserts; person i has id `person_id(i)` and
-    is the i-th person created (ordinal i in a fresh workspace)."""
+    """People `first` .. `first + count - 1` as lists of at most `chunk` upserts; person i has
+    id `person_id(i)` and is the i-th person created (ordinal i in a fresh workspace)."""
     p = p or pools(seed)
-    for start in range(0, count, chunk):
-        yield _people_chunk(p, seed, start, min(chunk, count - start))
+    for start in range(first, first + count, chunk):
+        yield _people_chunk(p, seed, start, min(chunk, first + count - start))
 
 
 def _people_chunk(p: Pools, seed: int, start: int, n: int) -> list[PersonUpsert]:
@@ -575,10 +579,12 @@ def count_leaves(node: Node) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Events: the hook for later. The engine refuses event conditions for now ("not available
-# yet"), so nothing above generates events or event conditions. When it accepts them, fill in
-# `events()` (10 names over the 90 days before NOW, tens of millions in all, chunked like
-# `people()`), add event leaves to `_LeafMaker`, and give the SQL peer an events table.
+# Events: the hook for the next step, not generated yet. The engine has event conditions now
+# (Workspace.track_events with segsvc.engine.events.EventInput); to benchmark them, fill in
+# `events()` (the 10 names below over the 90 days before NOW, tens of millions in all, chunked
+# like `people()` and deterministic per chunk), add event leaves to `_LeafMaker`, give the SQL
+# peer an `events(pid, name, at, properties...)` table with the same window semantics, and load
+# both in bench.build.
 
 EVENT_NAMES = (
     "page", "purchase", "add_to_cart", "login", "search", "message_sent", "message_opened",

@@ -1,0 +1,152 @@
+"""Profiles one engine operation over the benchmark's data, to show where the time goes.
+
+Builds (or, with an existing --data folder, reopens) a workspace with N generated people and
+the benchmark's segments, then runs one phase under cProfile and prints the top functions by
+cumulative and by own time:
+
+    .venv/bin/python scripts/bench_profile.py --data /tmp/prof-1m --people 1000000 single
+    .venv/bin/python scripts/bench_profile.py --data /tmp/prof-1m load --runs 5
+
+Phases: load (batches of 10k new people on top of the N), single (one-person updates),
+batch (batches of 1000 updates), audience (10-segment audience counts), tick (time moves an
+hour), checkpoint, restart (open the stored state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gen_data
+from bench import WORKSPACE, open_engine
+from gen_data import NOW
+
+from segsvc.engine.clock import FakeClock
+from segsvc.engine.engine import Engine
+from segsvc.engine.model import AudienceSpec, PersonKey
+from segsvc.engine.workspace import Workspace
+
+
+def prepare(data: Path, people: int, segments: int, clock: FakeClock) -> tuple[Engine, Workspace]:
+    """The stored workspace, built on first use (people, then segments and manual members)."""
+    fresh = not data.exists()
+    engine = open_engine(data, clock)
+    ws = engine.workspace(WORKSPACE)
+    if not fresh:
+        print(f"reopened {data}: {len(ws.state.index.live):,} people", flush=True)
+        return engine, ws
+    t0 = time.perf_counter()
+    for batch in gen_data.people(people):
+        ws.upsert_people(batch)
+    print(f"loaded {people:,} people in {time.perf_counter() - t0:.0f} s", flush=True)
+    ids: dict[int, int] = {}
+    for k, spec in enumerate(gen_data.segments(segments)):
+        definition = gen_data.remap(spec.conditions, ids) if spec.conditions else None
+        info = ws.create_segment(spec.name, "", spec.dynamic, definition)
+        ids[k + 1] = info.id
+        if not spec.dynamic:
+            members = gen_data.manual_members(k, spec.manual_fraction, people)
+            for start in range(0, len(members), 10_000):
+                keys = [
+                    PersonKey("id", gen_data.person_id(i)) for i in members[start : start + 10_000]
+                ]
+                ws.change_members(info.id, keys, True)
+    engine.close()
+    engine = open_engine(data, clock)
+    return engine, engine.workspace(WORKSPACE)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "phase",
+        choices=["load", "single", "batch", "audience", "tick", "checkpoint", "restart"],
+    )
+    parser.add_argument("--data", required=True, help="workspace folder (built when missing)")
+    parser.add_argument("--people", type=int, default=1_000_000)
+    parser.add_argument("--segments", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=0, help="repetitions (phase default)")
+    parser.add_argument("--top", type=int, default=35)
+    args = parser.parse_args()
+    clock = FakeClock(NOW)
+    engine, ws = prepare(Path(args.data), args.people, args.segments, clock)
+    population = len(ws.state.index.live)
+    profiler = cProfile.Profile()
+    samples: list[float] = []
+
+    def measure(fn: object) -> None:
+        t0 = time.perf_counter()
+        profiler.runcall(fn)  # type: ignore[arg-type]
+        samples.append(time.perf_counter() - t0)
+
+    phase = args.phase
+    if phase == "load":
+        # New people on top of the stored ones: the cost at this size, not from empty.
+        first = max(population, args.people)
+        for batch in gen_data.people((args.runs or 5) * 10_000, first=first):
+            measure(lambda b=batch: ws.upsert_people(b))
+        unit = 10_000
+    elif phase == "single":
+        stream = f"profile-single-{time.time_ns()}"
+        for upsert in gen_data.updates(args.runs or 300, population, stream=stream):
+            measure(lambda u=upsert: ws.upsert_people([u]))
+        unit = 1
+    elif phase == "batch":
+        for b in range(args.runs or 5):
+            work = gen_data.updates(1000, population, stream=f"profile-batch-{time.time_ns()}-{b}")
+            measure(lambda w=work: ws.upsert_people(w))
+        unit = 1000
+    elif phase == "audience":
+        dynamic = sorted(
+            (len(s.members), sid) for sid, s in ws.state.segments.items() if s.dynamic and s.members
+        )
+        n = len(dynamic)
+        spec = AudienceSpec(
+            include=tuple(dynamic[n // 2 + 3 * i][1] for i in range(4)),
+            require=(dynamic[-3][1], dynamic[-4][1]),
+            exclude=tuple(dynamic[n // 5 + 2 * i][1] for i in range(4)),
+        )
+        for _ in range(args.runs or 300):
+            measure(lambda: ws.audience(spec))
+        unit = 1
+    elif phase == "tick":
+        for _ in range(args.runs or 3):
+            clock.advance(3600)
+            measure(ws.tick)
+        unit = 1
+    elif phase == "checkpoint":
+        for _ in range(args.runs or 2):
+            measure(ws.checkpoint)
+        unit = 1
+    else:
+        engine.close(checkpoint=False)
+        for _ in range(args.runs or 2):
+            holder: list[Engine] = []
+            measure(lambda h=holder: h.append(open_engine(Path(args.data), clock)))
+            holder[0].close(checkpoint=False)
+        unit = 1
+    ordered = sorted(samples)
+    print(
+        f"{phase}: {len(samples)} runs over {population:,} people; per run median "
+        f"{statistics.median(samples) * 1000:.2f} ms, p99 "
+        f"{ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1000:.2f} ms, "
+        f"max {ordered[-1] * 1000:.2f} ms; {unit * len(samples) / sum(samples):,.0f} items/s"
+    )
+    for key in ("cumulative", "tottime"):
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(key).print_stats(args.top)
+        print(out.getvalue())
+    if phase != "restart":
+        engine.close(checkpoint=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -478,6 +478,43 @@ class World:
         self.people[u.id] = new
         return "ok"
 
+    def track(
+        self,
+        events: Iterable[tuple[tuple[str, str], str, int | None, dict[str, Any]]],
+        now: int,
+        create_missing: bool = False,
+        retention: int = 10**10,
+        future_skew: int = 3600,
+    ) -> list[str]:
+        """Records events given as ((key kind, key value), name, time or None for now,
+        properties); "tracked", "invalid" or "not_found" each. With `create_missing`, an
+        unknown id is created bare (no email, phone, attributes) at `now`."""
+        outcomes = []
+        for (kind_, raw), name, at, props in events:
+            at = now if at is None else at
+            bad_value = any(
+                kind(v) is None or (kind(v) == "number" and not math.isfinite(v))
+                for v in props.values()
+            )
+            if not name.strip() or bad_value or not now - retention <= at <= now + future_skew:
+                outcomes.append("invalid")
+                continue
+            pid = self.find(kind_, raw)
+            if pid is False:
+                outcomes.append("invalid")
+                continue
+            if pid is None:
+                if not (create_missing and kind_ == "id"):
+                    outcomes.append("not_found")
+                    continue
+                pid = raw
+                self.people[pid] = person_dict(pid, created_at=now)
+            assert isinstance(pid, str)
+            canonical = {k: (v + 0.0 if kind(v) == "number" else v) for k, v in props.items()}
+            self.people[pid]["events"].append(Event(name, at, canonical))
+            outcomes.append("tracked")
+        return outcomes
+
     def delete(self, keys: Iterable[tuple[str, str]]) -> list[str]:
         """Deletes people by (kind, value); "deleted", "not_found" or "invalid" each. A deleted
         person leaves every manual segment (a new person with the same id is someone else)."""

@@ -18,10 +18,14 @@ from hypothesis import strategies as st
 from segsvc.engine.conditions import (
     AttributeCondition,
     DeviceCondition,
+    EventCondition,
     Group,
+    MessageCondition,
     Node,
+    PageViewCondition,
     SegmentCondition,
     TagCondition,
+    Window,
 )
 from segsvc.engine.people import PersonUpsert
 from segsvc.engine.values import Timestamp
@@ -258,14 +262,18 @@ def ordered_operand(draw: st.DrawFn, now: int, kind: str | None = None) -> tuple
 
 
 @st.composite
-def attribute_conditions(draw: st.DrawFn, now: int) -> AttributeCondition:
-    builtin = draw(st.integers(0, 3)) == 0
+def attribute_conditions(
+    draw: st.DrawFn, now: int, names: tuple[str, ...] = ATTRIBUTES, builtins: bool = True
+) -> AttributeCondition:
+    """A comparison on an attribute from `names` or (when `builtins`) a built-in field; also
+    used for event property filters."""
+    builtin = builtins and draw(st.integers(0, 3)) == 0
     if builtin:
         name = draw(st.sampled_from(tuple(BUILTIN_OPERATORS)))
         op = draw(st.sampled_from(BUILTIN_OPERATORS[name]))
         target: dict[str, Any] = {"field": name}
     else:
-        name = draw(st.sampled_from(ATTRIBUTES))
+        name = draw(st.sampled_from(names))
         op = draw(st.sampled_from(CUSTOM_OPERATORS))
         target = {"attribute": name}
     fixed = (
@@ -313,7 +321,97 @@ def attribute_conditions(draw: st.DrawFn, now: int) -> AttributeCondition:
     return AttributeCondition(op, **target)
 
 
-def leaves(now: int, segment_ids: tuple[int, ...]) -> st.SearchStrategy[Node]:
+# ---------------------------------------------------------------------------------------------
+# Events
+
+EVENT_NAMES = ("purchase", "signup", "page", "message_opened", "message_clicked")
+PROPERTIES = ("plan", "amount", "url", "campaign_id", "message_id")
+URLS = ("/pricing", "/Pricing/team", "/blog/pricing", "https://x.io/pricing")
+CAMPAIGNS = ("c1", "c2")
+COUNT_OPERATORS = ("at_least", "at_most", "exactly")
+
+
+def event_times(now: int) -> st.SearchStrategy[int | None]:
+    """None (now) or a time in the past, with the edges of the windows."""
+    return st.one_of(
+        st.none(),
+        st.sampled_from([o for o in OFFSETS if o <= 0]).map(lambda off: now + off),
+        st.integers(now - 60 * DAY, now),
+    )
+
+
+@st.composite
+def event_properties(draw: st.DrawFn, now: int) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    for name in draw(st.lists(st.sampled_from(PROPERTIES), max_size=3, unique=True)):
+        pool = {
+            "url": st.sampled_from(URLS),
+            "campaign_id": st.sampled_from(CAMPAIGNS),
+            "message_id": st.sampled_from(("m1", "m2")),
+        }.get(name, values(now))
+        props[name] = draw(st.one_of(pool, values(now)) if name in ("url",) else pool)
+    return props
+
+
+@st.composite
+def event_inputs(
+    draw: st.DrawFn, now: int
+) -> tuple[tuple[str, str], str, int | None, dict[str, Any]]:
+    """((key kind, key value), name, time or None, properties) of one event."""
+    return (
+        draw(person_keys()),
+        draw(st.sampled_from(EVENT_NAMES)),
+        draw(event_times(now)),
+        draw(event_properties(now)),
+    )
+
+
+@st.composite
+def windows(draw: st.DrawFn, now: int) -> Window:
+    choice = draw(st.integers(0, 2))
+    if choice == 0:
+        return Window()
+    if choice == 1:
+        return Window(within_last_seconds=draw(st.sampled_from(DURATIONS)))
+    a, b = draw(timestamps(now)), draw(timestamps(now))
+    return Window(start=min(a, b), end=max(a, b))
+
+
+@st.composite
+def counts(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "count_operator": draw(st.sampled_from(COUNT_OPERATORS)),
+        "count": draw(st.one_of(st.none(), st.integers(0, 3))),
+    }
+
+
+@st.composite
+def behaviour_conditions(draw: st.DrawFn, now: int) -> Node:
+    """An event, page view or message condition."""
+    kind = draw(st.integers(0, 2))
+    window = draw(windows(now))
+    if kind == 0:
+        filters = draw(st.lists(attribute_conditions(now, PROPERTIES, builtins=False), max_size=2))
+        return EventCondition(
+            draw(st.sampled_from(EVENT_NAMES)), tuple(filters), window=window, **draw(counts())
+        )
+    if kind == 1:
+        return PageViewCondition(
+            draw(st.sampled_from((*URLS, "/PRICING", "pricing"))),
+            draw(st.sampled_from(("equals", "contains", "starts_with"))),
+            window=window,
+            **draw(counts()),
+        )
+    return MessageCondition(
+        draw(st.sampled_from(("opened", "clicked", "sent"))),
+        draw(st.sampled_from(("", *CAMPAIGNS))),
+        draw(st.sampled_from(("", "m1"))),
+        window=window,
+        **draw(counts()),
+    )
+
+
+def leaves(now: int, segment_ids: tuple[int, ...], events: bool = False) -> st.SearchStrategy[Node]:
     options: list[st.SearchStrategy[Node]] = [
         attribute_conditions(now),
         attribute_conditions(now),
@@ -322,20 +420,23 @@ def leaves(now: int, segment_ids: tuple[int, ...]) -> st.SearchStrategy[Node]:
     ]
     if segment_ids:
         options.append(st.builds(SegmentCondition, st.sampled_from(segment_ids), st.booleans()))
-    # Event, page view and message conditions join here once the engine has them.
+    if events:
+        options.append(behaviour_conditions(now))
     return st.one_of(*options)
 
 
-def trees(now: int, segment_ids: tuple[int, ...] = (), depth: int = 4) -> st.SearchStrategy[Node]:
+def trees(
+    now: int, segment_ids: tuple[int, ...] = (), depth: int = 4, events: bool = False
+) -> st.SearchStrategy[Node]:
     """A condition tree at most `depth` levels deep (a leaf is one level), naming only the
-    given segments."""
-    leaf = leaves(now, segment_ids)
+    given segments; with event, page view and message conditions when `events`."""
+    leaf = leaves(now, segment_ids, events)
     if depth <= 1:
         return leaf
     group = st.builds(
         Group,
         st.sampled_from(("all", "any")),
-        st.lists(trees(now, segment_ids, depth - 1), min_size=1, max_size=3).map(tuple),
+        st.lists(trees(now, segment_ids, depth - 1, events), min_size=1, max_size=3).map(tuple),
         st.booleans(),
     )
     return st.one_of(leaf, group)

@@ -44,6 +44,7 @@ from strategies import (
     ID_POOL,
     PLATFORMS,
     STARTS,
+    event_inputs,
     person_keys,
     trees,
     upserts,
@@ -52,6 +53,7 @@ from strategies import (
 from segsvc.engine.clock import FakeClock
 from segsvc.engine.conditions import Group, Node
 from segsvc.engine.errors import InvalidArgument, NotFound
+from segsvc.engine.events import EventInput
 from segsvc.engine.model import AudienceSpec
 from segsvc.engine.people import PersonUpsert
 from segsvc.engine.state import (
@@ -61,11 +63,18 @@ from segsvc.engine.state import (
     CAUSE_MANUAL,
     CAUSE_TIME,
 )
+from segsvc.engine.values import Timestamp
 
 # Keep every change: the replay checks read the feed from the start.
 RETAIN_ALL = 10**10
 
+# Event, page view and message conditions in the generated trees, and events tracked.
+EVENTS = True
+
 NODE_FIELD = {
+    "EventCondition": "event",
+    "PageViewCondition": "page_view",
+    "MessageCondition": "message",
     "Group": "group",
     "AttributeCondition": "attribute",
     "TagCondition": "tag",
@@ -134,7 +143,11 @@ class EngineMachine(RuleBasedStateMachine):
     def setup(self, start: int, data: st.DataObject) -> None:
         data_dir = Path(self.tmp.name) / "data"
         self.h = Harness(
-            data_dir, FakeClock(start), make_config(data_dir, change_retention_seconds=RETAIN_ALL)
+            data_dir,
+            FakeClock(start),
+            make_config(
+                data_dir, change_retention_seconds=RETAIN_ALL, event_retention_seconds=RETAIN_ALL
+            ),
         )
         batch = data.draw(st.lists(upserts(start, allow_invalid=False), min_size=1, max_size=8))
         # At least two people ever (see test_checkpoint_with_one_person_without_email, a known
@@ -147,13 +160,28 @@ class EngineMachine(RuleBasedStateMachine):
             self.ws.change_members(sid, [key(k, v) for k, v in keys], True)
             self.world.change_members(sid, keys, True)
         for _ in range(data.draw(st.integers(1, 3))):
-            tree = data.draw(trees(start, tuple(self.world.segments)))
+            tree = data.draw(trees(start, tuple(self.world.segments), events=EVENTS))
             self.create(True, tree)
         self.expect(CAUSE_DATA, CAUSE_MANUAL, CAUSE_DEFINITION)
 
     @rule(data=st.data())
     def upsert(self, data: st.DataObject) -> None:
         self.do_upsert(data.draw(st.lists(upserts(self.now), min_size=1, max_size=4)))
+        self.expect(CAUSE_DATA)
+
+    @precondition(lambda self: EVENTS)
+    @rule(data=st.data(), create=st.booleans())
+    def track(self, data: st.DataObject, create: bool) -> None:
+        events = data.draw(st.lists(event_inputs(self.now), min_size=1, max_size=4))
+        results = self.ws.track_events(
+            [
+                EventInput(key(k, v), name, None if at is None else Timestamp(at), props)
+                for (k, v), name, at, props in events
+            ],
+            create_missing_people=create,
+        )
+        expected = self.world.track(events, self.now, create)
+        assert [r.outcome for r in results] == expected, (events, results)
         self.expect(CAUSE_DATA)
 
     @rule(keys=st.lists(person_keys(), min_size=1, max_size=3))
@@ -186,7 +214,11 @@ class EngineMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.world.segments) < 8)
     @rule(data=st.data(), dynamic=st.booleans())
     def create_segment(self, data: st.DataObject, dynamic: bool) -> None:
-        tree = data.draw(trees(self.now, tuple(self.world.segments))) if dynamic else None
+        tree = (
+            data.draw(trees(self.now, tuple(self.world.segments), events=EVENTS))
+            if dynamic
+            else None
+        )
         self.create(dynamic, tree)
         self.expect(CAUSE_DEFINITION)
 
@@ -194,7 +226,7 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def update_definition(self, data: st.DataObject) -> None:
         sid = data.draw(st.sampled_from(self.dynamic_ids()))
-        tree = data.draw(trees(self.now, tuple(self.world.segments)))
+        tree = data.draw(trees(self.now, tuple(self.world.segments), events=EVENTS))
         if self.world.would_cycle(sid, tree):
             try:
                 self.ws.update_segment(sid, None, None, tree)
@@ -241,7 +273,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def preview(self, data: st.DataObject) -> None:
-        tree = data.draw(trees(self.now, tuple(self.world.segments)))
+        tree = data.draw(trees(self.now, tuple(self.world.segments), events=EVENTS))
         count, sample = self.ws.preview(tree, sample_size=3)
         expected = Evaluator(self.world, self.now).matching(tree)
         assert count == len(expected), (tree, count, expected)
@@ -397,14 +429,20 @@ def test_restart_by_log_replay_and_by_checkpoint_agree(start: int, data: st.Data
     with tempfile.TemporaryDirectory(prefix="segsvc-restart-") as tmp:
         first, second = Path(tmp) / "a", Path(tmp) / "b"
         clock = FakeClock(start)
-        h = Harness(first, clock, make_config(first, change_retention_seconds=RETAIN_ALL))
+        h = Harness(
+            first,
+            clock,
+            make_config(
+                first, change_retention_seconds=RETAIN_ALL, event_retention_seconds=RETAIN_ALL
+            ),
+        )
         world = World()
         h.ws.upsert_people([PersonUpsert("p0"), PersonUpsert("p1")])
         world.upsert([PersonUpsert("p0"), PersonUpsert("p1")], clock.now())
         for step in range(data.draw(st.integers(1, 12))):
             choice = data.draw(st.integers(0, 3))
             if choice == 0 or step == 0:
-                tree = data.draw(trees(clock.now(), tuple(world.segments)))
+                tree = data.draw(trees(clock.now(), tuple(world.segments), events=EVENTS))
                 info = h.ws.create_segment(f"s{step}", "", True, tree)
                 world.segments[info.id] = SegmentModel(info.id, info.name, True, tree)
             elif choice == 1:
@@ -423,10 +461,20 @@ def test_restart_by_log_replay_and_by_checkpoint_agree(start: int, data: st.Data
         h.engine.close(checkpoint=False)
         shutil.copytree(first, second)
         # One copy restarts by replaying the whole log ...
-        replayed = Harness(first, clock, make_config(first, change_retention_seconds=RETAIN_ALL))
+        replayed = Harness(
+            first,
+            clock,
+            make_config(
+                first, change_retention_seconds=RETAIN_ALL, event_retention_seconds=RETAIN_ALL
+            ),
+        )
         # ... the other writes a checkpoint first and restarts from it.
         checkpointed = Harness(
-            second, clock, make_config(second, change_retention_seconds=RETAIN_ALL)
+            second,
+            clock,
+            make_config(
+                second, change_retention_seconds=RETAIN_ALL, event_retention_seconds=RETAIN_ALL
+            ),
         )
         checkpointed.reopen(checkpoint=True)
         try:

@@ -18,12 +18,17 @@ from segsvc.engine.clock import FakeClock
 from segsvc.engine.conditions import (
     AttributeCondition,
     DeviceCondition,
+    EventCondition,
     Group,
+    MessageCondition,
     Node,
+    PageViewCondition,
     SegmentCondition,
     TagCondition,
+    Window,
 )
 from segsvc.engine.errors import InvalidArgument
+from segsvc.engine.events import EventInput
 from segsvc.engine.model import SegmentRef
 from segsvc.engine.people import PersonUpsert
 from segsvc.engine.values import Timestamp
@@ -552,3 +557,95 @@ def test_update_recomputes_membership(case: Any) -> None:
     renamed = ws.update_segment(sid, "renamed", None, None)
     assert renamed.name == "renamed" and renamed.definition == attr("equals", value=2.0)
     assert replace(renamed, name="s").member_count == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Events, page views and messages
+
+
+def track(c: Case, events: list[tuple[str, str, int, dict[str, Any]]]) -> None:
+    """(person id, name, seconds ago, properties) for each event, in the engine and the model."""
+    now = c.h.clock.now()
+    inputs = [
+        EventInput(key("id", pid), name, Timestamp(now - ago), props)
+        for pid, name, ago, props in events
+    ]
+    assert [r.outcome for r in c.h.ws.track_events(inputs)] == ["tracked"] * len(events)
+    c.world.track([(("id", p), n, now - ago, props) for p, n, ago, props in events], now)
+
+
+def test_event_counts_windows_and_negatives(case: Any) -> None:
+    c = case([PersonUpsert(p) for p in ("never", "once", "twice", "old")])
+    day = 86_400
+    track(
+        c,
+        [
+            ("once", "purchase", 0, {"plan": "pro", "amount": 10.0}),
+            ("twice", "purchase", 7 * day, {"plan": "Pro"}),
+            ("twice", "purchase", 10, {"plan": "basic", "amount": 5.0}),
+            ("old", "purchase", 7 * day + 1, {}),
+        ],
+    )
+    assert c.members(EventCondition("purchase")) == {"once", "twice", "old"}
+    recent = Window(within_last_seconds=7 * day)
+    assert c.members(EventCondition("purchase", window=recent)) == {"once", "twice"}
+    assert c.members(
+        EventCondition("purchase", count_operator="at_least", count=2, window=recent)
+    ) == {"twice"}
+    # "at most" and "exactly 0" include people who never did it
+    assert c.members(EventCondition("purchase", count_operator="at_most", count=1)) == {
+        "never",
+        "once",
+        "old",
+    }
+    assert c.members(EventCondition("purchase", count_operator="exactly", count=0)) == {"never"}
+    assert c.members(
+        EventCondition("purchase", count_operator="exactly", count=0, window=recent)
+    ) == {"never", "old"}
+    # property filters use the attribute operators
+    pro = AttributeCondition("equals", attribute="plan", value="pro")
+    assert c.members(EventCondition("purchase", (pro,))) == {"once"}
+    pro_any_case = AttributeCondition("contains", attribute="plan", value="PRO")
+    assert c.members(EventCondition("purchase", (pro_any_case,))) == {"once", "twice"}
+    cheap = AttributeCondition("less_than", attribute="amount", value=8.0)
+    assert c.members(EventCondition("purchase", (cheap,))) == {"twice"}
+    between = Window(start=Timestamp(NOW - 7 * day - 1), end=Timestamp(NOW - 7 * day))
+    assert c.members(EventCondition("purchase", window=between)) == {"twice", "old"}
+
+
+def test_page_views_and_messages(case: Any) -> None:
+    c = case([PersonUpsert(p) for p in ("a", "b", "c")])
+    track(
+        c,
+        [
+            ("a", "page", 5, {"url": "/Pricing/team"}),
+            ("b", "page", 5, {"url": "/blog/pricing"}),
+            ("a", "message_opened", 5, {"campaign_id": "c1"}),
+            ("b", "message_opened", 5, {"campaign_id": "c2", "message_id": "m1"}),
+            ("c", "message_clicked", 5, {"campaign_id": "c1"}),
+        ],
+    )
+    assert c.members(PageViewCondition("/Pricing/team")) == {"a"}
+    assert c.members(PageViewCondition("/pricing/team")) == set()
+    assert c.members(PageViewCondition("/pricing", "starts_with")) == {"a"}
+    assert c.members(PageViewCondition("PRICING", "contains")) == {"a", "b"}
+    assert c.members(MessageCondition("opened")) == {"a", "b"}
+    assert c.members(MessageCondition("opened", campaign_id="c1")) == {"a"}
+    assert c.members(MessageCondition("opened", message_id="m1")) == {"b"}
+    assert c.members(MessageCondition("clicked", count_operator="at_most", count=0)) == {"a", "b"}
+
+
+def test_event_window_slides_with_ticks(case: Any) -> None:
+    c = case([PersonUpsert("p")])
+    track(c, [("p", "signup", 50, {})])
+    ws = c.h.ws
+    sid = ws.create_segment("new", "", True, EventCondition("signup", window=Window(60))).id
+    c.h.clock.advance(10)
+    ws.tick()
+    assert members(ws, sid) == {"p"}
+    head = ws.head_seq()
+    c.h.clock.advance(1)
+    ws.tick()
+    assert members(ws, sid) == set()
+    changes, _ = ws.read_changes(head, frozenset())
+    assert [(ch.person_id, ch.entered) for ch in changes] == [("p", False)]

@@ -409,5 +409,7 @@ def export(session: Session, segment: str, file: str, fields: str) -> None:
             bar.update(written)
     if session.out.json:
         session.out.document({"file": file, "members": written})
+    elif file == "-":
+        session.out.note(f"wrote {written} members")
     else:
-        session.out.note(f"wrote {written} members to {file}")
+        session.out.text(f"wrote {written} members to {file}")

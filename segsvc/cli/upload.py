@@ -7,6 +7,7 @@ events); `bulk_load` builds on it for files of records and reports their summary
 from __future__ import annotations
 
 import bisect
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
@@ -26,6 +27,7 @@ M = TypeVar("M", bound=Message)
 BATCH_SIZE = 1000
 # Client-side rejections listed in the report (the rest are only counted), like the server.
 MAX_LISTED = 10_000
+_BATCH_INDEX = re.compile(r"^\w+\[\d+\]\.?")
 
 
 def stream_upload(
@@ -152,7 +154,10 @@ def bulk_load(
     ]
     errors = [to_dict(error) | {"line": lines.line_of(error.index)} for error in summary.errors]
     for error, item in zip(errors, summary.errors, strict=True):
-        message = f"{item.field}: {item.error}" if item.field else item.error
+        # The field path names the item's place in its batch ("people[3].email"); the line
+        # number says where it is in the file, so only the field within the item is shown.
+        field = _BATCH_INDEX.sub("", item.field)
+        message = f"{field}: {item.error}" if field else item.error
         rows.append(
             ItemRow(f"line {error['line']}", item.key, outcome_name(item.outcome), message, True)
         )

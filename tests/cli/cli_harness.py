@@ -22,8 +22,10 @@ class Cli:
 
     server: str
 
-    def __call__(self, *args: str, input: str | None = None) -> Result:
-        return CliRunner().invoke(
+    def __call__(
+        self, *args: str, input: str | None = None, env: dict[str, str] | None = None
+    ) -> Result:
+        return CliRunner(env=env).invoke(
             main, ["--server", self.server, *args], input=input, catch_exceptions=False
         )
 

@@ -15,8 +15,8 @@ import grpc
 
 from segsvc.cli import audience, events, members, people, segments, serve, watch
 from segsvc.cli.client import Client, ClientSettings
-from segsvc.cli.common import EXIT_ERROR, EXIT_INTERRUPTED, Session
-from segsvc.cli.output import Output, rpc_error_lines
+from segsvc.cli.common import Session
+from segsvc.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, Output, rpc_error_lines
 from segsvc.config import DEFAULT_LISTEN
 
 __all__ = ["main"]

@@ -10,15 +10,10 @@ from typing import Any, Literal, NoReturn, TypeVar
 import click
 
 from segsvc.cli.client import Client
-from segsvc.cli.output import Output
+from segsvc.cli.output import EXIT_ERROR, Output
 from segsvc.v1 import segments_pb2, types_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_OK = 0
-EXIT_PARTIAL = 1
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 PersonKey = Literal["id", "email", "phone"]
 PERSON_KEYS: tuple[PersonKey, ...] = ("id", "email", "phone")

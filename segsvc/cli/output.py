@@ -34,6 +34,12 @@ from rich.table import Table
 
 from segsvc.v1 import types_pb2
 
+# Exit codes of every command.
+EXIT_OK = 0
+EXIT_PARTIAL = 1  # some items of a batch or import were rejected, the others applied
+EXIT_ERROR = 2  # bad usage, unreadable input, or a failed call
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
 # Outcomes at or above this number are rejections (see types.proto: "Rejected items").
 FIRST_REJECTED_OUTCOME = types_pb2.OUTCOME_NOT_FOUND
 
@@ -121,9 +127,6 @@ class Tracker:
 
     def update(self, completed: float) -> None:
         self._progress.update(self._task, completed=completed)
-
-    def advance(self, amount: float) -> None:
-        self._progress.advance(self._task, amount)
 
     def set_total(self, total: float | None) -> None:
         self._progress.update(self._task, total=total)
@@ -266,8 +269,8 @@ def report_batch(
             )
         out.text(", ".join(f"{name} {count}" for name, count in counts.items()))
         if more_rejected:
-            out.note(f"({more_rejected} more rejected items are not listed)")
-    return 1 if rejected else 0
+            out.note(f"({more_rejected} more rejected items are not listed here)")
+    return EXIT_PARTIAL if rejected else EXIT_OK
 
 
 def count_outcomes(results: Iterable[types_pb2.ItemResult]) -> dict[str, int]:

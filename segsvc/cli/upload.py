@@ -10,7 +10,7 @@ import bisect
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -27,6 +27,8 @@ M = TypeVar("M", bound=Message)
 BATCH_SIZE = 1000
 # Client-side rejections listed in the report (the rest are only counted), like the server.
 MAX_LISTED = 10_000
+# Rejected lines shown in the table on the terminal.
+SHOWN_ON_TERMINAL = 50
 _BATCH_INDEX = re.compile(r"^\w+\[\d+\]\.?")
 
 
@@ -104,9 +106,9 @@ class _LocalRejects:
 
     def __init__(self) -> None:
         self.count = 0
-        self.listed: list[Record[Message]] = []
+        self.listed: list[Record[Any]] = []
 
-    def add(self, record: Record[Message]) -> None:
+    def add(self, record: Record[Any]) -> None:
         self.count += 1
         if len(self.listed) < MAX_LISTED:
             self.listed.append(record)
@@ -137,7 +139,7 @@ def bulk_load(
         for record in records:
             position = record.position
             if record.message is None:
-                local.add(record)  # type: ignore[arg-type]
+                local.add(record)
                 continue
             lines.add(record.line)
             batch.append(record.message)
@@ -162,7 +164,7 @@ def bulk_load(
             ItemRow(f"line {error['line']}", item.key, outcome_name(item.outcome), message, True)
         )
     errors += [
-        {"line": r.line, "key": r.key, "outcome": "OUTCOME_INVALID", "error": r.error}
+        {"line": r.line, "key": r.key, "outcome": "OUTCOME_INVALID", "error": r.error, "field": ""}
         for r in local.listed
     ]
     errors.sort(key=lambda error: int(error["line"]))
@@ -177,11 +179,10 @@ def bulk_load(
     shown = {"rows": summary.received + local.count}
     shown |= {name: int(getattr(summary, name)) for name in counts}
     shown["rejected"] = rejected
-    return report_batch(
-        session.out,
-        document,
-        shown,
-        rows,
-        show_all=False,
-        more_rejected=rejected - len(rows),
+    listed = rows[:SHOWN_ON_TERMINAL]
+    code = report_batch(
+        session.out, document, shown, listed, show_all=False, more_rejected=rejected - len(listed)
     )
+    if len(listed) < rejected and not session.out.json:
+        session.out.note(f"--json lists every rejected line (up to {MAX_LISTED} of each kind)")
+    return code

@@ -277,7 +277,8 @@ class Workspace:
                         if value:
                             owners[_LOOKUP_CHAR[kind] + value.encode()] = ordinal
                 pending[upsert.id] = (ordinal, before, new)
-                results.append(ItemResult(i, upsert.id, "created" if before is None else "updated"))
+                # A second item for someone this batch created updates them.
+                results.append(ItemResult(i, upsert.id, "created" if old is None else "updated"))
             changed = tuple(
                 (o, b, n) for o, b, n in pending.values() if b is None or not n.same_data(b)
             )

@@ -500,3 +500,17 @@ def test_timestamps_are_accepted_over_the_whole_calendar(ws: Workspace) -> None:
         "before", "", True, AttributeCondition("before", attribute="t", value=Timestamp(0))
     ).id
     assert members(ws, sid) == {"low"}
+
+
+def test_a_second_item_for_a_person_created_in_the_same_batch_is_an_update(
+    ws: Workspace,
+) -> None:
+    results = ws.upsert_people(
+        [
+            PersonUpsert("p", attributes={"plan": "free"}),
+            PersonUpsert("p", attributes={"plan": "pro"}),
+            PersonUpsert("p", attributes={"plan": "pro"}),
+        ]
+    )
+    assert outcomes(results) == ["created", "updated", "unchanged"]
+    assert ws.get_person(key("id", "p")).record.attributes == {"plan": "pro"}

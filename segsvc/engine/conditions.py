@@ -298,15 +298,29 @@ def _canonical(value: Any) -> Any:
     return value + 0.0 if type(value) is float else value
 
 
+def _stored_form(key: str, value: Any) -> Any:
+    """Emails and phones are stored normalised; equality compares the operand the same way,
+    so `email equals "Ann@X.io"` finds ann@x.io. Validation has refused operands that do not
+    normalise."""
+    if key == "$email" and isinstance(value, str):
+        return values.normalize_email(value, "")
+    if key == "$phone" and isinstance(value, str):
+        return values.normalize_phone(value, "")
+    return value
+
+
 def _compile_attribute(node: AttributeCondition, key: str) -> Expr:
     op = node.operator
     value = _canonical(node.value)
+    if op in ("equals", "not_equals"):
+        value = _stored_form(key, value)
     if op in ("equals", "not_equals"):
         assert value is not None
         leaf: Expr = AttrEquals(key, kind_of(value), value)
         return Not(leaf) if op == "not_equals" else leaf
     if op == "one_of":
-        return _combine(Any_, [AttrEquals(key, kind_of(v), _canonical(v)) for v in node.values])
+        operands = [_stored_form(key, _canonical(v)) for v in node.values]
+        return _combine(Any_, [AttrEquals(key, kind_of(v), v) for v in operands])
     if op in ("contains", "not_contains", "starts_with", "ends_with"):
         assert isinstance(value, str)
         text_op = "contains" if op == "not_contains" else op
@@ -538,6 +552,19 @@ def _check_operator(
         elif node.seconds > MAX_DURATION:
             out.append(Violation(f"{here}.seconds", f"longer than the calendar ({MAX_DURATION} s)"))
         return
+    if node.field in ("email", "phone") and op in ("equals", "not_equals", "one_of"):
+        operands = (
+            [(f"{here}.value", node.value)]
+            if op != "one_of"
+            else [(f"{here}.values[{i}]", v) for i, v in enumerate(node.values)]
+        )
+        normalize = values.normalize_email if node.field == "email" else values.normalize_phone
+        for path, operand in operands:
+            if isinstance(operand, str):
+                try:
+                    normalize(operand, path)
+                except InvalidArgument as exc:
+                    out.extend(exc.violations)
     if op == "one_of":
         if not node.values:
             out.append(Violation(f"{here}.values", "one_of needs at least one value"))

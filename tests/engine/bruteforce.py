@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -203,7 +203,19 @@ def _ordered(v: object) -> float | int:
 NEGATIVE_TWIN = {"not_equals": "equals", "not_contains": "contains", "not_exists": "exists"}
 
 
+def normalized_operands(cond: AttributeCondition) -> AttributeCondition:
+    """Equality on the built-in email or phone compares the operand in the stored form
+    (trimmed and case-folded; + and digits), so "Ann@X.io" finds ann@x.io."""
+    normalize = {"email": normalize_email, "phone": normalize_phone}.get(cond.field or "")
+    if normalize is None or cond.operator not in ("equals", "not_equals", "one_of"):
+        return cond
+    value = normalize(cond.value) if isinstance(cond.value, str) else cond.value
+    values = tuple(normalize(v) if isinstance(v, str) else v for v in cond.values)
+    return replace(cond, value=value, values=values)
+
+
 def attribute_holds(person: Person, cond: AttributeCondition, now: int) -> bool:
+    cond = normalized_operands(cond)
     v = target_value(person, cond)
     twin = NEGATIVE_TWIN.get(cond.operator)
     if twin is not None:

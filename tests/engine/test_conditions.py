@@ -446,8 +446,16 @@ def test_builtin_fields(case: Any) -> None:
     assert c.members(AttributeCondition("equals", field="email", value="ann@example.com")) == {
         "Ann"
     }
-    # stored case-folded, compared exactly: the raw spelling does not match
-    assert c.members(AttributeCondition("equals", field="email", value="Ann@Example.COM")) == set()
+    # stored trimmed and case-folded, and the operand is compared in the same form
+    assert c.members(AttributeCondition("equals", field="email", value=" Ann@Example.COM")) == {
+        "Ann"
+    }
+    assert c.members(AttributeCondition("equals", field="phone", value="+1 555 010 0001")) == {
+        "Ann"
+    }
+    assert c.members(
+        AttributeCondition("one_of", field="phone", values=("+44 20 7946 0958", "+15550100009"))
+    ) == {"cy"}
     assert c.members(AttributeCondition("contains", field="email", value="EXAMPLE")) == {
         "Ann",
         "bob",
@@ -649,3 +657,13 @@ def test_event_window_slides_with_ticks(case: Any) -> None:
     assert members(ws, sid) == set()
     changes, _ = ws.read_changes(head, frozenset())
     assert [(ch.person_id, ch.entered) for ch in changes] == [("p", False)]
+
+
+def test_malformed_email_or_phone_operands_are_refused(ws: Workspace) -> None:
+    # Equality on a built-in email or phone can only ever match a well-formed one.
+    assert refused(ws, AttributeCondition("equals", field="email", value="not-an-email")) == [
+        "conditions.attribute.value"
+    ]
+    assert refused(
+        ws, AttributeCondition("one_of", field="phone", values=("+15550100001", "call me"))
+    ) == ["conditions.attribute.values[1]"]

@@ -17,6 +17,9 @@ _SIGN = 1 << 63
 _MASK = (1 << 64) - 1
 
 NUMBER_BITS = 64
+# Below this many people a group is updated person by person: a bit loop per person costs
+# less than building a bitmap per bit.
+SMALL = 32
 # Timestamps of the years 1..9999 shifted to be non-negative fit in 39 bits.
 TIMESTAMP_OFFSET = 1 << 38
 TIMESTAMP_BITS = 39
@@ -53,26 +56,27 @@ class BitSlicedIndex:
 
     def add_many(self, ordinals: Sequence[int], codes: Sequence[int]) -> None:
         """Bulk insert of people that have no value here yet."""
+        if len(ordinals) < SMALL:
+            for ordinal, code in zip(ordinals, codes, strict=True):
+                self.add(ordinal, code)
+            return
         self.exists.update(array("I", ordinals))
         for i, chosen in self._by_bit(ordinals, codes):
             self.slices[i] |= chosen
 
     def remove_many(self, ordinals: Sequence[int], codes: Sequence[int]) -> None:
         """Bulk removal of people's current values."""
+        if len(ordinals) < SMALL:
+            for ordinal, code in zip(ordinals, codes, strict=True):
+                self.remove(ordinal, code)
+            return
         self.exists -= BitMap(array("I", ordinals))
         for i, chosen in self._by_bit(ordinals, codes):
             self.slices[i] -= chosen
 
     def _by_bit(self, ordinals: Sequence[int], codes: Sequence[int]) -> list[tuple[int, BitMap]]:
-        """For each bit, the people whose code has it set."""
-        if len(ordinals) < 64:
-            out = []
-            for i in range(self.bits):
-                chosen = array("I", (o for o, c in zip(ordinals, codes, strict=True) if c >> i & 1))
-                if chosen:
-                    out.append((i, BitMap(chosen)))
-            return out
-        # Large batches: one vectorised mask per bit instead of a Python loop per person.
+        """For each bit, the people whose code has it set: one vectorised mask per bit
+        instead of a Python loop per person and bit."""
         people = np.asarray(ordinals, dtype=np.uint32)
         values = np.asarray(codes, dtype=np.uint64)
         out = []
@@ -82,10 +86,11 @@ class BitSlicedIndex:
                 out.append((i, BitMap(array("I", chosen.tobytes()))))
         return out
 
-    def compare(self, code: int) -> tuple[BitMap, BitMap, BitMap]:
-        """(less than, equal to, greater than) `code`, among people with a value."""
+    def compare(self, code: int, within: BitMap | None = None) -> tuple[BitMap, BitMap, BitMap]:
+        """(less than, equal to, greater than) `code`, among people with a value (and in
+        `within`, when given: then the cost follows the size of `within`)."""
         less, greater = BitMap(), BitMap()
-        equal = BitMap(self.exists)
+        equal = self.exists & within if within is not None else BitMap(self.exists)
         for i in reversed(range(self.bits)):
             if not equal:
                 break
@@ -99,19 +104,24 @@ class BitSlicedIndex:
         return less, equal, greater
 
     def range(
-        self, low: int | None, low_inclusive: bool, high: int | None, high_inclusive: bool
+        self,
+        low: int | None,
+        low_inclusive: bool,
+        high: int | None,
+        high_inclusive: bool,
+        within: BitMap | None = None,
     ) -> BitMap:
-        result = BitMap(self.exists)
+        result = self.exists & within if within is not None else BitMap(self.exists)
         if low is not None:
-            _, equal, greater = self.compare(low)
+            _, equal, greater = self.compare(low, within)
             result = greater | equal if low_inclusive else greater
         if high is not None:
-            less, equal, _ = self.compare(high)
+            less, equal, _ = self.compare(high, within)
             result &= less | equal if high_inclusive else less
         return result
 
-    def equal(self, code: int) -> BitMap:
-        return self.compare(code)[1]
+    def equal(self, code: int, within: BitMap | None = None) -> BitMap:
+        return self.compare(code, within)[1]
 
     def serialize(self) -> list[bytes]:
         return [self.exists.serialize(), *(s.serialize() for s in self.slices)]

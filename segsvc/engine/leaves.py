@@ -43,6 +43,17 @@ def _encode(kind: Kind, value: Value) -> int:
     return encode_number(float(value)) if kind == "number" else encode_timestamp(int(value))
 
 
+def _limit(bitmap: BitMap | None, within: BitMap | None) -> BitMap:
+    """A new bitmap: `bitmap` (None: nobody) restricted to `within` (None: everyone)."""
+    if bitmap is None:
+        return BitMap()
+    return bitmap & within if within is not None else BitMap(bitmap)
+
+
+def _people(exists: BitMap, within: BitMap | None) -> BitMap:
+    return exists & within if within is not None else exists
+
+
 def _text_match(op: str, needle: str, value: str) -> bool:
     folded = value.casefold()
     if op == "contains":
@@ -71,20 +82,20 @@ class AttrEquals:
     def matches_value(self, v: Value | None, now: int) -> bool:
         return v is not None and kind_of(v) == self.kind and v == self.value
 
-    def full(self, index: PeopleIndex, now: int) -> BitMap:
+    def full(self, index: PeopleIndex, now: int, within: BitMap | None = None) -> BitMap:
         fi = index.field(self.key)
         if fi is None:
             return BitMap()
         if self.key in UNIQUE_FIELDS:
             values = index.unique_values(self.key)
-            return BitMap(i for i in fi.exists if values[i] == self.value)
+            return BitMap(i for i in _people(fi.exists, within) if values[i] == self.value)
         if self.kind == "string":
             assert isinstance(self.value, str)
-            return BitMap(fi.strings.get(self.value, BitMap()))
+            return _limit(fi.strings.get(self.value), within)
         if self.kind == "bool":
-            return BitMap(fi.bools.get(bool(self.value), BitMap()))
+            return _limit(fi.bools.get(bool(self.value)), within)
         bsi = fi.numbers if self.kind == "number" else fi.times
-        return BitMap() if bsi is None else bsi.equal(_encode(self.kind, self.value))
+        return BitMap() if bsi is None else bsi.equal(_encode(self.kind, self.value), within)
 
 
 @dataclass(frozen=True)
@@ -105,17 +116,19 @@ class AttrText:
     def matches_value(self, v: Value | None, now: int) -> bool:
         return isinstance(v, str) and _text_match(self.op, self.needle, v)
 
-    def full(self, index: PeopleIndex, now: int) -> BitMap:
+    def full(self, index: PeopleIndex, now: int, within: BitMap | None = None) -> BitMap:
         fi = index.field(self.key)
         if fi is None:
             return BitMap()
         if self.key in UNIQUE_FIELDS:
             values = index.unique_values(self.key)
             return BitMap(
-                i for i in fi.exists if _text_match(self.op, self.needle, values[i] or "")
+                i
+                for i in _people(fi.exists, within)
+                if _text_match(self.op, self.needle, values[i] or "")
             )
         matched = [bm for v, bm in fi.strings.items() if _text_match(self.op, self.needle, v)]
-        return BitMap.union(*matched) if matched else BitMap()
+        return _limit(BitMap.union(*matched) if matched else None, within)
 
 
 @dataclass(frozen=True)
@@ -134,9 +147,9 @@ class AttrExists:
     def matches_value(self, v: Value | None, now: int) -> bool:
         return v is not None
 
-    def full(self, index: PeopleIndex, now: int) -> BitMap:
+    def full(self, index: PeopleIndex, now: int, within: BitMap | None = None) -> BitMap:
         fi = index.field(self.key)
-        return BitMap() if fi is None else BitMap(fi.exists)
+        return _limit(None if fi is None else fi.exists, within)
 
 
 @dataclass(frozen=True)
@@ -162,14 +175,14 @@ class AttrRange:
             return False
         return _in_range(v, self.low, self.low_inclusive, self.high, self.high_inclusive)
 
-    def full(self, index: PeopleIndex, now: int) -> BitMap:
+    def full(self, index: PeopleIndex, now: int, within: BitMap | None = None) -> BitMap:
         fi = index.field(self.key)
         bsi = None if fi is None else (fi.numbers if self.kind == "number" else fi.times)
         if bsi is None:
             return BitMap()
         low = None if self.low is None else _encode(self.kind, self.low)
         high = None if self.high is None else _encode(self.kind, self.high)
-        return bsi.range(low, self.low_inclusive, high, self.high_inclusive)
+        return bsi.range(low, self.low_inclusive, high, self.high_inclusive, within)
 
 
 def _in_range(v: Any, low: Any, low_inc: bool, high: Any, high_inc: bool) -> bool:
@@ -207,7 +220,7 @@ class AttrRelative:
     def matches_value(self, v: Value | None, now: int) -> bool:
         return isinstance(v, Timestamp) and _in_range(v, *self.bounds(now))
 
-    def full(self, index: PeopleIndex, now: int) -> BitMap:
+    def full(self, index: PeopleIndex, now: int, within: BitMap | None = None) -> BitMap:
         fi = index.field(self.key)
         if fi is None or fi.times is None:
             return BitMap()
@@ -217,6 +230,7 @@ class AttrRelative:
             low_inc,
             None if high is None else encode_timestamp(high),
             high_inc,
+            within,
         )
 
 
@@ -240,14 +254,14 @@ class AttrAnniversary:
         date = datetime.fromtimestamp(int(v), UTC)
         return date.month * 100 + date.day in anniversary_days(now, self.granularity)
 
-    def full(self, index: PeopleIndex, now: int) -> BitMap:
+    def full(self, index: PeopleIndex, now: int, within: BitMap | None = None) -> BitMap:
         fi = index.field(self.key)
         if fi is None:
             return BitMap()
         parts = [
             fi.month_days[d] for d in anniversary_days(now, self.granularity) if d in fi.month_days
         ]
-        return BitMap.union(*parts) if parts else BitMap()
+        return _limit(BitMap.union(*parts) if parts else None, within)
 
 
 @dataclass(frozen=True)
@@ -263,8 +277,8 @@ class TagLeaf:
     def match(self, record: PersonRecord, now: int) -> bool:
         return self.tag in record.tags
 
-    def full(self, index: PeopleIndex, now: int) -> BitMap:
-        return BitMap(index.tags.get(self.tag, BitMap()))
+    def full(self, index: PeopleIndex, now: int, within: BitMap | None = None) -> BitMap:
+        return _limit(index.tags.get(self.tag), within)
 
 
 @dataclass(frozen=True)
@@ -282,10 +296,10 @@ class DeviceLeaf:
             return bool(record.devices)
         return self.platform in record.devices.values()
 
-    def full(self, index: PeopleIndex, now: int) -> BitMap:
+    def full(self, index: PeopleIndex, now: int, within: BitMap | None = None) -> BitMap:
         if not self.platform:
-            return BitMap(index.any_device)
-        return BitMap(index.platforms.get(self.platform, BitMap()))
+            return _limit(index.any_device, within)
+        return _limit(index.platforms.get(self.platform), within)
 
 
 @dataclass(frozen=True)

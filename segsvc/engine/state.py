@@ -37,11 +37,13 @@ from segsvc.engine.people import PersonRecord
 
 ENTERED, EXITED = 1, 2
 CAUSE_DATA, CAUSE_DEFINITION, CAUSE_MANUAL, CAUSE_TIME, CAUSE_DELETED = 1, 2, 3, 4, 5
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 # Above this many people changed on one key, a leaf is recomputed from the index (bitmap
 # operations) instead of checking each person's record.
 BULK_THRESHOLD = 256
+# Up to this many changed people, segments are re-evaluated person by person.
+FEW_PEOPLE = 8
 
 
 @dataclass
@@ -232,17 +234,21 @@ class WorkspaceState:
     def _apply_people(self, op: PeopleOp, out: list[ChangeBatch]) -> None:
         touched = self.index.apply(op.people)
         records: dict[int, PersonRecord | None] = {}
-        changed, created, deleted = BitMap(), BitMap(), BitMap()
+        created, deleted = BitMap(), BitMap()
         for ordinal, old, new in op.people:
             records[ordinal] = new
-            changed.add(ordinal)
             if old is None:
                 created.add(ordinal)
                 self.next_ordinal = max(self.next_ordinal, ordinal + 1)
             if new is None:
                 deleted.add(ordinal)
-        seeds = self._refresh_leaves(touched, records, op.at)
+        # Only people with a leaf bit that moved (or who arrived or left) can change segment.
+        seeds, moved = self._refresh_leaves(touched, records, op.at)
+        if created:
+            moved |= created
+            seeds |= {s.id for s in self.segments.values() if s.matches_blank}
         if deleted:
+            moved |= deleted
             self.dead |= deleted
             for leaf, counts in self.event_counts.items():
                 bitmap = self.leaves[leaf]
@@ -252,9 +258,6 @@ class WorkspaceState:
                 for ordinal in deleted:
                     if ordinal < len(counts):
                         counts[ordinal] = 0
-        if created:
-            seeds |= {s.id for s in self.segments.values() if s.matches_blank}
-        if deleted:
             for seg in self.segments.values():
                 if not seg.members.intersect(deleted):
                     continue
@@ -265,14 +268,15 @@ class WorkspaceState:
                     seg.members -= gone
                     self._emit(out, seg.id, EXITED, CAUSE_DELETED, op.at, gone)
                     seeds |= self.referenced_by[seg.id]
-        self._refresh_segments(seeds, changed, op.at, CAUSE_DATA, out, deleted)
+        self._refresh_segments(seeds, moved, op.at, CAUSE_DATA, out, deleted)
 
     def _refresh_leaves(
         self, touched: dict[str, list[int]], records: dict[int, PersonRecord | None], now: int
-    ) -> set[int]:
+    ) -> tuple[set[int], BitMap]:
         """Brings the leaves that depend on the touched keys up to date for those people;
-        returns the segments that use them."""
+        returns the segments using a leaf whose bits moved, and the people they moved for."""
         seeds: set[int] = set()
+        moved = BitMap()
         for key, ordinals in touched.items():
             for leaf in self.leaves_by_dep.get(key, ()):
                 if isinstance(leaf, EventLeaf):
@@ -280,17 +284,26 @@ class WorkspaceState:
                 bitmap = self.leaves[leaf]
                 if len(ordinals) > BULK_THRESHOLD:
                     people = BitMap(ordinals)
-                    bitmap -= people
-                    bitmap |= leaf.full(self.index, now) & people
+                    fresh = leaf.full(self.index, now, people)
+                    flipped = fresh ^ (bitmap & people)
+                    if flipped:
+                        bitmap -= people
+                        bitmap |= fresh
                 else:
+                    flipped = BitMap()
                     for ordinal in ordinals:
                         record = records[ordinal]
-                        if record is not None and leaf.match(record, now):
-                            bitmap.add(ordinal)
-                        else:
-                            bitmap.discard(ordinal)
-                seeds |= self.leaf_users[leaf]
-        return seeds
+                        holds = record is not None and leaf.match(record, now)
+                        if holds != (ordinal in bitmap):
+                            flipped.add(ordinal)
+                            if holds:
+                                bitmap.add(ordinal)
+                            else:
+                                bitmap.discard(ordinal)
+                if flipped:
+                    moved |= flipped
+                    seeds |= self.leaf_users[leaf]
+        return seeds, moved
 
     def _refresh_segments(
         self,
@@ -304,16 +317,23 @@ class WorkspaceState:
         """Re-evaluates the seeded dynamic segments (and, in dependency order, the segments
         that name them) for `people` only, and emits the differences."""
         pending = set(seeds)
-        if not pending:
+        if not pending or not people:
             return
         universe = people & self.index.live
+        few = len(people) <= FEW_PEOPLE
         for sid in self.topo_order():
             if sid not in pending:
                 continue
             seg = self.segments[sid]
             if not seg.dynamic or seg.expr is None:
                 continue
-            now_in = self.evaluate(seg.expr, universe)
+            if few:
+                # A handful of people: membership tests on the leaf bitmaps cost less than
+                # bitmap algebra over the whole tree.
+                expr = seg.expr
+                now_in = BitMap(p for p in universe if self.holds_for(expr, p))
+            else:
+                now_in = self.evaluate(seg.expr, universe)
             was_in = seg.members & people
             entered, exited = now_in - was_in, was_in - now_in
             if not entered and not exited:

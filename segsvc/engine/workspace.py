@@ -162,7 +162,11 @@ class Workspace:
                 self._reload_after_failure(applied)
                 raise
             self._items_since_checkpoint += _weight(op)
-            if self._items_since_checkpoint >= self.config.checkpoint_every_ops:
+            # A checkpoint costs time in proportion to the workspace, replay in proportion to
+            # the log tail: checkpointing after a tenth of the workspace has changed keeps
+            # both bounded (restart replays at most that tenth).
+            due = max(self.config.checkpoint_every_ops, len(self.state.index.live) // 10)
+            if self._items_since_checkpoint >= due:
                 self.checkpoint()
         if batches:
             with self.changed:

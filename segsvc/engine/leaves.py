@@ -63,21 +63,30 @@ def _text_match(op: str, needle: str, value: str) -> bool:
     return folded.endswith(needle)
 
 
-@dataclass(frozen=True)
-class AttrEquals:
+class _OnField:
+    """What every condition on one field shares: it depends on that field, and a person
+    matches when their value of it does."""
+
     key: str
-    # Part of the identity: in Python True == 1.0, but a bool never equals a number here.
-    kind: Kind
-    value: Value
+    time_dependent = False
 
     @property
     def dep(self) -> str:
         return self.key
 
-    time_dependent = False
-
     def match(self, record: PersonRecord, now: int) -> bool:
         return self.matches_value(field_value(record, self.key), now)
+
+    def matches_value(self, v: Value | None, now: int) -> bool:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class AttrEquals(_OnField):
+    key: str
+    # Part of the identity: in Python True == 1.0, but a bool never equals a number here.
+    kind: Kind
+    value: Value
 
     def matches_value(self, v: Value | None, now: int) -> bool:
         return v is not None and kind_of(v) == self.kind and v == self.value
@@ -99,19 +108,10 @@ class AttrEquals:
 
 
 @dataclass(frozen=True)
-class AttrText:
+class AttrText(_OnField):
     key: str
     op: str  # contains, starts_with, ends_with
     needle: str  # case-folded
-
-    @property
-    def dep(self) -> str:
-        return self.key
-
-    time_dependent = False
-
-    def match(self, record: PersonRecord, now: int) -> bool:
-        return self.matches_value(field_value(record, self.key), now)
 
     def matches_value(self, v: Value | None, now: int) -> bool:
         return isinstance(v, str) and _text_match(self.op, self.needle, v)
@@ -132,17 +132,8 @@ class AttrText:
 
 
 @dataclass(frozen=True)
-class AttrExists:
+class AttrExists(_OnField):
     key: str
-
-    @property
-    def dep(self) -> str:
-        return self.key
-
-    time_dependent = False
-
-    def match(self, record: PersonRecord, now: int) -> bool:
-        return field_value(record, self.key) is not None
 
     def matches_value(self, v: Value | None, now: int) -> bool:
         return v is not None
@@ -153,22 +144,13 @@ class AttrExists:
 
 
 @dataclass(frozen=True)
-class AttrRange:
+class AttrRange(_OnField):
     key: str
     kind: Kind  # number or timestamp
     low: Value | None
     low_inclusive: bool
     high: Value | None
     high_inclusive: bool
-
-    @property
-    def dep(self) -> str:
-        return self.key
-
-    time_dependent = False
-
-    def match(self, record: PersonRecord, now: int) -> bool:
-        return self.matches_value(field_value(record, self.key), now)
 
     def matches_value(self, v: Value | None, now: int) -> bool:
         if v is None or kind_of(v) != self.kind:
@@ -192,17 +174,13 @@ def _in_range(v: Any, low: Any, low_inc: bool, high: Any, high_inc: bool) -> boo
 
 
 @dataclass(frozen=True)
-class AttrRelative:
+class AttrRelative(_OnField):
     """A timestamp within the last `seconds` (now - s <= t <= now) or more than `seconds` ago
     (t < now - s): its answer moves with the clock."""
 
     key: str
     op: str  # within_last, more_than_ago
     seconds: int
-
-    @property
-    def dep(self) -> str:
-        return self.key
 
     time_dependent = True
 
@@ -213,9 +191,6 @@ class AttrRelative:
         if self.op == "within_last":
             return edge, True, now, True
         return None, False, edge, False
-
-    def match(self, record: PersonRecord, now: int) -> bool:
-        return self.matches_value(field_value(record, self.key), now)
 
     def matches_value(self, v: Value | None, now: int) -> bool:
         return isinstance(v, Timestamp) and _in_range(v, *self.bounds(now))
@@ -235,18 +210,11 @@ class AttrRelative:
 
 
 @dataclass(frozen=True)
-class AttrAnniversary:
+class AttrAnniversary(_OnField):
     key: str
     granularity: str  # day, month
 
-    @property
-    def dep(self) -> str:
-        return self.key
-
     time_dependent = True
-
-    def match(self, record: PersonRecord, now: int) -> bool:
-        return self.matches_value(field_value(record, self.key), now)
 
     def matches_value(self, v: Value | None, now: int) -> bool:
         if not isinstance(v, Timestamp):

@@ -72,6 +72,31 @@ class _Column:
         self.times: np.ndarray | None = None  # int64 with `has_time`
         self.has_time: np.ndarray | None = None
 
+    def store(self, kind: type, rows: np.ndarray, values: list[Any], size: int) -> None:
+        """Sets `values` (all of one Python type) at `rows`."""
+        if kind is str:
+            self.codes = _grow(self.codes, size, -1, np.int32)
+            code_of, vocabulary = self.code_of, self.vocabulary
+            codes = []
+            for value in values:
+                code = code_of.get(value)
+                if code is None:
+                    code = code_of[value] = len(vocabulary)
+                    vocabulary.append(value)
+                codes.append(code)
+            self.codes[rows] = codes
+        elif kind is bool:
+            self.bools = _grow(self.bools, size, -1, np.int8)
+            self.bools[rows] = values
+        elif kind is float:
+            self.numbers = _grow(self.numbers, size, np.nan, np.float64)
+            self.numbers[rows] = values
+        else:
+            self.times = _grow(self.times, size, 0, np.int64)
+            self.has_time = _grow(self.has_time, size, False, np.bool_)
+            self.times[rows] = [int(v) for v in values]
+            self.has_time[rows] = True
+
     def grow_to(self, size: int) -> None:
         """Keeps every array as long as the log, rows this property is absent from included."""
         if self.codes is not None:
@@ -105,42 +130,35 @@ class EventLog:
         self.times = np.zeros(16, dtype=np.int64)
         self.columns: dict[str, _Column] = {}
 
-    def append(self, rows: list[tuple[int, int, dict[str, Value]]]) -> None:
+    def append(self, rows: list[tuple[int, int, dict[str, Value]]]) -> tuple[int, int]:
+        """Appends events column by column; returns the range of rows they now occupy."""
         start, end = self.size, self.size + len(rows)
         self.ordinals = _grow(self.ordinals, end, 0, np.uint32)
         self.times = _grow(self.times, end, 0, np.int64)
-        for i, (ordinal, ts, props) in enumerate(rows, start):
-            self.ordinals[i] = ordinal
-            self.times[i] = ts
+        self.ordinals[start:end] = np.fromiter((r[0] for r in rows), np.uint32, len(rows))
+        self.times[start:end] = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+        # property -> value type -> (rows, values): one vectorised store per group.
+        groups: dict[str, dict[type, tuple[list[int], list[Any]]]] = {}
+        for row, (_, _, props) in enumerate(rows, start):
             for key, value in props.items():
-                self._set(key, i, end, value)
+                by_type = groups.get(key)
+                if by_type is None:
+                    by_type = groups[key] = {}
+                group = by_type.get(type(value))
+                if group is None:
+                    group = by_type[type(value)] = ([], [])
+                group[0].append(row)
+                group[1].append(value)
+        for key, by_type in groups.items():
+            col = self.columns.get(key)
+            if col is None:
+                col = self.columns[key] = _Column()
+            for kind, (where, values) in by_type.items():
+                col.store(kind, np.asarray(where, dtype=np.int64), values, end)
         for col in self.columns.values():
             col.grow_to(end)
         self.size = end
-
-    def _set(self, key: str, row: int, size: int, value: Value) -> None:
-        col = self.columns.get(key)
-        if col is None:
-            col = self.columns[key] = _Column()
-        kind = type(value)
-        if kind is str:
-            col.codes = _grow(col.codes, size, -1, np.int32)
-            code = col.code_of.get(value)  # type: ignore[arg-type]
-            if code is None:
-                code = col.code_of[value] = len(col.vocabulary)  # type: ignore[index]
-                col.vocabulary.append(value)  # type: ignore[arg-type]
-            col.codes[row] = code
-        elif kind is bool:
-            col.bools = _grow(col.bools, size, -1, np.int8)
-            col.bools[row] = int(value)
-        elif kind is float:
-            col.numbers = _grow(col.numbers, size, np.nan, np.float64)
-            col.numbers[row] = value
-        else:
-            col.times = _grow(col.times, size, 0, np.int64)
-            col.has_time = _grow(col.has_time, size, False, np.bool_)
-            col.times[row] = int(value)
-            col.has_time[row] = True
+        return start, end
 
     def keep(self, rows: np.ndarray) -> None:
         """Keeps only the rows where `rows` is True (retention, deleted people)."""
@@ -156,10 +174,12 @@ class EventLog:
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def mask(self, leaf: EventLeaf, now: int) -> np.ndarray:
-        """Which events count for the leaf: in its window and matching every filter."""
-        n = self.size
-        times = self.times[:n]
+    def mask(self, leaf: EventLeaf, now: int, start: int = 0, end: int | None = None) -> np.ndarray:
+        """Which events of rows [start, end) count for the leaf: in its window and matching
+        every filter."""
+        end = self.size if end is None else end
+        n = end - start
+        times = self.times[start:end]
         if leaf.within_last_seconds is not None:
             rows = (times >= now - leaf.within_last_seconds) & (times <= now)
         elif leaf.start is not None and leaf.end is not None:
@@ -167,7 +187,7 @@ class EventLog:
         else:
             rows = np.ones(n, dtype=np.bool_)
         for expr in leaf.filters:
-            rows &= self._filter(expr, now)
+            rows &= self._filter(expr, now, start, end)
         return rows
 
     def counts(self, leaf: EventLeaf, now: int, people: int) -> np.ndarray:
@@ -175,33 +195,33 @@ class EventLog:
         chosen = self.ordinals[: self.size][self.mask(leaf, now)]
         return np.bincount(chosen, minlength=people)[:people].astype(np.int32)
 
-    def _filter(self, expr: Expr, now: int) -> np.ndarray:
-        n = self.size
+    def _filter(self, expr: Expr, now: int, start: int, end: int) -> np.ndarray:
+        n = end - start
         if isinstance(expr, All):
             out = np.ones(n, dtype=np.bool_)
             for child in expr.children:
-                out &= self._filter(child, now)
+                out &= self._filter(child, now, start, end)
             return out
         if isinstance(expr, Any_):
             out = np.zeros(n, dtype=np.bool_)
             for child in expr.children:
-                out |= self._filter(child, now)
+                out |= self._filter(child, now, start, end)
             return out
         if isinstance(expr, Not):
-            return ~self._filter(expr.child, now)
+            return ~self._filter(expr.child, now, start, end)
         col = self.columns.get(expr.key[2:])  # type: ignore[union-attr]
         if col is None:
             return np.zeros(n, dtype=np.bool_)
-        return _column_mask(col, expr, n, now)
+        return _column_mask(col, expr, start, end, now)
 
 
-def _column_mask(col: _Column, leaf: Any, n: int, now: int) -> np.ndarray:
-    none = np.zeros(n, dtype=np.bool_)
-    codes = None if col.codes is None else col.codes[:n]
-    numbers = None if col.numbers is None else col.numbers[:n]
-    bools = None if col.bools is None else col.bools[:n]
-    times = None if col.times is None else col.times[:n]
-    has_time = None if col.has_time is None else col.has_time[:n]
+def _column_mask(col: _Column, leaf: Any, start: int, end: int, now: int) -> np.ndarray:
+    none = np.zeros(end - start, dtype=np.bool_)
+    codes = None if col.codes is None else col.codes[start:end]
+    numbers = None if col.numbers is None else col.numbers[start:end]
+    bools = None if col.bools is None else col.bools[start:end]
+    times = None if col.times is None else col.times[start:end]
+    has_time = None if col.has_time is None else col.has_time[start:end]
     if isinstance(leaf, AttrExists):
         out = none.copy()
         if codes is not None:
@@ -268,41 +288,26 @@ def anniversary_keys(now: int, granularity: str) -> np.ndarray:
     return np.asarray(anniversary_days(now, granularity), dtype=np.int64)
 
 
-def event_matches(leaf: EventLeaf, ts: int, props: dict[str, Value], now: int) -> bool:
-    """Does one event count for the leaf (the incremental twin of EventLog.mask)."""
-    if leaf.within_last_seconds is not None:
-        if not now - leaf.within_last_seconds <= ts <= now:
-            return False
-    elif leaf.start is not None and leaf.end is not None and not leaf.start <= ts <= leaf.end:
-        return False
-    return all(_filter_matches(f, props, now) for f in leaf.filters)
-
-
-def _filter_matches(expr: Expr, props: dict[str, Value], now: int) -> bool:
-    if isinstance(expr, All):
-        return all(_filter_matches(c, props, now) for c in expr.children)
-    if isinstance(expr, Any_):
-        return any(_filter_matches(c, props, now) for c in expr.children)
-    if isinstance(expr, Not):
-        return not _filter_matches(expr.child, props, now)
-    return bool(expr.matches_value(props.get(expr.key[2:]), now))  # type: ignore[union-attr]
-
-
 class EventStore:
     """Every event log of one workspace."""
 
     def __init__(self) -> None:
         self.logs: dict[str, EventLog] = {}
 
-    def append(self, rows: Iterable[tuple[int, str, int, dict[str, Value]]]) -> None:
+    def append(
+        self, rows: Iterable[tuple[int, str, int, dict[str, Value]]]
+    ) -> dict[str, tuple[int, int]]:
+        """Appends events; returns, per event name, the rows they occupy in its log."""
         by_name: dict[str, list[tuple[int, int, dict[str, Value]]]] = {}
         for ordinal, name, ts, props in rows:
             by_name.setdefault(name, []).append((ordinal, ts, props))
+        ranges = {}
         for name, chosen in by_name.items():
             log = self.logs.get(name)
             if log is None:
                 log = self.logs[name] = EventLog()
-            log.append(chosen)
+            ranges[name] = log.append(chosen)
+        return ranges
 
     def counts(self, leaf: EventLeaf, now: int, people: int) -> np.ndarray:
         log = self.logs.get(leaf.name)

@@ -19,7 +19,7 @@ from pyroaring import BitMap
 
 from segsvc.engine import conditions
 from segsvc.engine.conditions import All, Any_, Expr, Node, Not, compile_node, leaves_of
-from segsvc.engine.events import EventStore, event_matches
+from segsvc.engine.events import EventStore
 from segsvc.engine.index import PeopleIndex
 from segsvc.engine.leaves import EventLeaf, IndexLeaf, Leaf, SegmentLeaf
 from segsvc.engine.ops import (
@@ -451,22 +451,29 @@ class WorkspaceState:
         return bitmap
 
     def _apply_events(self, op: EventsOp, out: list[ChangeBatch]) -> None:
-        self.events.append((o, name, ts, props) for o, name, ts, props in op.events)
+        ranges = self.events.append(op.events)
         moved = BitMap()
         seeds: set[int] = set()
-        for ordinal, name, ts, props in op.events:
+        for name, (start, end) in ranges.items():
+            log = self.events.logs[name]
             for leaf in self.leaves_by_dep.get("e:" + name, ()):
                 assert isinstance(leaf, EventLeaf)
-                if not event_matches(leaf, ts, props, op.at):
+                # The new events that count for this leaf, as of the write's time.
+                who = log.ordinals[start:end][log.mask(leaf, op.at, start, end)]
+                if not who.size:
                     continue
                 counts = self.event_counts[leaf]
-                if ordinal >= len(counts):
+                if len(counts) < self.next_ordinal:
                     counts = self.event_counts[leaf] = _grown(counts, self.next_ordinal)
-                counts[ordinal] += 1
+                np.add.at(counts, who, 1)
                 # Counts only grow with new events, so a leaf can only turn on here.
-                if counts[ordinal] >= leaf.min_count and ordinal not in self.leaves[leaf]:
-                    self.leaves[leaf].add(ordinal)
-                    moved.add(ordinal)
+                people = np.unique(who)
+                reached = people[counts[people] >= leaf.min_count].astype(np.uint32)
+                turned_on = BitMap(array("I", reached.tobytes())) & self.index.live
+                turned_on -= self.leaves[leaf]
+                if turned_on:
+                    self.leaves[leaf] |= turned_on
+                    moved |= turned_on
                     seeds |= self.leaf_users[leaf]
         self._refresh_segments(seeds, moved, op.at, CAUSE_DATA, out)
 

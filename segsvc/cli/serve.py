@@ -46,12 +46,27 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="How long the change feed keeps entries.",
 )
 @click.option(
+    "--event-retention-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.event_retention_seconds / 86400,
+    show_default=True,
+    help="How long events are kept (and count in conditions).",
+)
+@click.option(
+    "--snapshot-retention-hours",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_DEFAULTS.snapshot_retention_seconds / 3600,
+    show_default=True,
+    help="How long an audience snapshot can be resumed with its cursor.",
+)
+@click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
     default=_DEFAULTS.checkpoint_every_ops,
     show_default=True,
     metavar="N",
-    help="Write an index checkpoint after N logged operations.",
+    help="Checkpoint the in-memory state after N logged items (or a tenth of the people, "
+    "whichever is more).",
 )
 @click.option(
     "--grace-seconds",
@@ -87,6 +102,8 @@ def serve(
     map_size: int,
     tick_seconds: float,
     change_retention_days: float,
+    event_retention_days: float,
+    snapshot_retention_hours: float,
     checkpoint_every: int,
     grace_seconds: float,
     workers: int,
@@ -110,6 +127,8 @@ def serve(
         map_size=map_size,
         tick_seconds=tick_seconds,
         change_retention_seconds=round(change_retention_days * 86400),
+        event_retention_seconds=round(event_retention_days * 86400),
+        snapshot_retention_seconds=round(snapshot_retention_hours * 3600),
         checkpoint_every_ops=checkpoint_every,
         grace_seconds=grace_seconds,
         workers=workers,

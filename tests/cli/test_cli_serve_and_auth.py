@@ -42,6 +42,10 @@ def test_serve_builds_the_config_from_its_options(
             "5",
             "--change-retention-days",
             "2",
+            "--event-retention-days",
+            "90",
+            "--snapshot-retention-hours",
+            "6",
             "--checkpoint-every",
             "100",
             "--grace-seconds",
@@ -59,6 +63,8 @@ def test_serve_builds_the_config_from_its_options(
     assert config.map_size == 1 << 20
     assert config.tick_seconds == 5
     assert config.change_retention_seconds == 2 * 86400
+    assert config.event_retention_seconds == 90 * 86400
+    assert config.snapshot_retention_seconds == 6 * 3600
     assert config.checkpoint_every_ops == 100
     assert config.grace_seconds == 1.5
     assert config.workers == 3

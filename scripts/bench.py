@@ -4,16 +4,27 @@ over the same generated data in the same run, with the counts of every segment c
     .venv/bin/python scripts/bench.py --quick          # 50k people, a minute or so
     .venv/bin/python scripts/bench.py                  # 1M people, 100 segments
     .venv/bin/python scripts/bench.py --grpc           # also through a real server
+    .venv/bin/python scripts/bench.py --events-per-person 20   # 20M events at 1M people
 
 The engine runs in this process on a fixed clock (gen_data.NOW); the DuckDB peer uses the same
 instant. Restart time and resident memory are measured in fresh child processes, so that
 neither DuckDB nor the generator is counted in segsvc's memory (nor the other way round).
+
+With events (the default; --no-events leaves them out) the people also get about
+--events-per-person events each over the 90 days before NOW, and 20 event, page-view and
+message segments join the 100 (so 120 segments in all): event load, event segment creation
+and counts, tracking with the segments live, and the tick are measured beside DuckDB's events
+table. The CLI phase (--no-cli to skip) imports an N-row CSV of members with the real
+`segsvc members import` against a real `segsvc serve` process, and reads that process's
+resident memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import platform
 import random
@@ -22,8 +33,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +60,8 @@ from segsvc.engine.conditions import (
     describe_node,
 )
 from segsvc.engine.engine import Engine
+from segsvc.engine.events import EventInput
+from segsvc.engine.leaves import EventLeaf
 from segsvc.engine.model import AudienceSpec, PersonKey
 from segsvc.engine.people import PersonUpsert
 from segsvc.engine.workspace import Workspace
@@ -98,7 +113,7 @@ class Report:
         for note in self.notes:
             print(f"note: {note}")
         if self.mismatches:
-            print(f"\n!!! {len(self.mismatches)} COUNT MISMATCHES between segsvc and DuckDB:")
+            print(f"\n!!! {len(self.mismatches)} MISMATCHES (segsvc vs DuckDB counts) OR FAILURES:")
             for m in self.mismatches:
                 print(f"!!!   {m}")
         else:
@@ -124,6 +139,8 @@ def pct(samples: Sequence[float], p: float) -> float:
 
 def faster(ours: float, theirs: float) -> str:
     """How many times less time segsvc took."""
+    if math.isnan(ours) or math.isnan(theirs):
+        return "-"
     return f"{theirs / ours:,.1f}x" if ours > 0 else "inf"
 
 
@@ -214,6 +231,10 @@ class Setup:
     # DuckDB's median answers, for the rows measured over gRPC
     duck_count_p50: float = 0.0
     duck_audience_p50: float = 0.0
+    # Events loaded at build time, and the seconds each system took
+    events: int = 0
+    event_seconds: float = 0.0
+    duck_event_seconds: float = 0.0
 
     def sid(self, index: int) -> int:
         return self.ids[index + 1]
@@ -226,10 +247,21 @@ def open_engine(data_dir: Path, clock: FakeClock) -> Engine:
     return Engine(Config(data_dir=data_dir, map_size=MAP_SIZE), clock)
 
 
+def is_event_spec(spec: SegmentSpec) -> bool:
+    """One of the event segments of gen_data.event_segments."""
+    return spec.name.startswith("event-")
+
+
 def build(
-    people: int, specs: list[SegmentSpec], data_dir: Path, seed: int, progress: bool = True
+    people: int,
+    specs: list[SegmentSpec],
+    data_dir: Path,
+    seed: int,
+    progress: bool = True,
+    events_per_person: float = 0.0,
 ) -> Setup:
-    """Loads the people into both systems and creates the segments in both."""
+    """Loads the people (and their events) into both systems and creates the segments in
+    both, after the events: an event segment's creation is its first count over the log."""
     clock = FakeClock(NOW)
     engine = open_engine(data_dir / "segsvc", clock)
     ws = engine.workspace(WORKSPACE)
@@ -258,6 +290,10 @@ def build(
                 )
     setup.duck_load_seconds = peer.load(con, tsv)
     tsv.unlink()
+    if events_per_person > 0:
+        load_events(setup, gen_data.events(people, events_per_person, seed), progress)
+    else:
+        peer.create_empty_events(con)
 
     manual: dict[int, list[int]] = {}
     for k, spec in enumerate(specs):
@@ -281,16 +317,43 @@ def build(
     return setup
 
 
-def verify(setup: Setup, compiler: peer.SqlCompiler, label: str) -> tuple[list[str], list[float]]:
-    """Compares every segment's count; returns the mismatches and DuckDB's count times of the
-    dynamic segments."""
+def load_events(setup: Setup, batches: Iterator[list[EventInput]], progress: bool) -> None:
+    """Tracks the events in the engine (timed per batch) while writing them to a TSV file
+    that DuckDB then ingests (timed)."""
+    tsv = setup.data_dir / "events.tsv"
+    last_print = time.perf_counter()
+    with tsv.open("w") as out:
+        for batch in batches:
+            elapsed, results = timed(lambda b=batch: setup.ws.track_events(b))
+            setup.event_seconds += elapsed
+            bad = [r for r in results if r.outcome != "tracked"]
+            if bad:
+                raise SystemExit(f"track_events rejected events: {bad[:3]}")
+            peer.write_events(out, batch)
+            setup.events += len(batch)
+            if progress and time.perf_counter() - last_print > 10:
+                last_print = time.perf_counter()
+                print(
+                    f"  tracked {setup.events:,} events ({rate(setup.events, setup.event_seconds)}"
+                    f" in the engine; RSS {psutil.Process().memory_info().rss / 2**20:,.0f} MiB)",
+                    flush=True,
+                )
+    setup.duck_event_seconds = peer.load_events(setup.con, tsv)
+    tsv.unlink()
+
+
+def verify(
+    setup: Setup, compiler: peer.SqlCompiler, label: str
+) -> tuple[list[str], dict[int, float]]:
+    """Compares every segment's count; returns the mismatches and DuckDB's count time of
+    each dynamic segment (by spec index)."""
     mismatches: list[str] = []
-    times: list[float] = []
+    times: dict[int, float] = {}
     for k, spec in enumerate(setup.specs):
         ours = setup.ws.get_segment(setup.sid(k)).member_count
         elapsed, theirs = timed(lambda k=k: peer.count(setup.con, compiler.segment(k)))
         if spec.dynamic:
-            times.append(elapsed)
+            times[k] = elapsed
         if ours != theirs:
             mismatches.append(
                 f"[{label}] segment {spec.name} (id {setup.sid(k)}): segsvc {ours}, "
@@ -362,15 +425,24 @@ def bench_create(setup: Setup, report: Report, runs: int = 5) -> None:
     )
 
 
-def bench_counts(setup: Setup, report: Report, duck_times: list[float], rounds: int) -> None:
-    dynamic = [setup.sid(k) for k, s in enumerate(setup.specs) if s.dynamic]
+def count_samples(setup: Setup, indices: Sequence[int], rounds: int) -> list[float]:
+    """Seconds of `rounds` member counts of each of the segments (spec indices)."""
     samples: list[float] = []
     get = setup.ws.get_segment
     for _ in range(rounds):
-        for sid in dynamic:
+        for k in indices:
+            sid = setup.sid(k)
             t0 = time.perf_counter()
             get(sid).member_count  # noqa: B018
             samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def bench_counts(setup: Setup, report: Report, duck_by_spec: dict[int, float], rounds: int) -> None:
+    """Counts of the attribute-level dynamic segments (the event ones have their own row)."""
+    chosen = [k for k, s in enumerate(setup.specs) if s.dynamic and not is_event_spec(s)]
+    samples = count_samples(setup, chosen, rounds)
+    duck_times = [duck_by_spec[k] for k in chosen]
     p50, p99 = pct(samples, 50), pct(samples, 99)
     d50, d99 = pct(duck_times, 50), pct(duck_times, 99)
     setup.duck_count_p50 = d50
@@ -384,6 +456,150 @@ def bench_counts(setup: Setup, report: Report, duck_times: list[float], rounds: 
             verdict(p99 < 0.001 and d50 / p50 >= 50),
         )
     )
+
+
+def event_indices(setup: Setup) -> list[int]:
+    return [k for k, s in enumerate(setup.specs) if is_event_spec(s)]
+
+
+def bench_event_segments(
+    setup: Setup, report: Report, duck_by_spec: dict[int, float], rounds: int
+) -> None:
+    """Creation (the first count over the whole log, timed in build) and counts of the
+    event segments, beside DuckDB materialising and counting the same members."""
+    chosen = event_indices(setup)
+    if not chosen:
+        return
+    created = dict(zip(setup.create_names, setup.create_seconds, strict=True))
+    ours = [created[setup.specs[k].name] for k in chosen]
+    compiler = setup.compiler()
+    theirs: list[float] = []
+    for k in chosen:
+        where = compiler.segment(k)
+        elapsed, _ = timed(
+            lambda w=where: setup.con.execute(
+                f"CREATE TEMP TABLE ev AS SELECT pid FROM people WHERE {w}"
+            )
+        )
+        setup.con.execute("DROP TABLE ev")
+        theirs.append(elapsed)
+    m_ours, m_theirs = statistics.median(ours), statistics.median(theirs)
+    report.add(
+        Row(
+            f"create an event segment over {setup.events:,} events: median / max of {len(chosen)}",
+            f"{ms(m_ours)} / {ms(max(ours))}",
+            f"{ms(m_theirs)} / {ms(max(theirs))}",
+            faster(m_ours, m_theirs),
+            "< 100 ms",
+            verdict(max(ours) < 0.1),
+        )
+    )
+    slowest = sorted(zip(ours, chosen, strict=True), reverse=True)[:3]
+    report.notes.append(
+        "slowest event segment creations: "
+        + "; ".join(
+            f"{setup.specs[k].name} {ms(t)}: {describe(setup.specs[k].conditions)}"
+            for t, k in slowest
+        )
+    )
+    samples = count_samples(setup, chosen, rounds)
+    duck = [duck_by_spec[k] for k in chosen]
+    p50, p99 = pct(samples, 50), pct(samples, 99)
+    d50, d99 = pct(duck, 50), pct(duck, 99)
+    report.add(
+        Row(
+            f"count an event segment p50 / p99 ({len(samples)} / {len(duck)} runs)",
+            f"{ms(p50)} / {ms(p99)}",
+            f"{ms(d50)} / {ms(d99)}",
+            faster(p50, d50),
+            "< 1 ms, >= 50x",
+            verdict(p99 < 0.001 and d50 / p50 >= 50),
+        )
+    )
+    sizes = ", ".join(
+        f"{setup.specs[k].name} {setup.ws.get_segment(setup.sid(k)).member_count:,}" for k in chosen
+    )
+    report.notes.append(f"event segment sizes after load: {sizes}")
+
+
+def bench_live_events(
+    setup: Setup, report: Report, count: int, singles: int = 300, duck_singles: int = 20
+) -> None:
+    """Tracking while every segment is live: batches of 10k events of the last hour, then
+    one event per call (the event twin of the one-person update)."""
+    chosen = event_indices(setup)
+    if not chosen or count <= 0:
+        return
+    now = setup.clock.now()
+    live = gen_data.live_events(count, setup.people, now, stream="live")
+    ours = 0.0
+    for start in range(0, count, gen_data.CHUNK):
+        batch = live[start : start + gen_data.CHUNK]
+        elapsed, results = timed(lambda b=batch: setup.ws.track_events(b))
+        ours += elapsed
+        bad = [r for r in results if r.outcome != "tracked"]
+        if bad:
+            raise SystemExit(f"track_events rejected live events: {bad[:3]}")
+    compiler = setup.compiler(now)
+    insert, recount = append_to_peer(setup, live, "live-events.tsv", compiler, chosen)
+    report.add(
+        Row(
+            f"track events, all {len(setup.specs)} segments live ({count:,} events of the last "
+            "hour, batches of 10k)",
+            rate(count, ours),
+            f"{rate(count, insert + recount)} (insert + recount {len(chosen)} event segments)",
+            f"{(insert + recount) / ours:,.1f}x",
+        )
+    )
+
+    one = gen_data.live_events(singles, setup.people, now, stream="live-single")
+    samples: list[float] = []
+    for event in one:
+        t0 = time.perf_counter()
+        results = setup.ws.track_events([event])
+        samples.append(time.perf_counter() - t0)
+        if results[0].outcome != "tracked":
+            raise SystemExit(f"track_events rejected a live event: {results[0]}")
+    predicates = [compiler.segment(k) for k in range(len(setup.specs))]
+    theirs: list[float] = []
+    for event in one[:duck_singles]:
+        pid = gen_data.event_pid(event)
+        t0 = time.perf_counter()
+        peer.insert_events(setup.con, [event])
+        peer.memberships(setup.con, predicates, [pid])
+        theirs.append(time.perf_counter() - t0)
+    if one[duck_singles:]:
+        peer.insert_events(setup.con, one[duck_singles:])
+    p50, p99 = pct(samples, 50), pct(samples, 99)
+    report.add(
+        Row(
+            f"one event re-evaluated against all segments p50 / p99 ({len(samples)} / "
+            f"{len(theirs)} runs)",
+            f"{ms(p50)} / {ms(p99)}",
+            f"{ms(pct(theirs, 50))} / {ms(pct(theirs, 99))}",
+            faster(p50, pct(theirs, 50)),
+            "p99 < 2 ms",
+            verdict(p99 < 0.002),
+        )
+    )
+
+
+def append_to_peer(
+    setup: Setup,
+    events: Sequence[EventInput],
+    name: str,
+    compiler: peer.SqlCompiler,
+    recount: Sequence[int],
+) -> tuple[float, float]:
+    """Appends events to DuckDB's table through a TSV file; returns the seconds of the
+    insert and of counting the `recount` segments afterwards."""
+    tsv = setup.data_dir / name
+    with tsv.open("w") as out:
+        peer.write_events(out, events)
+    insert = peer.append_events(setup.con, tsv)
+    tsv.unlink()
+    counting, _ = timed(lambda: [peer.count(setup.con, compiler.segment(k)) for k in recount])
+    return insert, counting
 
 
 def choose_audience(setup: Setup) -> tuple[list[int], list[int], list[int]]:
@@ -533,9 +749,18 @@ def bench_batched_updates(setup: Setup, report: Report, batches: int, size: int 
 
 
 def bench_tick(setup: Setup, report: Report, seconds: int = 3600) -> None:
+    leaves = [leaf for leaf in setup.ws.state.leaves if leaf.time_dependent]
+    events = sum(isinstance(leaf, EventLeaf) for leaf in leaves)
     setup.clock.advance(seconds)
     elapsed, _ = timed(setup.ws.tick)
-    report.add(Row(f"tick after {seconds} s: re-check time-dependent segments", ms(elapsed), "n/a"))
+    report.add(
+        Row(
+            f"tick after {seconds} s: re-check {len(leaves)} time-dependent leaves "
+            f"({events} over events)",
+            ms(elapsed),
+            "n/a",
+        )
+    )
 
 
 def child(kind: str, path: str) -> None:
@@ -564,14 +789,27 @@ def child(kind: str, path: str) -> None:
     print(json.dumps(out))
 
 
-def _run_child(kind: str, path: Path, stdin: str = "") -> dict[str, float]:
+def _run_child(
+    kind: str, path: Path, stdin: str = "", report: Report | None = None
+) -> dict[str, float]:
+    """The child's figures; when it fails, NaN figures and a loud entry in the report's
+    mismatches (a state that a new process cannot open is as wrong as a wrong count)."""
     proc = subprocess.run(
         [sys.executable, __file__, "--child", kind, str(path)],
         input=stdin,
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
+    if proc.returncode != 0:
+        if report is None:
+            raise RuntimeError(f"the {kind} child failed ({proc.returncode}):\n{proc.stderr}")
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        message = f"opening the stored {kind} state in a new process FAILED: {last[:1500]}"
+        print(f"!!! {message}", flush=True)
+        report.mismatches.append(message)
+        nan = float("nan")
+        return {"ready": nan, "rss": nan, "base": nan}
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -582,7 +820,7 @@ def bench_restart(setup: Setup, report: Report) -> None:
     # since the last automatic checkpoint.
     tail = setup.ws._items_since_checkpoint
     setup.engine.close(checkpoint=False)
-    crashed = _run_child("engine", setup.data_dir / "segsvc")
+    crashed = _run_child("engine", setup.data_dir / "segsvc", report=report)
     report.add(
         Row(
             f"restart without a checkpoint at close (replays {tail:,} logged items), new process",
@@ -624,8 +862,8 @@ def bench_restart(setup: Setup, report: Report) -> None:
     # A fresh process for each, so memory is theirs alone.
     engine.close(checkpoint=False)
     setup.con.close()
-    ours = _run_child("engine", setup.data_dir / "segsvc")
-    theirs = _run_child("duckdb", setup.duck_path, first)
+    ours = _run_child("engine", setup.data_dir / "segsvc", report=report)
+    theirs = _run_child("duckdb", setup.duck_path, first, report=report)
     report.add(
         Row(
             "restart in a new process after a checkpoint: open until ready",
@@ -661,19 +899,45 @@ def bench_restart(setup: Setup, report: Report) -> None:
     setup.con = duckdb.connect(str(setup.duck_path))
 
 
+def guarded(setup: Setup, report: Report, label: str, phase: Callable[[], None]) -> bool:
+    """Runs a phase that starts server processes; a failure is reported loudly (as a
+    mismatch) instead of ending the benchmark, and the engine is reopened in this process."""
+    try:
+        phase()
+        return True
+    except Exception as exc:
+        lines = str(exc).strip().splitlines() or [""]
+        message = f"{label} FAILED: {type(exc).__name__}: {lines[-1][:1500]}"
+        print(f"!!! {message}", flush=True)
+        traceback.print_exc()
+        report.mismatches.append(message)
+    # The engine may be closed already (before a server started).
+    with contextlib.suppress(ValueError, OSError):
+        setup.engine.close(checkpoint=False)
+    setup.engine = open_engine(setup.data_dir / "segsvc", setup.clock)
+    setup.ws = setup.engine.workspace(WORKSPACE)
+    return False
+
+
 def run(args: argparse.Namespace) -> Report:
     report = Report()
     people = 50_000 if args.quick else args.people
-    specs = gen_data.segments(args.segments, args.seed)
+    per_person = args.events_per_person if args.events else 0.0
+    specs = gen_data.segments(
+        args.segments, args.seed, events=args.event_segments if per_person > 0 else 0
+    )
     root = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="segsvc-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
     print(f"code: {revision()}")
     load_start = os.getloadavg()
-    print(f"data: {people:,} people, {len(specs)} segments, seed {args.seed}, under {root}")
+    print(
+        f"data: {people:,} people, {per_person:g} events per person, {len(specs)} segments, "
+        f"seed {args.seed}, under {root}"
+    )
     try:
         print("loading both systems ...", flush=True)
-        setup = build(people, specs, root, args.seed)
+        setup = build(people, specs, root, args.seed, events_per_person=per_person)
         report.add(
             Row(
                 "bulk load people (engine upsert_people, batches of 10k)",
@@ -688,14 +952,32 @@ def run(args: argparse.Namespace) -> Report:
             "bulk load: segsvc figure is the in-process engine (upper bound of the streaming "
             "API); DuckDB's is its parallel ingest of a TSV file written while segsvc loaded"
         )
-        c = setup.create_seconds
+        if setup.events:
+            report.add(
+                Row(
+                    f"bulk load {setup.events:,} events (engine track_events, batches of 10k)",
+                    rate(setup.events, setup.event_seconds),
+                    rate(setup.events, setup.duck_event_seconds),
+                    f"{setup.duck_event_seconds / setup.event_seconds:,.2f}x",
+                )
+            )
+            report.notes.append(
+                "event load: DuckDB's figure is read_csv of a TSV file written while segsvc "
+                "tracked, plus sorting the table by (name, ts)"
+            )
+        created = [
+            (t, name)
+            for t, name in zip(setup.create_seconds, setup.create_names, strict=True)
+            if not name.startswith("event-")
+        ]
+        c = [t for t, _ in created]
         report.add(
             Row(
-                f"create the {len(c)} dynamic segments: median / max per segment",
+                f"create the {len(c)} attribute-level dynamic segments: median / max per segment",
                 f"{ms(statistics.median(c))} / {ms(max(c))}",
             )
         )
-        slowest = sorted(zip(c, setup.create_names, strict=True), reverse=True)[:3]
+        slowest = sorted(created, reverse=True)[:3]
         report.notes.append(
             "slowest segment creations: "
             + "; ".join(
@@ -716,10 +998,12 @@ def run(args: argparse.Namespace) -> Report:
         report.mismatches += mismatches
         bench_create(setup, report)
         bench_counts(setup, report, duck_counts, rounds=20)
+        bench_event_segments(setup, report, duck_counts, rounds=50)
         bench_audience(setup, report)
         bench_fsync(root, report)
         bench_single_updates(setup, report, count=200 if args.quick else 1000)
         bench_batched_updates(setup, report, batches=5 if args.quick else 20)
+        bench_live_events(setup, report, count=min(100_000, max(10_000, people // 10)))
         print("checking counts after the updates ...", flush=True)
         report.mismatches += verify(setup, setup.compiler(), "after updates")[0]
         bench_tick(setup, report)
@@ -737,7 +1021,19 @@ def run(args: argparse.Namespace) -> Report:
         )
         bench_restart(setup, report)
         if args.grpc:
-            bench_grpc(setup, report, everyone)
+            streamed = guarded(
+                setup,
+                report,
+                "gRPC phase",
+                lambda: bench_grpc(setup, report, everyone, stream_events=args.stream_events),
+            )
+            if streamed and setup.events:
+                print("checking counts after the events tracked over gRPC ...", flush=True)
+                compiler = setup.compiler(setup.clock.now())
+                report.mismatches += verify(setup, compiler, "after gRPC events")[0]
+        if args.cli:
+            print("importing members with the CLI into segsvc serve ...", flush=True)
+            guarded(setup, report, "CLI phase", lambda: bench_cli_import(setup, report, args.seed))
         setup.engine.close(checkpoint=False)
         setup.con.close()
     finally:
@@ -750,25 +1046,36 @@ def run(args: argparse.Namespace) -> Report:
 # Over gRPC
 
 
-def serve_child(path: str) -> None:
-    """Runs in a fresh process: a real server over the stored state until stdin closes."""
+def serve_child(path: str, now: int) -> None:
+    """Runs in a fresh process: a real server over the stored state until stdin closes, on
+    a clock fixed at `now` (the data's time: events of the last 90 days before gen_data.NOW
+    would be past the event retention on today's clock)."""
     from segsvc.api.server import create_server  # type: ignore[import-not-found, unused-ignore]
 
     t0 = time.perf_counter()
     config = Config(data_dir=Path(path), map_size=MAP_SIZE, listen="127.0.0.1:0")
+    engine = open_engine(Path(path), FakeClock(now))
     # create_server hands back a started server.
-    server, port = create_server(config)
+    server, port = create_server(config, engine)
     print(json.dumps({"port": port, "ready": time.perf_counter() - t0}), flush=True)
     sys.stdin.read()
     print(json.dumps({"rss": psutil.Process().memory_info().rss}), flush=True)
     server.stop(1).wait()
+    engine.close()
 
 
-def bench_grpc(setup: Setup, report: Report, everyone: int) -> None:
+def bench_grpc(setup: Setup, report: Report, everyone: int, stream_events: int) -> None:
     try:
         import grpc
 
-        from segsvc.v1 import audiences_pb2, audiences_pb2_grpc, segments_pb2, segments_pb2_grpc
+        from segsvc.v1 import (
+            audiences_pb2,
+            audiences_pb2_grpc,
+            people_pb2,
+            people_pb2_grpc,
+            segments_pb2,
+            segments_pb2_grpc,
+        )
     except ImportError as exc:
         report.notes.append(f"gRPC figures skipped: {exc}")
         return
@@ -786,11 +1093,27 @@ def bench_grpc(setup: Setup, report: Report, everyone: int) -> None:
         setup.ws.audience(AudienceSpec(tuple(include), tuple(require), tuple(exclude)))
     )
     setup.engine.close(checkpoint=False)
-    proc, port = _start_server(setup.data_dir / "segsvc")
+    now = setup.clock.now()
+    streamed: list[EventInput] = []
+    event_requests: list[Any] = []
+    track_seconds = 0.0
+    if setup.events and stream_events > 0:
+        streamed = gen_data.live_events(stream_events, setup.people, now, stream="grpc")
+        per_request = 1000
+        event_requests = [
+            people_pb2.TrackEventsRequest(
+                events=[_event_to_proto(e) for e in streamed[i : i + per_request]]
+            )
+            for i in range(0, len(streamed), per_request)
+        ]
+    proc, port = _start_server(setup.data_dir / "segsvc", now)
     try:
         channel = grpc.insecure_channel(
             f"127.0.0.1:{port}",
-            options=[("grpc.max_receive_message_length", 64 * 2**20)],
+            options=[
+                ("grpc.max_receive_message_length", 64 * 2**20),
+                ("grpc.max_send_message_length", 64 * 2**20),
+            ],
         )
         grpc.channel_ready_future(channel).result(timeout=30)
         segments = segments_pb2_grpc.SegmentsStub(channel)
@@ -860,17 +1183,54 @@ def bench_grpc(setup: Setup, report: Report, everyone: int) -> None:
                 verdict(ours * 1_000_000 / max(1, received) < 2),
             )
         )
+        if streamed:
+            people_stub = people_pb2_grpc.PeopleStub(channel)
+            track_seconds, summary = timed(
+                lambda: people_stub.StreamTrackEvents(iter(event_requests))
+            )
+            if summary.tracked != len(streamed):
+                report.mismatches.append(
+                    f"StreamTrackEvents tracked {summary.tracked} of {len(streamed)} "
+                    f"(rejected {summary.rejected}: {list(summary.errors)[:3]})"
+                )
         channel.close()
     finally:
         _stop_server(proc, report)
+    if streamed:
+        # The same events into DuckDB, so that the counts can be checked once more.
+        compiler = setup.compiler(now)
+        insert, _ = append_to_peer(setup, streamed, "grpc-events.tsv", compiler, ())
+        report.add(
+            Row(
+                f"TrackEvents through gRPC: StreamTrackEvents ({len(streamed):,} events, "
+                f"1000/message, all {len(setup.specs)} segments live)",
+                rate(len(streamed), track_seconds),
+                f"{rate(len(streamed), insert)} (insert only)",
+                f"{insert / track_seconds:,.2f}x",
+            )
+        )
     bench_stream_load(setup, report)
     setup.engine = open_engine(setup.data_dir / "segsvc", setup.clock)
     setup.ws = setup.engine.workspace(WORKSPACE)
 
 
-def _start_server(path: Path) -> tuple[subprocess.Popen[str], int]:
+def _event_to_proto(event: EventInput) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp as ProtoTimestamp
+
+    from segsvc.api.convert import value_to_proto
+    from segsvc.v1 import people_pb2, types_pb2
+
+    msg = people_pb2.Event(person=types_pb2.PersonRef(id=event.person.value), name=event.name)
+    if event.timestamp is not None:
+        msg.timestamp.CopyFrom(ProtoTimestamp(seconds=int(event.timestamp)))
+    for name, value in event.properties.items():
+        msg.properties[name].CopyFrom(value_to_proto(value))
+    return msg
+
+
+def _start_server(path: Path, now: int) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(path)],
+        [sys.executable, __file__, "--serve", str(path), "--now", str(now)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -939,7 +1299,7 @@ def bench_stream_load(setup: Setup, report: Report, per_request: int = 1000) -> 
     requests = []
     for batch in gen_data.people(count, chunk=per_request):
         requests.append(people_pb2.UpsertPeopleRequest(people=[_to_proto(u) for u in batch]))
-    proc, port = _start_server(setup.data_dir / "stream-load")
+    proc, port = _start_server(setup.data_dir / "stream-load", setup.clock.now())
     try:
         channel = grpc.insecure_channel(
             f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * 2**20)]
@@ -964,6 +1324,164 @@ def bench_stream_load(setup: Setup, report: Report, per_request: int = 1000) -> 
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# The CLI against a real `segsvc serve`
+
+
+def _segsvc_command() -> list[str] | None:
+    script = Path(sys.executable).with_name("segsvc")
+    return [str(script)] if script.exists() else None
+
+
+class _MemoryWatch:
+    """Samples a process's resident memory every 50 ms; remembers the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> int:
+        rss = int(self.process.memory_info().rss)
+        self.peak = max(self.peak, rss)
+        return rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.now()
+            except psutil.Error:
+                return
+
+    def __enter__(self) -> _MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _start_segsvc_serve(
+    command: list[str], data: Path, log: Path
+) -> tuple[subprocess.Popen[str], int, float]:
+    """`segsvc serve` on a free loopback port; returns the process, the port and the seconds
+    until it printed that it listens. The ticker is slowed to a day: the server runs on
+    today's clock, and a tick would move the data's time windows (and drop its events, which
+    are older than the retention by today's clock) in the middle of the measurement."""
+    t0 = time.perf_counter()
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [*command, "serve", "--data", str(data), "--listen", "127.0.0.1:0",
+             "--tick-seconds", "86400", "--log-level", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            text=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if "listening on" in line:
+                port = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
+                return proc, port, time.perf_counter() - t0
+        if proc.poll() is not None:
+            raise RuntimeError(f"segsvc serve exited {proc.returncode}: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("segsvc serve did not start listening in 10 minutes")
+
+
+def bench_cli_import(setup: Setup, report: Report, seed: int) -> None:
+    """`segsvc members import SEGMENT FILE --by id --header` of an N-row CSV (every person,
+    in a shuffled order) into a manual segment, the real CLI against a real server process;
+    and that server's resident memory. DuckDB's peer: read_csv of the same file joined to
+    the people."""
+    command = _segsvc_command()
+    if command is None:
+        report.notes.append(f"CLI figures skipped: no segsvc script beside {sys.executable}")
+        return
+    name = "bench-import"
+    segment = setup.ws.create_segment(name, "", False, None).id
+    order = list(range(setup.people))
+    random.Random(f"{seed}:cli-import").shuffle(order)
+    csv_path = setup.data_dir / "members.csv"
+    with csv_path.open("w") as out:
+        out.write("id\n")
+        for start in range(0, len(order), 100_000):
+            out.write("".join(gen_data.person_id(i) + "\n" for i in order[start : start + 100_000]))
+    setup.engine.close()
+    log = setup.data_dir / "segsvc-serve.log"
+    proc, port, ready = _start_segsvc_serve(command, setup.data_dir / "segsvc", log)
+    mib = 2**20
+    try:
+        with _MemoryWatch(proc.pid) as memory:
+            started = memory.now()
+            cli = [*command, "--server", f"127.0.0.1:{port}", "members", "import", name]
+            cli += [str(csv_path), "--by", "id", "--header"]
+            elapsed, done = timed(
+                lambda: subprocess.run(cli, capture_output=True, text=True, check=False)
+            )
+            after = memory.now()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=300)
+    if done.returncode != 0:
+        report.mismatches.append(
+            f"segsvc members import exited {done.returncode}: {done.stderr[-1000:]}"
+        )
+    setup.engine = open_engine(setup.data_dir / "segsvc", setup.clock)
+    setup.ws = setup.engine.workspace(WORKSPACE)
+    added = setup.ws.get_segment(segment).member_count
+    if added != setup.people:
+        report.mismatches.append(f"CLI import: {added} members of {setup.people}")
+    theirs, _ = timed(
+        lambda: setup.con.execute(
+            "CREATE TEMP TABLE imported AS SELECT p.pid FROM read_csv("
+            f"'{csv_path}', header=true, auto_detect=false, columns={{'id': 'VARCHAR'}}) c "
+            "JOIN people p ON p.id = c.id"
+        )
+    )
+    duck = peer.count(setup.con, "pid IN (SELECT pid FROM imported)")
+    setup.con.execute("DROP TABLE imported")
+    if duck != setup.people:
+        report.mismatches.append(f"DuckDB CSV import: {duck} members of {setup.people}")
+    csv_path.unlink()
+    report.add(
+        Row(
+            f"CLI: segsvc members import of a {setup.people:,}-row CSV (--by id --header) "
+            "into segsvc serve",
+            f"{ms(elapsed)} ({rate(setup.people, elapsed)})",
+            f"{ms(theirs)} (read_csv + join)",
+            faster(elapsed, theirs),
+            "1M in < 15 s",
+            verdict(elapsed * 1_000_000 / setup.people < 15),
+        )
+    )
+    report.add(
+        Row(
+            "segsvc serve: start until listening (new process, after a checkpoint)",
+            ms(ready),
+            "",
+            "",
+            "< 3 s",
+            verdict(ready < 3),
+        )
+    )
+    report.add(
+        Row(
+            f"resident memory of segsvc serve at {setup.people:,} people"
+            + (f" and {setup.events:,}+ events" if setup.events else "")
+            + ": started / after the import (peak)",
+            f"{started / mib:,.0f} / {after / mib:,.0f} ({memory.peak / mib:,.0f}) MiB",
+            "",
+            "",
+            "< 1 GiB",
+            verdict(memory.peak < 2**30),
+        )
+    )
+
+
 def choose_audience_ids(setup: Setup) -> tuple[list[int], list[int], list[int]]:
     include, require, exclude = choose_audience(setup)
     return (
@@ -979,24 +1497,56 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="50k people: a smoke run")
     parser.add_argument("--grpc", action="store_true", help="also measure through a server")
+    parser.add_argument(
+        "--events",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="generate events and the event segments (default: yes)",
+    )
+    parser.add_argument(
+        "--events-per-person",
+        type=float,
+        default=gen_data.EVENTS_PER_PERSON,
+        help="average events per person (default %(default)s: 10M at 1M people)",
+    )
+    parser.add_argument("--event-segments", type=int, default=20, help="at most 20")
+    parser.add_argument(
+        "--stream-events",
+        type=int,
+        default=200_000,
+        help="events sent through StreamTrackEvents with --grpc",
+    )
+    parser.add_argument(
+        "--cli",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time `segsvc members import` of an N-row CSV against `segsvc serve` (default: yes)",
+    )
     parser.add_argument("--seed", type=int, default=gen_data.DEFAULT_SEED)
     parser.add_argument("--data", help="keep the data here instead of a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--serve", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--now", type=int, default=NOW, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
     if args.serve:
-        serve_child(args.serve)
+        serve_child(args.serve, args.now)
         return
     random.seed(args.seed)
     started = time.perf_counter()
     report = run(args)
+    events = (
+        f"{args.events_per_person:g} events per person, {args.segments} + "
+        f"{args.event_segments} event segments"
+        if args.events
+        else f"no events, {args.segments} segments"
+    )
     report.print(
-        f"segsvc vs DuckDB, {50_000 if args.quick else args.people:,} people, "
-        f"{args.segments} segments ({time.perf_counter() - started:.0f} s in all)\n"
+        f"segsvc vs DuckDB, {50_000 if args.quick else args.people:,} people, {events} "
+        f"({time.perf_counter() - started:.0f} s in all)\n"
         f"machine: {machine()}\ncode: {revision()}"
     )
     if report.mismatches:

@@ -7,6 +7,14 @@ built-in fields as columns, `pid` (the person's index, the same as segsvc's ordi
 and in insertion order so that its zone maps make point lookups cheap. Manual segment members
 are a table (seg, pid).
 
+Events are one table `events(pid, name, ts, p_<property>...)`: `ts` in UTC seconds (BIGINT,
+so windows compare integers), one typed column per event property (NULL where an event does
+not have it), sorted by (name, ts) so that the zone maps skip every other name and every row
+outside a window. An event leaf is a per-person count over it:
+`pid IN (SELECT pid FROM events WHERE name = ... AND <window> AND <filters> GROUP BY pid
+HAVING count(*) >= N)`; "at most N" and "exactly 0" are `pid NOT IN (... >= N + 1)`, so people
+who never did the event (no rows at all) are counted as 0 and included.
+
 Loading goes through a tab-separated file that DuckDB's parallel CSV reader ingests (no pandas,
 numpy or Arrow needed): the Python side writes the file while the same chunks are fed to
 segsvc, and only DuckDB's ingest is timed.
@@ -20,7 +28,9 @@ Semantics of the translation:
 - a reference to a dynamic segment is the referenced segment's own predicate inlined on the same
   row (membership of a dynamic segment is a function of the row, so this is exact and is the
   fastest plan DuckDB can get); a reference to a manual segment is `pid IN (SELECT pid FROM
-  manual_members WHERE seg = k)`.
+  manual_members WHERE seg = k)`;
+- an event property filter compares only values of its own type (a number filter on a string
+  property matches no event), like the engine's typed comparisons.
 """
 
 from __future__ import annotations
@@ -32,19 +42,24 @@ from pathlib import Path
 from typing import IO, Any
 
 import duckdb
-from gen_data import ATTRIBUTES, SegmentSpec
+from gen_data import ATTRIBUTES, EVENT_PROPERTIES, SegmentSpec, event_pid
 
 from segsvc.engine.conditions import (
     AttributeCondition,
     DeviceCondition,
+    EventCondition,
     Group,
+    MessageCondition,
     Node,
+    PageViewCondition,
     SegmentCondition,
     TagCondition,
+    Window,
 )
+from segsvc.engine.events import EventInput
 from segsvc.engine.index import is_leap
 from segsvc.engine.people import PersonUpsert
-from segsvc.engine.values import Timestamp, Value
+from segsvc.engine.values import Timestamp, Value, kind_of
 
 _SQL_TYPE = {"string": "VARCHAR", "number": "DOUBLE", "bool": "BOOLEAN", "timestamp": "BIGINT"}
 _BUILTIN_COLUMN = {
@@ -153,6 +168,78 @@ def load_manual(con: duckdb.DuckDBPyConnection, members: dict[int, list[int]]) -
 
 
 # ---------------------------------------------------------------------------------------------
+# Events
+
+
+def event_columns() -> dict[str, str]:
+    """Column -> SQL type of the events TSV file, in its order."""
+    return {
+        "pid": "INTEGER",
+        "name": "VARCHAR",
+        "ts": "BIGINT",
+        **{"p_" + name: _SQL_TYPE[kind] for name, kind in EVENT_PROPERTIES.items()},
+    }
+
+
+def _event_table_types() -> dict[str, str]:
+    types = event_columns()
+    for name, kind in EVENT_PROPERTIES.items():
+        if kind == "timestamp":
+            types["p_" + name] = "TIMESTAMP"
+    return types
+
+
+def write_events(out: IO[str], batch: Sequence[EventInput]) -> None:
+    """Appends generated events (people named `p<index>`) to a TSV file."""
+    names = list(EVENT_PROPERTIES)
+    lines = []
+    for event in batch:
+        props = event.properties
+        cells = [str(event_pid(event)), event.name, str(int(event.timestamp or 0))]
+        cells += [_cell(props.get(name)) for name in names]
+        lines.append("\t".join(cells))
+    if lines:
+        out.write("\n".join(lines))
+        out.write("\n")
+
+
+def _read_events(tsv: Path) -> str:
+    """A SELECT of the events in a TSV file, timestamp properties as TIMESTAMP (like the
+    people's timestamp attributes, so that one translation serves both)."""
+    spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in event_columns().items()) + "}"
+    select = ["pid", "name", "ts"]
+    for name, kind in EVENT_PROPERTIES.items():
+        col = q("p_" + name)
+        select.append(f"make_timestamp({col} * 1000000) AS {col}" if kind == "timestamp" else col)
+    return (
+        f"SELECT {', '.join(select)} FROM read_csv('{tsv}', delim='\\t', header=false, "
+        f"quote='', escape='', nullstr='', auto_detect=false, columns={spec})"
+    )
+
+
+def load_events(con: duckdb.DuckDBPyConnection, tsv: Path) -> float:
+    """Creates and fills `events` from the TSV file, sorted by (name, ts); returns the
+    seconds it took (ingest and sort)."""
+    t0 = time.perf_counter()
+    con.execute("DROP TABLE IF EXISTS events")
+    con.execute(f"CREATE TABLE events AS {_read_events(tsv)} ORDER BY name, ts")
+    con.execute("CHECKPOINT")
+    return time.perf_counter() - t0
+
+
+def create_empty_events(con: duckdb.DuckDBPyConnection) -> None:
+    cols = ", ".join(f"{q(k)} {v}" for k, v in _event_table_types().items())
+    con.execute(f"CREATE OR REPLACE TABLE events ({cols})")
+
+
+def append_events(con: duckdb.DuckDBPyConnection, tsv: Path) -> float:
+    """Appends the events of a TSV file (new events, as tracking sends them)."""
+    t0 = time.perf_counter()
+    con.execute(f"INSERT INTO events {_read_events(tsv)}")
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------
 # Condition trees to SQL
 
 
@@ -218,10 +305,75 @@ class SqlCompiler:
             return f"NOT {sql}" if node.negate else sql
         if isinstance(node, AttributeCondition):
             return self._attribute(node)
+        if isinstance(node, EventCondition | PageViewCondition | MessageCondition):
+            return self._event(node)
         raise NotImplementedError(f"no SQL for {type(node).__name__} yet")
 
-    def _attribute(self, node: AttributeCondition) -> str:
-        col = q(_BUILTIN_COLUMN[node.field] if node.field else node.attribute or "")
+    def _event(self, node: EventCondition | PageViewCondition | MessageCondition) -> str:
+        """Membership of people by their count of matching events (see the module doc)."""
+        if isinstance(node, EventCondition):
+            name = node.name
+            filters = [self._property(f) for f in node.filters]
+        elif isinstance(node, PageViewCondition):
+            name = "page"
+            url = AttributeCondition(node.match, attribute="url", value=node.url)
+            filters = [self._property(url)]
+        else:
+            name = f"message_{node.action}"
+            filters = [
+                f"{q('p_' + prop)} = {lit(wanted)}"
+                for prop, wanted in (
+                    ("campaign_id", node.campaign_id),
+                    ("message_id", node.message_id),
+                )
+                if wanted
+            ]
+        where = " AND ".join([f"name = {lit(name)}", *self._window(node.window), *filters])
+        op = node.count_operator
+        n = node.count if node.count is not None else (1 if op == "at_least" else 0)
+
+        def having(test: str) -> str:
+            # "at least 1" needs no count: a semi-join on who did it at all.
+            if test == ">= 1":
+                return f"SELECT pid FROM events WHERE {where}"
+            return f"SELECT pid FROM events WHERE {where} GROUP BY pid HAVING count(*) {test}"
+
+        if op == "at_least":
+            return f"pid IN ({having(f'>= {n}')})" if n > 0 else "true"
+        if op == "at_most" or n == 0:
+            return f"pid NOT IN ({having(f'>= {n + 1}')})"
+        return f"pid IN ({having(f'= {n}')})"
+
+    def _window(self, window: Window) -> list[str]:
+        if window.within_last_seconds is not None:
+            return [f"ts BETWEEN {self.now - window.within_last_seconds} AND {self.now}"]
+        if window.start is not None and window.end is not None:
+            return [f"ts BETWEEN {int(window.start)} AND {int(window.end)}"]
+        return []
+
+    def _property(self, node: AttributeCondition) -> str:
+        """An event property filter over the events table's typed column."""
+        name = node.attribute or ""
+        kind = EVENT_PROPERTIES.get(name)
+        col = q("p_" + name)
+        if kind is None:
+            # No event has it: only the negative operators hold (for every event).
+            negative = node.operator in ("not_equals", "not_contains", "not_exists")
+            return "true" if negative else "false"
+        operands = [v for v in (node.value, node.upper, *node.values) if v is not None]
+        if any(kind_of(v) != kind for v in operands):
+            # A comparison matches only values of its own type: none here; its negation all.
+            if node.operator == "one_of":
+                operands = [v for v in node.values if kind_of(v) == kind]
+                if operands:
+                    return self._attribute(
+                        AttributeCondition("one_of", attribute=name, values=tuple(operands)), col
+                    )
+            return "true" if node.operator in ("not_equals", "not_contains") else "false"
+        return self._attribute(node, col)
+
+    def _attribute(self, node: AttributeCondition, column: str | None = None) -> str:
+        col = column or q(_BUILTIN_COLUMN[node.field] if node.field else node.attribute or "")
         op, v = node.operator, node.value
         now = self.now
         if op == "equals":
@@ -348,3 +500,17 @@ def memberships(
     cols = ", ".join(f"coalesce({p}, false)" for p in predicates)
     where = f"pid = {pids[0]}" if len(pids) == 1 else f"pid IN ({', '.join(map(str, pids))})"
     return con.execute(f"SELECT pid, {cols} FROM people WHERE {where}").fetchall()
+
+
+def insert_events(con: duckdb.DuckDBPyConnection, batch: Sequence[EventInput]) -> None:
+    """Appends a few events with one INSERT ... VALUES (what a point write costs)."""
+    types = _event_table_types()
+    rows = []
+    for event in batch:
+        props = event.properties
+        cells = [str(event_pid(event)), lit(event.name), str(int(event.timestamp or 0))]
+        for name in EVENT_PROPERTIES:
+            value = props.get(name)
+            cells.append(f"NULL::{types['p_' + name]}" if value is None else lit(value))
+        rows.append("(" + ", ".join(cells) + ")")
+    con.execute(f"INSERT INTO events VALUES {', '.join(rows)}")

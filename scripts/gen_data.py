@@ -23,11 +23,17 @@ from typing import Literal
 from segsvc.engine.conditions import (
     AttributeCondition,
     DeviceCondition,
+    EventCondition,
     Group,
+    MessageCondition,
     Node,
+    PageViewCondition,
     SegmentCondition,
     TagCondition,
+    Window,
 )
+from segsvc.engine.events import EventInput
+from segsvc.engine.model import PersonKey
 from segsvc.engine.people import PersonUpsert
 from segsvc.engine.values import Timestamp, Value
 
@@ -534,9 +540,174 @@ def _tree(maker: _LeafMaker, leaves: int, earlier: list[int]) -> Node:
     return Group(top, tuple(children), negate=rng.random() < 0.05)
 
 
-def segments(count: int = 100, seed: int = DEFAULT_SEED) -> list[SegmentSpec]:
+def _days(n: float) -> Window:
+    return Window(within_last_seconds=int(n * DAY))
+
+
+def _event(
+    name: str,
+    *filters: AttributeCondition,
+    op: str = "at_least",
+    count: int | None = None,
+    window: Window | None = None,
+) -> EventCondition:
+    return EventCondition(name, tuple(filters), op, count, window or Window())
+
+
+def event_segments(
+    base: list[SegmentSpec], count: int = 20, seed: int = DEFAULT_SEED
+) -> list[SegmentSpec]:
+    """Up to `count` dynamic segments over events, page views and messages, to follow the
+    `base` specs (references name base specs by position + 1, and earlier event specs the
+    same way): counts in the last 7/30 days, "has not done X" (negated and at_most 0),
+    exactly N, between two dates, property filters, combined with attribute leaves."""
+    p = pools(seed)
+    ep = event_pools(seed)
+    first = len(base)
+    # A base segment to name: the first dynamic one with a single leaf (one of the larger ones).
+    plain = [k for k, s in enumerate(base) if s.conditions and count_leaves(s.conditions) == 1]
+    url = ep.urls.values
+    campaign = ep.campaigns.values
+    between = Window(None, _ts(60), _ts(45))
+    trees: list[Node] = [
+        # 0: active on login
+        _event("login", count=3, window=_days(7)),
+        # 1: looked at pricing
+        PageViewCondition("pricing", "contains", "at_least", 2, _days(30)),
+        # 2: has not purchased in the last 14 days (negation), but has purchased before
+        Group(
+            "all",
+            (
+                Group("all", (_event("purchase", window=_days(14)),), negate=True),
+                _event("purchase"),
+            ),
+        ),
+        # 3: abandoned cart: added to cart this week, no purchase this week (at_most 0)
+        Group(
+            "all",
+            (
+                _event("add_to_cart", window=_days(7)),
+                _event("purchase", op="at_most", count=0, window=_days(7)),
+            ),
+        ),
+        # 4: exactly two purchases, ever
+        _event("purchase", op="exactly", count=2),
+        # 5: exactly 0 searches in the last 30 days, on a paid plan
+        Group(
+            "all",
+            (
+                _event("search", op="exactly", count=0, window=_days(30)),
+                _attr("one_of", "plan", values=("pro", "team", "enterprise")),
+            ),
+        ),
+        # 6: bought between two dates
+        _event("purchase", window=between),
+        # 7: bought the pro plan in the last 30 days
+        _event("purchase", _attr("equals", "plan", "pro"), window=_days(30)),
+        # 8: two big purchases ever
+        _event("purchase", _attr("greater_than", "amount", 100.0), count=2),
+        # 9: blog reader
+        PageViewCondition(SITE + "/blog/", "starts_with", "at_least", 5, _days(30)),
+        # 10: exactly one visit to the pricing page this week
+        PageViewCondition(SITE + "/pricing", "equals", "exactly", 1, _days(7)),
+        # 11: opened a campaign's message this month
+        MessageCondition("opened", campaign[2], window=_days(30)),
+        # 12: clicked any message in two weeks, on the free plan
+        Group(
+            "all",
+            (
+                MessageCondition("clicked", window=_days(14)),
+                _attr("equals", "plan", "free"),
+            ),
+        ),
+        # 13: sent but never opened a campaign's message
+        Group(
+            "all",
+            (
+                MessageCondition("sent", campaign[0]),
+                MessageCondition("opened", campaign[0], count_operator="at_most", count=0),
+            ),
+        ),
+        # 14: at most 2 logins in 30 days (never logging in included), in a big country
+        Group(
+            "all",
+            (
+                _event("login", op="at_most", count=2, window=_days(30)),
+                _attr("equals", "country", p.country.values[0]),
+            ),
+        ),
+        # 15: put one of the top products in the cart this week
+        _event(
+            "add_to_cart",
+            _attr("one_of", "sku", values=tuple(ep.skus.values[:3])),
+            window=_days(7),
+        ),
+        # 16: searched for shoes (any case), or was sent a message this week with an iOS device
+        Group(
+            "any",
+            (
+                _event("search", _attr("contains", "query", "SHOE")),
+                Group(
+                    "all",
+                    (
+                        MessageCondition("sent", window=_days(7)),
+                        DeviceCondition("ios"),
+                    ),
+                ),
+            ),
+        ),
+        # 17: logs in on mobile often, or has tag; with a low rating ever
+        Group(
+            "all",
+            (
+                Group(
+                    "any",
+                    (
+                        _event("login", _attr("is_true", "mobile"), count=5, window=_days(30)),
+                        TagCondition("churn-risk"),
+                    ),
+                ),
+                _event("review", _attr("less_or_equal", "rating", 2.0)),
+            ),
+        ),
+        # 18: mid-size purchases of paid plans in 90 days, in an attribute segment of the base
+        Group(
+            "all",
+            (
+                _event(
+                    "purchase",
+                    _attr("between", "amount", 20.0, upper=80.0),
+                    _attr("not_equals", "plan", "free"),
+                    window=_days(90),
+                ),
+                SegmentCondition(plain[0] + 1) if plain else _event("login"),
+            ),
+        ),
+        # 19: checkout intent this week, not an earlier event segment, logged in lately
+        Group(
+            "all",
+            (
+                Group(
+                    "any",
+                    (
+                        PageViewCondition(url[5], "equals", "at_least", 3, _days(7)),
+                        _event("add_to_cart", count=2, window=_days(7)),
+                    ),
+                ),
+                SegmentCondition(first + 3 + 1, negate=True),
+                _attr("within_last", "last_login", seconds=30 * DAY),
+            ),
+        ),
+    ]
+    return [
+        SegmentSpec(f"event-{first + k:03d}", True, tree) for k, tree in enumerate(trees[:count])
+    ]
+
+
+def segments(count: int = 100, seed: int = DEFAULT_SEED, events: int = 0) -> list[SegmentSpec]:
     """`count` segment definitions: about 8% manual, the rest dynamic with 1 to 6 conditions,
-    some nested and negated, some naming earlier segments."""
+    some nested and negated, some naming earlier segments; then `events` event segments
+    (`event_segments`, at most 20) after them, so the first `count` do not depend on it."""
     rng = random.Random(f"{seed}:segments")
     maker = _LeafMaker(rng, pools(seed))
     out: list[SegmentSpec] = []
@@ -551,7 +722,7 @@ def segments(count: int = 100, seed: int = DEFAULT_SEED) -> list[SegmentSpec]:
         earlier = list(range(k)) if k >= 10 and rng.random() < 0.35 else []
         leaves = rng.choice([1, 2, 2, 3, 3, 3, 4, 4, 5, 6])
         out.append(SegmentSpec(f"dynamic-{k:03d}", True, _tree(maker, leaves, earlier)))
-    return out
+    return out + event_segments(out, events, seed) if events else out
 
 
 def manual_members(
@@ -579,33 +750,203 @@ def count_leaves(node: Node) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Events: the hook for the next step, not generated yet. The engine has event conditions now
-# (Workspace.track_events with segsvc.engine.events.EventInput); to benchmark them, fill in
-# `events()` (the 10 names below over the 90 days before NOW, tens of millions in all, chunked
-# like `people()` and deterministic per chunk), add event leaves to `_LeafMaker`, give the SQL
-# peer an `events(pid, name, at, properties...)` table with the same window semantics, and load
-# both in bench.build.
+# Events: what people did over the 90 days before NOW, as `Workspace.track_events` takes them.
+#
+# Every property holds values of one type across every event name (a typed column in SQL can
+# hold it). Activity per person is heavy-tailed (a Pareto draw): a fifth of the people did
+# nothing, most did a little, a few did hundreds of things. Message activity follows a funnel:
+# some sends are opened later, some opens are clicked.
 
+EVENTS_PER_PERSON = 10.0
+# People per random stream: a block's events depend on (seed, first person, rate) only.
+EVENT_BLOCK = 1000
+EVENT_DAYS = 90
 EVENT_NAMES = (
     "page", "purchase", "add_to_cart", "login", "search", "message_sent", "message_opened",
-    "message_clicked", "signup_step", "review",
+    "message_clicked", "signup", "review",
 )  # fmt: skip
+# name -> type of every event property; the order is the column order of the SQL peer.
+EVENT_PROPERTIES: dict[str, AttrType] = {
+    "url": "string",
+    "plan": "string",
+    "amount": "number",
+    "sku": "string",
+    "campaign_id": "string",
+    "message_id": "string",
+    "query": "string",
+    "mobile": "bool",
+    "source": "string",
+    "rating": "number",
+}
+SITE = "https://www.example.com"
+# The names drawn directly (message_opened / message_clicked only follow a send).
+_DRAWN = ("page", "login", "search", "add_to_cart", "purchase", "message_sent", "signup", "review")
+_DRAWN_WEIGHTS = tuple(accumulate([40.0, 14.0, 10.0, 7.0, 3.0, 20.0, 1.0, 1.5]))
+_ACTIVE = 0.8
+_PARETO_ALPHA = 1.5
+_PARETO_CAP = 100.0
+# E[min(X, cap)] of a Pareto(alpha) with minimum 1.
+_PARETO_MEAN = (_PARETO_ALPHA - _PARETO_CAP ** (1 - _PARETO_ALPHA)) / (_PARETO_ALPHA - 1)
+# Exact window edges, so that both systems are checked on inclusive ends to the second.
+_EDGES = tuple(
+    NOW - d + s for d in (0, DAY, 7 * DAY, 14 * DAY, 30 * DAY) for s in (0, -1, 1) if d or s <= 0
+)
 
 
 @dataclass(frozen=True)
-class EventRow:
-    person: int
-    name: str
-    at: Timestamp
-    properties: dict[str, Value]
+class EventPools:
+    urls: Pool
+    skus: Pool
+    queries: Pool
+    campaigns: Pool
+    # campaign id -> its message ids
+    messages: dict[str, tuple[str, ...]]
+    purchase_plan: Pool
+    signup_source: Pool
+
+
+def event_pools(seed: int = DEFAULT_SEED) -> EventPools:
+    rng = random.Random(f"{seed}:event-pools")
+    fixed = [
+        "/", "/pricing", "/features", "/signup", "/login", "/checkout", "/cart", "/account",
+        "/account/billing", "/contact", "/about", "/careers", "/docs", "/blog", "/changelog",
+        "/integrations", "/security", "/status", "/help", "/download",
+    ]  # fmt: skip
+    slugs = [w.lower() for w in _names(rng, 180, 2)]
+    paths = fixed + [f"/blog/{s}" for s in slugs[:90]]
+    paths += [f"/docs/{s}" for s in slugs[90:150]]
+    paths += [f"/product/sku-{n:05d}" for n in range(30)]
+    adjectives = ["red", "blue", "cheap", "running", "leather", "kids", "winter", "summer"]
+    adjectives += ["wireless", "organic", "vintage", "large", "small", "black", "white"]
+    nouns = ["shoes", "jacket", "headphones", "backpack", "watch", "desk", "lamp", "mug", "tent"]
+    nouns += ["bike", "sofa", "dress", "socks", "charger", "keyboard", "camera", "bottle"]
+    nouns += ["scarf", "boots", "pillow"]
+    queries = [f"{a} {n}" for a in adjectives for n in nouns]
+    rng.shuffle(queries)
+    campaigns = [f"cmp-{c:03d}" for c in range(1, 41)]
+    messages = {c: tuple(f"{c}-m{k}" for k in range(1, rng.randint(1, 6) + 1)) for c in campaigns}
+    return EventPools(
+        urls=_pool([SITE + p for p in paths], s=1.0),
+        skus=_pool([f"SKU-{n:05d}" for n in range(500)], s=1.1),
+        queries=_pool(queries, s=0.9),
+        campaigns=_pool(campaigns, s=0.8),
+        messages=messages,
+        purchase_plan=_pool(["basic", "pro", "team", "enterprise", "free"], [35, 35, 15, 5, 10]),
+        signup_source=_pool(list(SIGNUP_SOURCES), s=0.8),
+    )
+
+
+def _event_properties(name: str, rng: random.Random, ep: EventPools) -> dict[str, Value]:
+    if name == "page":
+        return {"url": ep.urls.draw(rng, 1)[0]}
+    if name == "purchase":
+        return {
+            "plan": ep.purchase_plan.draw(rng, 1)[0],
+            "amount": round(5.0 + rng.expovariate(1 / 60.0), 2),
+        }
+    if name == "add_to_cart":
+        return {"sku": ep.skus.draw(rng, 1)[0]}
+    if name == "login":
+        return {"mobile": rng.random() < 0.45}
+    if name == "search":
+        return {"query": ep.queries.draw(rng, 1)[0]}
+    if name == "signup":
+        return {"source": ep.signup_source.draw(rng, 1)[0]}
+    if name == "review":
+        return {"rating": float(rng.randint(1, 5))}
+    campaign = ep.campaigns.draw(rng, 1)[0]
+    return {"campaign_id": campaign, "message_id": rng.choice(ep.messages[campaign])}
+
+
+def _event_time(rng: random.Random, days: float) -> int:
+    if rng.random() < 0.003:
+        return rng.choice(_EDGES)
+    return NOW - int(rng.random() * days * DAY)
+
+
+def _person_events(
+    key: PersonKey, n: int, rng: random.Random, ep: EventPools, out: list[EventInput]
+) -> None:
+    """Appends `n` events of one person to `out`."""
+    made = 0
+    signed_up = False
+    for name in rng.choices(_DRAWN, cum_weights=_DRAWN_WEIGHTS, k=n):
+        if made >= n:
+            break
+        if name == "signup":
+            if signed_up:
+                name = "page"
+            signed_up = True
+        ts = _event_time(rng, EVENT_DAYS)
+        props = _event_properties(name, rng, ep)
+        out.append(EventInput(key, name, Timestamp(ts), props))
+        made += 1
+        if name != "message_sent":
+            continue
+        # The funnel: opened a few hours later (some), clicked after opening (fewer).
+        for follow, rate in (("message_opened", 0.4), ("message_clicked", 0.3)):
+            if made >= n or rng.random() >= rate:
+                break
+            ts = min(NOW, ts + int(rng.expovariate(1 / 7200.0)) + 1)
+            out.append(EventInput(key, follow, Timestamp(ts), dict(props)))
+            made += 1
 
 
 def events(
-    population: int, per_person: float = 30.0, seed: int = DEFAULT_SEED
-) -> Iterator[list[EventRow]]:
-    """Not generated yet: see the note above."""
-    raise NotImplementedError("events come with the engine's event conditions")
-    yield []  # pragma: no cover
+    population: int,
+    per_person: float = EVENTS_PER_PERSON,
+    seed: int = DEFAULT_SEED,
+    chunk: int = CHUNK,
+    first: int = 0,
+) -> Iterator[list[EventInput]]:
+    """The events of people `first` .. `population - 1` (about `per_person` each on
+    average), in lists of at most `chunk`, ordered by person; timestamps within the
+    EVENT_DAYS before NOW (some exactly on window edges)."""
+    ep = event_pools(seed)
+    scale = per_person / (_ACTIVE * _PARETO_MEAN)
+    pending: list[EventInput] = []
+    for start in range(first, population, EVENT_BLOCK):
+        rng = _chunk_rng(seed, f"events:{per_person}", start)
+        rand = rng.random
+        for i in range(start, min(population, start + EVENT_BLOCK)):
+            if rand() >= _ACTIVE:
+                continue
+            activity = min(_PARETO_CAP, rng.paretovariate(_PARETO_ALPHA))
+            n = int(activity * scale + rand())
+            if n:
+                _person_events(PersonKey("id", person_id(i)), n, rng, ep, pending)
+        while len(pending) >= chunk:
+            yield pending[:chunk]
+            pending = pending[chunk:]
+    if pending:
+        yield pending
+
+
+def live_events(
+    count: int, population: int, at: int, seed: int = DEFAULT_SEED, stream: str = "live"
+) -> list[EventInput]:
+    """`count` events of random people among the first `population`, in the hour before
+    `at`: what tracking sends while the segments are live."""
+    rng = random.Random(f"{seed}:{stream}")
+    ep = event_pools(seed)
+    out: list[EventInput] = []
+    names = rng.choices(_DRAWN, cum_weights=_DRAWN_WEIGHTS, k=count)
+    for name in names:
+        i = rng.randrange(population)
+        if name == "signup":
+            name = "message_opened"  # a second signup would be odd; opens are common
+        props = _event_properties("message_sent" if name.startswith("message_") else name, rng, ep)
+        out.append(
+            EventInput(
+                PersonKey("id", person_id(i)), name, Timestamp(at - rng.randrange(3600)), props
+            )
+        )
+    return out
+
+
+def event_pid(event: EventInput) -> int:
+    """The person index of a generated event (ids are `person_id(i)`)."""
+    return int(event.person.value[1:])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The benchmark's own correctness on a tiny data set: the generator is deterministic, and
-segsvc and the DuckDB peer agree on every segment's count after loading, after updates and
-after time moves on. No timings are asserted here (they belong to scripts/bench.py)."""
+segsvc and the DuckDB peer agree on every segment's count (the event segments included) after
+loading, after updates, after new events and after time moves on. No timings are asserted
+here (they belong to scripts/bench.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import bench_duckdb as peer
 import gen_data
-from bench import Setup, build, choose_audience, verify
+from bench import Setup, append_to_peer, build, choose_audience, is_event_spec, verify
 
 from segsvc.engine.model import AudienceSpec
 
 PEOPLE = 2000
 SEGMENTS = 20
+EVENT_SEGMENTS = 20
+EVENTS_PER_PERSON = 10.0
 
 
 def test_generator_is_deterministic() -> None:
@@ -38,10 +41,33 @@ def test_every_attribute_has_one_type() -> None:
                 assert type(value) is kinds[gen_data.ATTRIBUTES[name]], (name, value)
 
 
+def test_events_are_deterministic_typed_and_in_the_window() -> None:
+    first = [e for batch in gen_data.events(300, chunk=100) for e in batch]
+    again = [e for batch in gen_data.events(300) for e in batch]
+    assert first == again
+    assert all(len(b) <= 100 for b in gen_data.events(300, chunk=100))
+    assert 5 * 300 < len(first) < 20 * 300
+    kinds = {"string": str, "number": float, "bool": bool, "timestamp": gen_data.Timestamp}
+    for event in first:
+        assert event.name in gen_data.EVENT_NAMES
+        assert event.timestamp is not None
+        oldest = gen_data.NOW - gen_data.EVENT_DAYS * gen_data.DAY
+        assert oldest <= event.timestamp <= gen_data.NOW
+        for name, value in event.properties.items():
+            assert type(value) is kinds[gen_data.EVENT_PROPERTIES[name]], (name, value)
+    assert {e.name for e in first} == set(gen_data.EVENT_NAMES)
+    live = gen_data.live_events(100, 300, gen_data.NOW)
+    assert live == gen_data.live_events(100, 300, gen_data.NOW)
+    assert all(gen_data.NOW - 3600 < int(e.timestamp or 0) <= gen_data.NOW for e in live)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     root = tmp_path_factory.mktemp("bench")
-    built = build(PEOPLE, gen_data.segments(SEGMENTS), root, gen_data.DEFAULT_SEED, False)
+    specs = gen_data.segments(SEGMENTS, events=EVENT_SEGMENTS)
+    built = build(
+        PEOPLE, specs, root, gen_data.DEFAULT_SEED, False, events_per_person=EVENTS_PER_PERSON
+    )
     yield built  # type: ignore[misc]
     built.engine.close(checkpoint=False)
     built.con.close()
@@ -50,10 +76,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
 def test_counts_agree_after_load(setup: Setup) -> None:
     kinds = {s.dynamic for s in setup.specs}
     assert kinds == {True, False}, "the sample should hold manual and dynamic segments"
+    assert setup.events > 5 * PEOPLE
     mismatches, _ = verify(setup, setup.compiler(), "load")
     assert mismatches == []
     sizes = [setup.ws.get_segment(setup.sid(k)).member_count for k in range(SEGMENTS)]
     assert any(0 < n < PEOPLE for n in sizes)
+    events = [k for k, s in enumerate(setup.specs) if is_event_spec(s)]
+    assert len(events) == EVENT_SEGMENTS
+    sizes = [setup.ws.get_segment(setup.sid(k)).member_count for k in events]
+    # Most event segments hold some people but not everyone, at this size too.
+    assert sum(0 < n < PEOPLE for n in sizes) >= EVENT_SEGMENTS * 3 // 4, sizes
 
 
 def test_audience_agrees(setup: Setup) -> None:
@@ -78,6 +110,16 @@ def test_counts_agree_after_updates_and_time(setup: Setup) -> None:
         setup.ws.upsert_people([upsert])
         peer.apply_updates(setup.con, [(int(upsert.id[1:]), upsert)])
     assert verify(setup, setup.compiler(), "updates")[0] == []
+    # New events while the segments are live: in batches, and one at a time.
+    live = gen_data.live_events(3000, PEOPLE, setup.clock.now())
+    for start in range(0, len(live), 1000):
+        results = setup.ws.track_events(live[start : start + 1000])
+        assert all(r.outcome == "tracked" for r in results)
+    append_to_peer(setup, live, "live.tsv", setup.compiler(), ())
+    for event in gen_data.live_events(20, PEOPLE, setup.clock.now(), stream="single"):
+        assert setup.ws.track_events([event])[0].outcome == "tracked"
+        peer.insert_events(setup.con, [event])
+    assert verify(setup, setup.compiler(), "events")[0] == []
     setup.clock.advance(2 * gen_data.DAY)
     setup.ws.tick()
     assert verify(setup, setup.compiler(setup.clock.now()), "tick")[0] == []

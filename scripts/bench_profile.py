@@ -1,15 +1,19 @@
 """Profiles one engine operation over the benchmark's data, to show where the time goes.
 
-Builds (or, with an existing --data folder, reopens) a workspace with N generated people and
-the benchmark's segments, then runs one phase under cProfile and prints the top functions by
-cumulative and by own time:
+Builds (or, with an existing --data folder, reopens) a workspace with N generated people,
+their events and the benchmark's segments (the event segments included), then runs one phase
+under cProfile and prints the top functions by cumulative and by own time:
 
     .venv/bin/python scripts/bench_profile.py --data /tmp/prof-1m --people 1000000 single
     .venv/bin/python scripts/bench_profile.py --data /tmp/prof-1m load --runs 5
+    .venv/bin/python scripts/bench_profile.py --data /tmp/prof-1m track --runs 10
 
 Phases: load (batches of 10k new people on top of the N), single (one-person updates),
 batch (batches of 1000 updates), audience (10-segment audience counts), tick (time moves an
-hour), checkpoint, restart (open the stored state).
+hour), checkpoint, restart (open the stored state), events (batches of 10k events of the
+90 days, for --runs new people: bulk ingestion with the segments live), track (batches of
+10k events of the last hour, segments live), track-one (one event per call), event-segment
+(create each event segment again under a new name, then delete it).
 """
 
 from __future__ import annotations
@@ -35,8 +39,16 @@ from segsvc.engine.model import AudienceSpec, PersonKey
 from segsvc.engine.workspace import Workspace
 
 
-def prepare(data: Path, people: int, segments: int, clock: FakeClock) -> tuple[Engine, Workspace]:
-    """The stored workspace, built on first use (people, then segments and manual members)."""
+def prepare(
+    data: Path,
+    people: int,
+    segments: int,
+    clock: FakeClock,
+    events_per_person: float = 0.0,
+    event_segments: int = 0,
+) -> tuple[Engine, Workspace]:
+    """The stored workspace, built on first use (people, their events, then segments and
+    manual members)."""
     fresh = not data.exists()
     engine = open_engine(data, clock)
     ws = engine.workspace(WORKSPACE)
@@ -47,8 +59,16 @@ def prepare(data: Path, people: int, segments: int, clock: FakeClock) -> tuple[E
     for batch in gen_data.people(people):
         ws.upsert_people(batch)
     print(f"loaded {people:,} people in {time.perf_counter() - t0:.0f} s", flush=True)
+    if events_per_person > 0:
+        t0 = time.perf_counter()
+        tracked = 0
+        for batch in gen_data.events(people, events_per_person):
+            ws.track_events(batch)
+            tracked += len(batch)
+        print(f"tracked {tracked:,} events in {time.perf_counter() - t0:.0f} s", flush=True)
     ids: dict[int, int] = {}
-    for k, spec in enumerate(gen_data.segments(segments)):
+    specs = gen_data.segments(segments, events=event_segments if events_per_person > 0 else 0)
+    for k, spec in enumerate(specs):
         definition = gen_data.remap(spec.conditions, ids) if spec.conditions else None
         info = ws.create_segment(spec.name, "", spec.dynamic, definition)
         ids[k + 1] = info.id
@@ -68,16 +88,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "phase",
-        choices=["load", "single", "batch", "audience", "tick", "checkpoint", "restart"],
+        choices=[
+            "load",
+            "single",
+            "batch",
+            "audience",
+            "tick",
+            "checkpoint",
+            "restart",
+            "events",
+            "track",
+            "track-one",
+            "event-segment",
+        ],
     )
     parser.add_argument("--data", required=True, help="workspace folder (built when missing)")
     parser.add_argument("--people", type=int, default=1_000_000)
     parser.add_argument("--segments", type=int, default=100)
+    parser.add_argument(
+        "--events-per-person",
+        type=float,
+        default=gen_data.EVENTS_PER_PERSON,
+        help="events generated per person when the folder is built (0: none)",
+    )
+    parser.add_argument("--event-segments", type=int, default=20)
     parser.add_argument("--runs", type=int, default=0, help="repetitions (phase default)")
     parser.add_argument("--top", type=int, default=35)
     args = parser.parse_args()
     clock = FakeClock(NOW)
-    engine, ws = prepare(Path(args.data), args.people, args.segments, clock)
+    engine, ws = prepare(
+        Path(args.data),
+        args.people,
+        args.segments,
+        clock,
+        args.events_per_person,
+        args.event_segments,
+    )
     population = len(ws.state.index.live)
     profiler = cProfile.Profile()
     samples: list[float] = []
@@ -121,6 +167,46 @@ def main() -> None:
         for _ in range(args.runs or 3):
             clock.advance(3600)
             measure(ws.tick)
+        unit = 1
+    elif phase == "events":
+        # New people carry these events (created first, not profiled): bulk ingestion of
+        # the 90 days of history with every segment live.
+        first = max(population, args.people)
+        end = first + (args.runs or 5000)
+        for batch in gen_data.people(end - first, first=first):
+            ws.upsert_people(batch)
+        tracked = 0
+        for batch in gen_data.events(end, args.events_per_person or 10.0, first=first):
+            measure(lambda b=batch: ws.track_events(b))
+            tracked += len(batch)
+        unit = tracked / max(1, len(samples))
+    elif phase == "track":
+        stream = f"profile-track-{time.time_ns()}"
+        count = (args.runs or 10) * 10_000
+        live = gen_data.live_events(count, population, clock.now(), stream=stream)
+        for start in range(0, len(live), 10_000):
+            measure(lambda b=live[start : start + 10_000]: ws.track_events(b))
+        unit = 10_000
+    elif phase == "track-one":
+        stream = f"profile-one-{time.time_ns()}"
+        for event in gen_data.live_events(args.runs or 300, population, clock.now(), stream=stream):
+            measure(lambda e=event: ws.track_events([e]))
+        unit = 1
+    elif phase == "event-segment":
+        specs = gen_data.segments(args.segments, events=args.event_segments)
+        tag = time.time_ns()
+        for spec in specs:
+            if not spec.name.startswith("event-") or spec.conditions is None:
+                continue
+            # Spec k got segment id k + 1 in the workspace prepare() built, so the placeholder
+            # references are the stored ids.
+            holder: list[int] = []
+            measure(
+                lambda d=spec.conditions, n=f"{spec.name}-again-{tag}", h=holder: h.append(
+                    ws.create_segment(n, "", True, d).id
+                )
+            )
+            ws.delete_segments(holder)
         unit = 1
     elif phase == "checkpoint":
         for _ in range(args.runs or 2):

@@ -127,12 +127,22 @@ def _required_value(msg: types_pb2.Value, path: str, violations: list[Violation]
 def _values_map(
     msgs: Mapping[str, types_pb2.Value], path: str, violations: list[Violation]
 ) -> dict[str, Value]:
+    # The bulk-load hot path (once per attribute per person): no path string is formatted
+    # unless a value is missing.
     out: dict[str, Value] = {}
     for key, msg in msgs.items():
-        # The same `attributes['plan']` step the engine writes for attribute errors.
-        value = _required_value(msg, f"{path}[{key!r}]", violations)
-        if value is not None:
-            out[key] = value
+        kind = msg.WhichOneof("kind")
+        if kind == "string_value":
+            out[key] = msg.string_value
+        elif kind == "number_value":
+            out[key] = msg.number_value
+        elif kind == "bool_value":
+            out[key] = msg.bool_value
+        elif kind == "timestamp_value":
+            out[key] = timestamp_from_proto(msg.timestamp_value)
+        else:
+            # The same `attributes['plan']` step the engine writes for attribute errors.
+            violations.append(Violation(f"{path}[{key!r}]", _VALUE_KINDS))
     return out
 
 

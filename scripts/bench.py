@@ -141,7 +141,10 @@ def faster(ours: float, theirs: float) -> str:
     """How many times less time segsvc took."""
     if math.isnan(ours) or math.isnan(theirs):
         return "-"
-    return f"{theirs / ours:,.1f}x" if ours > 0 else "inf"
+    if ours <= 0:
+        return "inf"
+    ratio = theirs / ours
+    return f"{ratio:,.1f}x" if ratio >= 1 else f"{ratio:.2g}x"
 
 
 def verdict(ok: bool) -> str:
@@ -1019,6 +1022,12 @@ def run(args: argparse.Namespace) -> Report:
             f"on {os.cpu_count()} cores: above ~1 other processes shared the CPU and figures "
             "are pessimistic"
         )
+        if os.environ.get("PYTHONHASHSEED", "random") != "random":
+            report.notes.append(
+                f"PYTHONHASHSEED={os.environ['PYTHONHASHSEED']}: the child processes hash "
+                "strings as this one does, so a checkpoint that depends on set order (leaf "
+                "names built from frozensets) is not caught here; run without it to check"
+            )
         bench_restart(setup, report)
         if args.grpc:
             streamed = guarded(

@@ -1,13 +1,18 @@
-"""Deterministic benchmark data: people, segment definitions, manual members and updates.
+"""Deterministic benchmark data: people, their events, segment definitions, manual members
+and updates.
 
 Everything is a function of (seed, index), so two runs (or the engine and the DuckDB peer in
 one run) see exactly the same people without keeping them all in memory: `people()` yields
-lists of `PersonUpsert`, one chunk at a time, and each chunk has its own RNG.
+lists of `PersonUpsert`, one chunk at a time, and each chunk has its own RNG; `events()`
+yields lists of `EventInput` (at most 10,000, the engine's batch limit), each block of people
+with its own RNG.
 
-Every attribute holds values of one type only, so a typed column in a SQL database can hold
-it too; strings are ASCII, so SQL `lower()` and Python `casefold()` agree on them.
+Every attribute and every event property holds values of one type only, so a typed column in
+a SQL database can hold it too; strings are ASCII, so SQL `lower()` and Python `casefold()`
+agree on them.
 
     .venv/bin/python scripts/gen_data.py --people 1000 --show 3
+    .venv/bin/python scripts/gen_data.py --people 100000 --events-per-person 20 --show 0
 """
 
 from __future__ import annotations
@@ -958,6 +963,13 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=100)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--show", type=int, default=2, help="print this many people")
+    parser.add_argument(
+        "--events-per-person",
+        type=float,
+        default=EVENTS_PER_PERSON,
+        help="also generate about this many events per person (0: none)",
+    )
+    parser.add_argument("--event-segments", type=int, default=20)
     args = parser.parse_args()
     import time
 
@@ -971,7 +983,22 @@ def main() -> None:
             shown += 1
     elapsed = time.perf_counter() - t0
     print(f"{total} people in {elapsed:.1f} s ({total / elapsed:,.0f}/s)")
-    for spec in segments(args.segments, args.seed)[: args.show * 5]:
+    with_events = args.events_per_person > 0
+    if with_events:
+        t0 = time.perf_counter()
+        total = 0
+        by_name: dict[str, int] = dict.fromkeys(EVENT_NAMES, 0)
+        for batch in events(args.people, args.events_per_person, args.seed):
+            for event in batch[: max(0, args.show * 3 - total)]:
+                print(event)
+            total += len(batch)
+            for event in batch:
+                by_name[event.name] += 1
+        elapsed = time.perf_counter() - t0
+        print(f"{total} events in {elapsed:.1f} s ({total / elapsed:,.0f}/s): {by_name}")
+    specs = segments(args.segments, args.seed, events=args.event_segments if with_events else 0)
+    shown_specs = specs[: args.show * 5] + (specs[args.segments :][: args.show * 2])
+    for spec in shown_specs:
         print(spec.name, spec.conditions if spec.dynamic else f"manual {spec.manual_fraction}")
 
 

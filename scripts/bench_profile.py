@@ -13,13 +13,16 @@ batch (batches of 1000 updates), audience (10-segment audience counts), tick (ti
 hour), checkpoint, restart (open the stored state), events (batches of 10k events of the
 90 days, for --runs new people: bulk ingestion with the segments live), track (batches of
 10k events of the last hour, segments live), track-one (one event per call), event-segment
-(create each event segment again under a new name, then delete it).
+(create each event segment again under a new name, then delete it), replay (after a
+checkpoint, --runs batches of 10k events of the last hour; then close without a checkpoint,
+as a crash does, and open the stored state: the replay of that log tail).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import pstats
 import statistics
@@ -34,8 +37,17 @@ from bench import WORKSPACE, open_engine
 from gen_data import NOW
 
 from segsvc.engine.clock import FakeClock
+from segsvc.engine.conditions import (
+    EventCondition,
+    Group,
+    MessageCondition,
+    Node,
+    PageViewCondition,
+    Window,
+)
 from segsvc.engine.engine import Engine
 from segsvc.engine.model import AudienceSpec, PersonKey
+from segsvc.engine.values import Timestamp
 from segsvc.engine.workspace import Workspace
 
 
@@ -84,6 +96,23 @@ def prepare(
     return engine, engine.workspace(WORKSPACE)
 
 
+def fresh_windows(node: Node) -> Node:
+    """The definition with every event window one second longer ("ever" becomes all time
+    as a between), so that its event leaves are not the ones live segments already keep."""
+    if isinstance(node, Group):
+        return Group(node.combinator, tuple(fresh_windows(c) for c in node.children), node.negate)
+    if isinstance(node, EventCondition | PageViewCondition | MessageCondition):
+        w = node.window
+        if w.within_last_seconds is not None:
+            window = Window(w.within_last_seconds + 1)
+        elif w.start is not None and w.end is not None:
+            window = Window(None, w.start, Timestamp(int(w.end) + 1))
+        else:
+            window = Window(None, Timestamp(0), Timestamp(2**40))
+        return dataclasses.replace(node, window=window)
+    return node
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -100,6 +129,7 @@ def main() -> None:
             "track",
             "track-one",
             "event-segment",
+            "replay",
         ],
     )
     parser.add_argument("--data", required=True, help="workspace folder (built when missing)")
@@ -199,15 +229,29 @@ def main() -> None:
             if not spec.name.startswith("event-") or spec.conditions is None:
                 continue
             # Spec k got segment id k + 1 in the workspace prepare() built, so the placeholder
-            # references are the stored ids.
+            # references are the stored ids; fresh windows make every event leaf a new one.
             holder: list[int] = []
+            definition = fresh_windows(spec.conditions)
             measure(
-                lambda d=spec.conditions, n=f"{spec.name}-again-{tag}", h=holder: h.append(
+                lambda d=definition, n=f"{spec.name}-again-{tag}", h=holder: h.append(
                     ws.create_segment(n, "", True, d).id
                 )
             )
             ws.delete_segments(holder)
         unit = 1
+    elif phase == "replay":
+        ws.checkpoint()
+        count = (args.runs or 50) * 10_000
+        stream = f"profile-replay-{time.time_ns()}"
+        live = gen_data.live_events(count, population, clock.now(), stream=stream)
+        for start in range(0, len(live), 10_000):
+            ws.track_events(live[start : start + 10_000])
+        engine.close(checkpoint=False)
+        reopened: list[Engine] = []
+        measure(lambda: reopened.append(open_engine(Path(args.data), clock)))
+        reopened[0].workspace(WORKSPACE).checkpoint()
+        reopened[0].close(checkpoint=False)
+        unit = count
     elif phase == "checkpoint":
         for _ in range(args.runs or 2):
             measure(ws.checkpoint)
@@ -230,7 +274,7 @@ def main() -> None:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(key).print_stats(args.top)
         print(out.getvalue())
-    if phase != "restart":
+    if phase not in ("restart", "replay"):
         engine.close(checkpoint=False)
 
 

@@ -20,6 +20,11 @@ _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class Engine:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        # The state is millions of long-lived objects (index lists, bitmaps) and writes
+        # allocate millions of short-lived ones: at the default thresholds the cyclic GC
+        # rescans the whole heap many times per batch (a third of the load time, and most of
+        # a crash replay at a million people). Raise the thresholds before anything loads.
+        gc.set_threshold(200_000, 50, 1000)
         self.config = config
         self.clock = clock or SystemClock()
         self.store = Store(config.data_dir, config.map_size)
@@ -31,12 +36,6 @@ class Engine:
             names = [k[len(b"ws:") :].decode() for k, _ in txn.scan("meta", b"ws:")]
         for name in names:
             self.workspace(name)
-        # Bulk writes allocate millions of short-lived objects; at the default thresholds the
-        # cyclic GC rescans the whole heap (every index list) many times per batch, which
-        # costs a third of the load time. Raise the thresholds, and move what was loaded at
-        # start into the permanent generation so that it is never rescanned.
-        gc.set_threshold(200_000, 50, 1000)
-        gc.freeze()
 
     def workspace(self, name: str) -> Workspace:
         """The named workspace, created on first use."""
@@ -54,7 +53,15 @@ class Engine:
                 with self.store.write() as txn:
                     if txn.get("meta", b"ws:" + name.encode()) is None:
                         txn.put("meta", b"ws:" + name.encode(), b"")
-                ws = self._workspaces[name] = Workspace(name, self.store, self.clock, self.config)
+                # Loading builds the long-lived state and no garbage cycles: collect nothing
+                # meanwhile, then move it all where the collector never rescans it.
+                gc.disable()
+                try:
+                    ws = Workspace(name, self.store, self.clock, self.config)
+                finally:
+                    gc.enable()
+                gc.freeze()
+                self._workspaces[name] = ws
             return ws
 
     def workspaces(self) -> list[Workspace]:

@@ -74,9 +74,9 @@ def prepare(
     if events_per_person > 0:
         t0 = time.perf_counter()
         tracked = 0
-        for batch in gen_data.events(people, events_per_person):
-            ws.track_events(batch)
-            tracked += len(batch)
+        for events in gen_data.events(people, events_per_person):
+            ws.track_events(events)
+            tracked += len(events)
         print(f"tracked {tracked:,} events in {time.perf_counter() - t0:.0f} s", flush=True)
     ids: dict[int, int] = {}
     specs = gen_data.segments(segments, events=event_segments if events_per_person > 0 else 0)
@@ -157,6 +157,7 @@ def main() -> None:
     population = len(ws.state.index.live)
     profiler = cProfile.Profile()
     samples: list[float] = []
+    unit: float = 1
 
     def measure(fn: object) -> None:
         t0 = time.perf_counter()
@@ -203,12 +204,12 @@ def main() -> None:
         # the 90 days of history with every segment live.
         first = max(population, args.people)
         end = first + (args.runs or 5000)
-        for batch in gen_data.people(end - first, first=first):
-            ws.upsert_people(batch)
+        for carriers in gen_data.people(end - first, first=first):
+            ws.upsert_people(carriers)
         tracked = 0
-        for batch in gen_data.events(end, args.events_per_person or 10.0, first=first):
-            measure(lambda b=batch: ws.track_events(b))
-            tracked += len(batch)
+        for events in gen_data.events(end, args.events_per_person or 10.0, first=first):
+            measure(lambda b=events: ws.track_events(b))
+            tracked += len(events)
         unit = tracked / max(1, len(samples))
     elif phase == "track":
         stream = f"profile-track-{time.time_ns()}"
@@ -225,19 +226,19 @@ def main() -> None:
     elif phase == "event-segment":
         specs = gen_data.segments(args.segments, events=args.event_segments)
         tag = time.time_ns()
-        for spec in specs:
-            if not spec.name.startswith("event-") or spec.conditions is None:
+        for event_spec in specs:
+            if not event_spec.name.startswith("event-") or event_spec.conditions is None:
                 continue
             # Spec k got segment id k + 1 in the workspace prepare() built, so the placeholder
             # references are the stored ids; fresh windows make every event leaf a new one.
-            holder: list[int] = []
-            definition = fresh_windows(spec.conditions)
+            created: list[int] = []
+            definition = fresh_windows(event_spec.conditions)
             measure(
-                lambda d=definition, n=f"{spec.name}-again-{tag}", h=holder: h.append(
+                lambda d=definition, n=f"{event_spec.name}-again-{tag}", h=created: h.append(
                     ws.create_segment(n, "", True, d).id
                 )
             )
-            ws.delete_segments(holder)
+            ws.delete_segments(created)
         unit = 1
     elif phase == "replay":
         ws.checkpoint()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate
@@ -396,7 +396,8 @@ class _LeafMaker:
         ]  # fmt: skip
         if earlier:
             kinds += ["segment", "segment"]
-        return getattr(self, "_" + rng.choice(kinds))(earlier)
+        make: Callable[[list[int]], Node] = getattr(self, "_" + rng.choice(kinds))
+        return make(earlier)
 
     def _value(self, attr: str) -> str:
         pool: Pool = getattr(self.p, attr)
@@ -988,11 +989,11 @@ def main() -> None:
         t0 = time.perf_counter()
         total = 0
         by_name: dict[str, int] = dict.fromkeys(EVENT_NAMES, 0)
-        for batch in events(args.people, args.events_per_person, args.seed):
-            for event in batch[: max(0, args.show * 3 - total)]:
+        for tracked in events(args.people, args.events_per_person, args.seed):
+            for event in tracked[: max(0, args.show * 3 - total)]:
                 print(event)
-            total += len(batch)
-            for event in batch:
+            total += len(tracked)
+            for event in tracked:
                 by_name[event.name] += 1
         elapsed = time.perf_counter() - t0
         print(f"{total} events in {elapsed:.1f} s ({total / elapsed:,.0f}/s): {by_name}")

@@ -6,6 +6,7 @@ here (they belong to scripts/bench.py)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import gen_data
 from bench import Setup, append_to_peer, build, choose_audience, is_event_spec, verify
 
 from segsvc.engine.model import AudienceSpec
+from segsvc.engine.values import Timestamp
 
 PEOPLE = 2000
 SEGMENTS = 20
@@ -34,7 +36,7 @@ def test_generator_is_deterministic() -> None:
 
 
 def test_every_attribute_has_one_type() -> None:
-    kinds = {"string": str, "number": float, "bool": bool, "timestamp": gen_data.Timestamp}
+    kinds = {"string": str, "number": float, "bool": bool, "timestamp": Timestamp}
     for batch in gen_data.people(500):
         for person in batch:
             for name, value in person.attributes.items():
@@ -47,7 +49,7 @@ def test_events_are_deterministic_typed_and_in_the_window() -> None:
     assert first == again
     assert all(len(b) <= 100 for b in gen_data.events(300, chunk=100))
     assert 5 * 300 < len(first) < 20 * 300
-    kinds = {"string": str, "number": float, "bool": bool, "timestamp": gen_data.Timestamp}
+    kinds = {"string": str, "number": float, "bool": bool, "timestamp": Timestamp}
     for event in first:
         assert event.name in gen_data.EVENT_NAMES
         assert event.timestamp is not None
@@ -62,13 +64,13 @@ def test_events_are_deterministic_typed_and_in_the_window() -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     root = tmp_path_factory.mktemp("bench")
     specs = gen_data.segments(SEGMENTS, events=EVENT_SEGMENTS)
     built = build(
         PEOPLE, specs, root, gen_data.DEFAULT_SEED, False, events_per_person=EVENTS_PER_PERSON
     )
-    yield built  # type: ignore[misc]
+    yield built
     built.engine.close(checkpoint=False)
     built.con.close()
 

@@ -37,7 +37,7 @@ from segsvc.engine.people import PersonRecord
 
 ENTERED, EXITED = 1, 2
 CAUSE_DATA, CAUSE_DEFINITION, CAUSE_MANUAL, CAUSE_TIME, CAUSE_DELETED = 1, 2, 3, 4, 5
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 # Above this many people changed on one key, a leaf is recomputed from the index (bitmap
 # operations) instead of checking each person's record.
@@ -96,14 +96,24 @@ def _grown(counts: np.ndarray, size: int) -> np.ndarray:
 
 
 def leaf_id(leaf: Leaf) -> str:
-    """A stable name for a leaf (frozenset order varies between processes; repr of the
-    sorted filters does not)."""
-    if isinstance(leaf, EventLeaf):
-        filters = sorted(repr(f) for f in leaf.filters)
-        return repr(
-            (leaf.name, filters, leaf.min_count, leaf.within_last_seconds, leaf.start, leaf.end)
-        )
-    return repr(leaf)
+    """A name for a leaf that is the same in every process, for checkpoints: the iteration
+    order of a frozenset (event filters, groups inside them) follows string hashes, which
+    change from one process to the next, so set members are named in sorted order."""
+    return _canonical(leaf)
+
+
+def _canonical(expr: Expr) -> str:
+    if isinstance(expr, All | Any_):
+        word = "all" if isinstance(expr, All) else "any"
+        return f"{word}({', '.join(sorted(_canonical(c) for c in expr.children))})"
+    if isinstance(expr, Not):
+        return f"not({_canonical(expr.child)})"
+    if isinstance(expr, EventLeaf):
+        filters = ", ".join(sorted(_canonical(f) for f in expr.filters))
+        window = (expr.within_last_seconds, expr.start, expr.end)
+        return f"EventLeaf({expr.name!r}, [{filters}], {expr.min_count}, {window!r})"
+    # Every other leaf is a flat dataclass of strings and numbers: its repr is stable.
+    return repr(expr)
 
 
 class WorkspaceState:

@@ -203,3 +203,19 @@ def test_events_survive_restart_and_deletion_forgets_them(tmp_path: Path, clock:
     engine = Engine(Config(data_dir=tmp_path, map_size=1 << 28), clock)
     assert members(engine.workspace("default"), seen) == {"p"}
     engine.close()
+
+
+def test_events_count_toward_checkpoints(tmp_path: Path, clock: FakeClock) -> None:
+    """A crash replays the log since the last checkpoint; events must bring the next
+    checkpoint closer, or a stream of events would never be checkpointed."""
+    engine = Engine(Config(data_dir=tmp_path, map_size=1 << 28, checkpoint_every_ops=300), clock)
+    ws = engine.workspace("default")
+    ws.upsert_people([PersonUpsert("p")])
+    ws.track_events([EventInput(PersonKey("id", "p"), "view") for _ in range(1200)])
+    with ws.store.read() as txn:
+        logged = list(txn.scan("ops", b"default\x00"))
+    assert logged == []  # the checkpoint covered and dropped every logged operation
+    engine.close(checkpoint=False)
+    engine = Engine(Config(data_dir=tmp_path, map_size=1 << 28), clock)
+    assert engine.workspace("default").state.events.total() == 1200
+    engine.close()

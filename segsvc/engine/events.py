@@ -245,8 +245,14 @@ def _column_mask(col: _Column, leaf: Any, start: int, end: int, now: int) -> np.
     if isinstance(leaf, AttrText):
         if codes is None:
             return none
-        wanted = [c for c, s in enumerate(col.vocabulary) if _text_match(leaf.op, leaf.needle, s)]
-        return np.isin(codes, np.asarray(wanted, dtype=np.int32))
+        # The text test runs once per distinct value; each row then looks its code up. The
+        # False appended last answers code -1 (property absent).
+        matches = np.fromiter(
+            (_text_match(leaf.op, leaf.needle, v) for v in col.vocabulary),
+            dtype=np.bool_,
+            count=len(col.vocabulary),
+        )
+        return np.append(matches, False)[codes]
     if isinstance(leaf, AttrRange | AttrRelative):
         if isinstance(leaf, AttrRange):
             kind, low, low_inc, high, high_inc = (

@@ -252,7 +252,8 @@ def _column_mask(col: _Column, leaf: Any, start: int, end: int, now: int) -> np.
             dtype=np.bool_,
             count=len(col.vocabulary),
         )
-        return np.append(matches, False)[codes]
+        looked_up: np.ndarray = np.append(matches, False)[codes]
+        return looked_up
     if isinstance(leaf, AttrRange | AttrRelative):
         if isinstance(leaf, AttrRange):
             kind, low, low_inc, high, high_inc = (

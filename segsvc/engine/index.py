@@ -379,12 +379,6 @@ def _split(stored: list[Any]) -> list[str | None]:
     return [x or None for x in joined.split("\x00")]
 
 
-def _same(a: Value | None, b: Value | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return kind_of(a) == kind_of(b) and a == b
-
-
 def is_leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 

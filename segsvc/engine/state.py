@@ -149,10 +149,13 @@ class WorkspaceState:
         if isinstance(leaf, SegmentLeaf):
             return self.segments[leaf.segment_id].members
         if isinstance(leaf, EventLeaf):
-            counts = self.events.counts(leaf, now, self.next_ordinal)
-            chosen = np.flatnonzero(counts >= leaf.min_count).astype(np.uint32)
-            return BitMap(array("I", chosen.tobytes())) & self.index.live
+            return self._reached(leaf, self.events.counts(leaf, now, self.next_ordinal))
         return leaf.full(self.index, now)
+
+    def _reached(self, leaf: EventLeaf, counts: np.ndarray) -> BitMap:
+        """The live people whose count reaches the leaf's threshold."""
+        chosen = np.flatnonzero(counts >= leaf.min_count).astype(np.uint32)
+        return BitMap(array("I", chosen.tobytes())) & self.index.live
 
     def evaluate(
         self, expr: Expr, universe: BitMap, leaf_bitmap: Callable[[Leaf], BitMap] | None = None
@@ -376,16 +379,25 @@ class WorkspaceState:
         self._refresh_segments(self.referenced_by[seg.id], moved, op.at, CAUSE_DATA, out)
 
     def _register(self, seg: SegmentState, now: int) -> None:
+        """Links a segment to its leaves, computing the leaves no segment had yet."""
+        self._link(seg, lambda leaf: self._compute_leaf(leaf, now))
+
+    def _compute_leaf(self, leaf: IndexLeaf | EventLeaf, now: int) -> None:
+        if isinstance(leaf, EventLeaf):
+            self._count_event_leaf(leaf, now)
+        else:
+            self.leaves[leaf] = leaf.full(self.index, now)
+
+    def _link(self, seg: SegmentState, fill: Callable[[IndexLeaf | EventLeaf], None]) -> None:
+        """Records which leaves and segments `seg` uses; `fill` gives a leaf no other segment
+        uses yet its bitmap (and counts): computed now, or read from a checkpoint."""
         assert seg.expr is not None
         for leaf in leaves_of(seg.expr):
             if isinstance(leaf, SegmentLeaf):
                 self.referenced_by[leaf.segment_id].add(seg.id)
                 continue
             if leaf not in self.leaves:
-                if isinstance(leaf, EventLeaf):
-                    self._count_event_leaf(leaf, now)
-                else:
-                    self.leaves[leaf] = leaf.full(self.index, now)
+                fill(leaf)
                 self.leaves_by_dep[leaf.dep].add(leaf)
             self.leaf_users[leaf].add(seg.id)
         # With every leaf false (and every referenced segment empty), does it hold?
@@ -455,9 +467,7 @@ class WorkspaceState:
         """(Re)counts an event leaf over the whole log; returns its new bitmap."""
         counts = self.events.counts(leaf, now, self.next_ordinal)
         self.event_counts[leaf] = counts
-        chosen = np.flatnonzero(counts >= leaf.min_count).astype(np.uint32)
-        bitmap = BitMap(array("I", chosen.tobytes())) & self.index.live
-        self.leaves[leaf] = bitmap
+        bitmap = self.leaves[leaf] = self._reached(leaf, counts)
         return bitmap
 
     def _apply_events(self, op: EventsOp, out: list[ChangeBatch]) -> None:
@@ -581,23 +591,17 @@ class WorkspaceState:
             if definition is not None:
                 seg.definition = conditions.from_plain(definition)
                 seg.expr = compile_node(seg.definition)
+
+        def stored(leaf: IndexLeaf | EventLeaf) -> None:
+            name = leaf_id(leaf)
+            state.leaves[leaf] = BitMap.deserialize(leaf_bitmaps[name])
+            if isinstance(leaf, EventLeaf):
+                who, how_many = stored_counts[name]
+                counts = np.zeros(state.next_ordinal, dtype=np.int32)
+                counts[np.frombuffer(who, dtype=np.uint32)] = np.frombuffer(how_many, np.int32)
+                state.event_counts[leaf] = counts
+
         for seg in state.segments.values():
-            if seg.expr is None:
-                continue
-            for leaf in leaves_of(seg.expr):
-                if isinstance(leaf, SegmentLeaf):
-                    state.referenced_by[leaf.segment_id].add(seg.id)
-                    continue
-                if leaf not in state.leaves:
-                    state.leaves[leaf] = BitMap.deserialize(leaf_bitmaps[leaf_id(leaf)])
-                    state.leaves_by_dep[leaf.dep].add(leaf)
-                    if isinstance(leaf, EventLeaf):
-                        who, how_many = stored_counts[leaf_id(leaf)]
-                        counts = np.zeros(state.next_ordinal, dtype=np.int32)
-                        counts[np.frombuffer(who, dtype=np.uint32)] = np.frombuffer(
-                            how_many, dtype=np.int32
-                        )
-                        state.event_counts[leaf] = counts
-                state.leaf_users[leaf].add(seg.id)
-            seg.matches_blank = bool(state.evaluate(seg.expr, BitMap([0]), lambda _leaf: BitMap()))
+            if seg.expr is not None:
+                state._link(seg, stored)
         return state

@@ -224,6 +224,27 @@ def leaves_of(expr: Expr) -> Iterator[Leaf]:
         yield expr
 
 
+def canonical(expr: Expr) -> str:
+    """A name for an expression that is the same in every process, for checkpoints: the
+    iteration order of a frozenset (event filters, groups) follows string hashes, which change
+    from one process to the next, so set members are named in sorted order."""
+    if isinstance(expr, All | Any_):
+        word = "all" if isinstance(expr, All) else "any"
+        return f"{word}({', '.join(sorted(canonical(c) for c in expr.children))})"
+    if isinstance(expr, Not):
+        return f"not({canonical(expr.child)})"
+    if isinstance(expr, EventLeaf):
+        window = (expr.within_last_seconds, expr.start, expr.end)
+        return f"EventLeaf({event_match_id(expr.name, expr.filters)}, {expr.min_count}, {window!r})"
+    # Every other leaf is a flat dataclass of strings and numbers: its repr is stable.
+    return repr(expr)
+
+
+def event_match_id(name: str, filters: frozenset[Any]) -> str:
+    """The canonical name of "event `name` with properties passing `filters`"."""
+    return f"{name!r}, [{', '.join(sorted(canonical(f) for f in filters))}]"
+
+
 def compile_node(node: Node) -> Expr:
     """The canonical expression of a validated definition."""
     if isinstance(node, Group):

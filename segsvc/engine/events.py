@@ -10,12 +10,11 @@ and checkpoints, like every other part of the state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pyroaring import BitMap
 
 from segsvc.config import Limits
 from segsvc.engine.conditions import All, Any_, Expr, Not
@@ -28,13 +27,19 @@ from segsvc.engine.leaves import (
     AttrRange,
     AttrRelative,
     AttrText,
-    EventLeaf,
     _text_match,
 )
 from segsvc.engine.model import PersonKey
 from segsvc.engine.values import Timestamp, Value, check_key, check_value
 
 MAX_PROPERTIES = 100
+DAY = 86_400
+MIN_TIME = -(2**62)
+# A day's rows are merged into one array once they are spread over more chunks than this.
+MAX_DAY_CHUNKS = 16
+_NO_ROWS = np.zeros(0, dtype=np.uint32)
+# A selection of a log's rows: a slice of them or an array of row numbers.
+Rows = slice | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -99,16 +104,41 @@ class _Column:
 
     def grow_to(self, size: int) -> None:
         """Keeps every array as long as the log, rows this property is absent from included."""
-        if self.codes is not None:
-            self.codes = _grow(self.codes, size, -1, np.int32)
-        if self.numbers is not None:
-            self.numbers = _grow(self.numbers, size, np.nan, np.float64)
-        if self.bools is not None:
-            self.bools = _grow(self.bools, size, -1, np.int8)
-        if self.times is not None:
-            self.times = _grow(self.times, size, 0, np.int64)
-        if self.has_time is not None:
-            self.has_time = _grow(self.has_time, size, False, np.bool_)
+        for name, fill, dtype in _ARRAYS:
+            array = getattr(self, name)
+            if array is not None:
+                setattr(self, name, _grow(array, size, fill, dtype))
+
+    def take(self, rows: Rows, order: np.ndarray) -> _Column:
+        """A column of `order` within `rows`; the vocabulary is shared, so codes stay valid
+        while writers keep adding to it."""
+        out = _Column()
+        out.vocabulary, out.code_of = self.vocabulary, self.code_of
+        for name, _, _ in _ARRAYS:
+            array = getattr(self, name)
+            if array is not None:
+                setattr(out, name, array[rows][order])
+        return out
+
+    def extend(self, at: int, source: _Column, start: int, end: int) -> None:
+        """Copies `source`'s rows [start, end) to this column's rows from `at` on."""
+        size = at + end - start
+        for name, fill, dtype in _ARRAYS:
+            theirs = getattr(source, name)
+            if theirs is not None:
+                mine = _grow(getattr(self, name), size, fill, dtype)
+                mine[at:size] = theirs[start:end]
+                setattr(self, name, mine)
+
+
+# The typed arrays of a column: attribute, value meaning "absent", dtype.
+_ARRAYS: tuple[tuple[str, Any, Any], ...] = (
+    ("codes", -1, np.int32),
+    ("numbers", np.nan, np.float64),
+    ("bools", -1, np.int8),
+    ("times", 0, np.int64),
+    ("has_time", False, np.bool_),
+)
 
 
 def _grow(array: np.ndarray | None, size: int, fill: Any, dtype: Any) -> np.ndarray:
@@ -122,13 +152,18 @@ def _grow(array: np.ndarray | None, size: int, fill: Any, dtype: Any) -> np.ndar
 
 
 class EventLog:
-    """Every stored event of one name, in arrival order."""
+    """Every stored event of one name: columns in arrival order, and per UTC day the rows of
+    that day's events, so a time range costs the events in it, not the whole log."""
 
     def __init__(self) -> None:
         self.size = 0
         self.ordinals = np.zeros(16, dtype=np.uint32)
         self.times = np.zeros(16, dtype=np.int64)
         self.columns: dict[str, _Column] = {}
+        # day number -> chunks of row numbers (uint32), in arrival order
+        self.day_rows: dict[int, list[np.ndarray]] = {}
+        self.max_time = MIN_TIME
+        self.max_time_before_append = MIN_TIME
 
     def append(self, rows: list[tuple[int, int, dict[str, Value]]]) -> tuple[int, int]:
         """Appends events column by column; returns the range of rows they now occupy."""
@@ -158,70 +193,153 @@ class EventLog:
         for col in self.columns.values():
             col.grow_to(end)
         self.size = end
+        # Which earlier events may have been ahead of the clock: see EventLeafIndex.
+        self.max_time_before_append = self.max_time
+        self._index_days(start, end)
         return start, end
 
-    def keep(self, rows: np.ndarray) -> None:
-        """Keeps only the rows where `rows` is True (retention, deleted people)."""
-        n = self.size
-        self.ordinals = self.ordinals[:n][rows].copy()
-        self.times = self.times[:n][rows].copy()
-        for col in self.columns.values():
-            for name in ("codes", "numbers", "bools", "times", "has_time"):
-                array = getattr(col, name)
-                if array is not None:
-                    setattr(col, name, array[:n][rows].copy())
-        self.size = len(self.ordinals)
-
-    # -- evaluation ---------------------------------------------------------------------------
-
-    def mask(self, leaf: EventLeaf, now: int, start: int = 0, end: int | None = None) -> np.ndarray:
-        """Which events of rows [start, end) count for the leaf: in its window and matching
-        every filter."""
-        end = self.size if end is None else end
-        n = end - start
+    def _index_days(self, start: int, end: int) -> None:
+        if start == end:
+            return
         times = self.times[start:end]
-        if leaf.within_last_seconds is not None:
-            rows = (times >= now - leaf.within_last_seconds) & (times <= now)
-        elif leaf.start is not None and leaf.end is not None:
-            rows = (times >= int(leaf.start)) & (times <= int(leaf.end))
-        else:
-            rows = np.ones(n, dtype=np.bool_)
-        for expr in leaf.filters:
-            rows &= self._filter(expr, now, start, end)
-        return rows
+        self.max_time = max(self.max_time, int(times.max()))
+        days = times // DAY
+        for day, rows in group_by_day(days, np.arange(start, end, dtype=np.uint32)):
+            chunks = self.day_rows.setdefault(day, [])
+            chunks.append(rows)
+            if len(chunks) > MAX_DAY_CHUNKS:
+                # Many small writes: one array per day keeps range queries to a few copies.
+                self.day_rows[day] = [np.concatenate(chunks)]
 
-    def counts(self, leaf: EventLeaf, now: int, people: int) -> np.ndarray:
-        """How many counting events each ordinal below `people` has."""
-        chosen = self.ordinals[: self.size][self.mask(leaf, now)]
-        return np.bincount(chosen, minlength=people)[:people].astype(np.int32)
+    def day(self, day: int) -> np.ndarray:
+        """The rows of the events of one UTC day."""
+        chunks = self.day_rows.get(day)
+        if not chunks:
+            return _NO_ROWS
+        if len(chunks) > 1:
+            chunks[:] = [np.concatenate(chunks)]
+        return chunks[0]
 
-    def _filter(self, expr: Expr, now: int, start: int, end: int) -> np.ndarray:
-        n = end - start
+    def rows_in(self, lo: int, hi: int | None) -> np.ndarray:
+        """The rows of the events with lo <= time <= hi (None: no upper bound)."""
+        first, last = lo // DAY, None if hi is None else hi // DAY
+        parts = []
+        for day in self.day_rows:
+            if day < first or (last is not None and day > last):
+                continue
+            rows = self.day(day)
+            if day in (first, last):
+                times = self.times[rows]
+                inside = times >= lo
+                if hi is not None:
+                    inside &= times <= hi
+                rows = rows[inside]
+            parts.append(rows)
+        if not parts:
+            return _NO_ROWS
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def matching(self, filters: frozenset[Any], now: int, lo: int, hi: int | None) -> np.ndarray:
+        """The ordinals of the events with lo <= time <= hi that pass every filter, one per
+        event (a person appears as often as they count)."""
+        first, last = lo // DAY, None if hi is None else hi // DAY
+        covered = sum(1 for d in self.day_rows if d >= first and (last is None or d <= last))
+        if covered * 2 > len(self.day_rows):
+            # Most of the log: one vectorised pass over the columns beats gathering rows.
+            n = self.size
+            times = self.times[:n]
+            keep = times >= lo
+            if hi is not None:
+                keep &= times <= hi
+            keep &= self.passes(filters, now, slice(0, n), n)
+            chosen: np.ndarray = self.ordinals[:n][keep]
+            return chosen
+        return self.ordinals_passing(filters, now, self.rows_in(lo, hi))
+
+    def ordinals_passing(self, filters: frozenset[Any], now: int, rows: np.ndarray) -> np.ndarray:
+        """The ordinals of `rows` whose events pass every filter."""
+        if not len(rows):
+            return _NO_ROWS
+        chosen: np.ndarray = self.ordinals[rows]
+        if filters:
+            chosen = chosen[self.passes(filters, now, rows, len(rows))]
+        return chosen
+
+    def passes(self, filters: frozenset[Any], now: int, rows: Rows, n: int) -> np.ndarray:
+        """Which of the `n` selected rows pass every filter."""
+        out = np.ones(n, dtype=np.bool_)
+        for expr in filters:
+            out &= self._filter(expr, now, rows, n)
+        return out
+
+    def _filter(self, expr: Expr, now: int, rows: Rows, n: int) -> np.ndarray:
         if isinstance(expr, All):
             out = np.ones(n, dtype=np.bool_)
             for child in expr.children:
-                out &= self._filter(child, now, start, end)
+                out &= self._filter(child, now, rows, n)
             return out
         if isinstance(expr, Any_):
             out = np.zeros(n, dtype=np.bool_)
             for child in expr.children:
-                out |= self._filter(child, now, start, end)
+                out |= self._filter(child, now, rows, n)
             return out
         if isinstance(expr, Not):
-            return ~self._filter(expr.child, now, start, end)
+            return ~self._filter(expr.child, now, rows, n)
         col = self.columns.get(expr.key[2:])  # type: ignore[union-attr]
         if col is None:
             return np.zeros(n, dtype=np.bool_)
-        return _column_mask(col, expr, start, end, now)
+        return _column_mask(col, expr, rows, n, now)
+
+    # -- compaction ---------------------------------------------------------------------------
+
+    def keep_mask(self, size: int, floor: int, alive: np.ndarray) -> np.ndarray:
+        """Which of the first `size` rows any condition may still count: at or after the
+        retention floor, of a person alive (`alive` is indexed by ordinal)."""
+        keep: np.ndarray = self.times[:size] >= floor
+        keep &= alive[self.ordinals[:size]]
+        return keep
+
+    def compacted(self, size: int, keep: np.ndarray) -> EventLog:
+        """A new log of the first `size` rows where `keep` holds, sorted by time (a day's
+        events then sit together). Reads only rows below `size`, which never change, so it
+        may run while writers append."""
+        order = np.flatnonzero(keep)
+        order = order[np.argsort(self.times[:size][order], kind="stable")]
+        log = EventLog()
+        log.size = len(order)
+        log.ordinals = self.ordinals[:size][order]
+        log.times = self.times[:size][order]
+        for key, col in self.columns.items():
+            log.columns[key] = col.take(slice(0, size), order)
+        log._index_days(0, log.size)
+        return log
+
+    def absorb_tail(self, source: EventLog, start: int) -> None:
+        """Appends `source`'s rows from `start` on (the events written during a compaction)."""
+        end = source.size
+        if end > start:
+            n = self.size + end - start
+            self.ordinals = np.concatenate([self.ordinals[: self.size], source.ordinals[start:end]])
+            self.times = np.concatenate([self.times[: self.size], source.times[start:end]])
+            for key, col in source.columns.items():
+                mine = self.columns.get(key)
+                if mine is None:
+                    mine = self.columns[key] = col.take(slice(0, 0), _NO_ROWS)
+                    mine.grow_to(self.size)
+                mine.extend(self.size, col, start, end)
+            for col in self.columns.values():
+                col.grow_to(n)
+            first, self.size = self.size, n
+            self._index_days(first, n)
 
 
-def _column_mask(col: _Column, leaf: Any, start: int, end: int, now: int) -> np.ndarray:
-    none = np.zeros(end - start, dtype=np.bool_)
-    codes = None if col.codes is None else col.codes[start:end]
-    numbers = None if col.numbers is None else col.numbers[start:end]
-    bools = None if col.bools is None else col.bools[start:end]
-    times = None if col.times is None else col.times[start:end]
-    has_time = None if col.has_time is None else col.has_time[start:end]
+def _column_mask(col: _Column, leaf: Any, rows: Rows, n: int, now: int) -> np.ndarray:
+    none = np.zeros(n, dtype=np.bool_)
+    codes = None if col.codes is None else col.codes[rows]
+    numbers = None if col.numbers is None else col.numbers[rows]
+    bools = None if col.bools is None else col.bools[rows]
+    times = None if col.times is None else col.times[rows]
+    has_time = None if col.has_time is None else col.has_time[rows]
     if isinstance(leaf, AttrExists):
         out = none.copy()
         if codes is not None:
@@ -295,6 +413,19 @@ def anniversary_keys(now: int, granularity: str) -> np.ndarray:
     return np.asarray(anniversary_days(now, granularity), dtype=np.int64)
 
 
+def group_by_day(days: np.ndarray, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(day, rows of that day) for rows whose days are `days`, in arrival order per day."""
+    first = days[0]
+    if (days == first).all():
+        yield int(first), rows
+        return
+    order = np.argsort(days, kind="stable")
+    ordered = days[order]
+    cuts = np.flatnonzero(np.diff(ordered)) + 1
+    for day, chunk in zip(ordered[np.r_[0, cuts]], np.split(rows[order], cuts), strict=True):
+        yield int(day), chunk
+
+
 class EventStore:
     """Every event log of one workspace."""
 
@@ -316,39 +447,27 @@ class EventStore:
             ranges[name] = log.append(chosen)
         return ranges
 
-    def counts(self, leaf: EventLeaf, now: int, people: int) -> np.ndarray:
-        log = self.logs.get(leaf.name)
-        if log is None:
-            return np.zeros(people, dtype=np.int32)
-        return log.counts(leaf, now, people)
-
-    def prune(self, before: int, dead: BitMap) -> int:
-        """Drops events older than `before` and those of deleted people; returns how many."""
-        dropped = 0
-        dead_array = np.asarray(list(dead), dtype=np.uint32)
-        for name in list(self.logs):
-            log = self.logs[name]
-            n = log.size
-            keep = log.times[:n] >= before
-            if len(dead_array):
-                keep &= ~np.isin(log.ordinals[:n], dead_array)
-            if keep.all():
-                continue
-            dropped += int(n - keep.sum())
-            log.keep(keep)
-            if log.size == 0:
-                del self.logs[name]
-        return dropped
-
     def oldest(self) -> int:
         """The time of the oldest stored event (a large number when there are none)."""
-        return min(
-            (int(log.times[: log.size].min()) for log in self.logs.values() if log.size),
-            default=2**62,
-        )
+        oldest = 2**62
+        for log in self.logs.values():
+            if log.day_rows:
+                first = log.day(min(log.day_rows))
+                oldest = min(oldest, int(log.times[first].min()))
+        return oldest
 
     def total(self) -> int:
         return sum(log.size for log in self.logs.values())
+
+    def stale_rows(self, floor: int) -> int:
+        """How many stored events lie in whole days before `floor` (past retention)."""
+        first = floor // DAY
+        return sum(
+            sum(len(chunk) for chunk in chunks)
+            for log in self.logs.values()
+            for day, chunks in log.day_rows.items()
+            if day < first
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -358,39 +477,40 @@ class EventStore:
             n = log.size
             columns = {}
             for key, col in log.columns.items():
-                columns[key] = [
-                    None if col.codes is None else col.codes[:n].tobytes(),
-                    col.vocabulary,
-                    None if col.numbers is None else col.numbers[:n].tobytes(),
-                    None if col.bools is None else col.bools[:n].tobytes(),
-                    None if col.times is None else col.times[:n].tobytes(),
-                    None if col.has_time is None else col.has_time[:n].tobytes(),
+                columns[key] = [col.vocabulary] + [
+                    None if getattr(col, attr) is None else getattr(col, attr)[:n].tobytes()
+                    for attr, _, _ in _ARRAYS
                 ]
-            out[name] = [n, log.ordinals[:n].tobytes(), log.times[:n].tobytes(), columns]
+            days = [[day, log.day(day).tobytes()] for day in sorted(log.day_rows)]
+            out[name] = [
+                n,
+                log.ordinals[:n].tobytes(),
+                log.times[:n].tobytes(),
+                columns,
+                days,
+                log.max_time,
+            ]
         return out
 
     @classmethod
     def from_plain(cls, data: Any) -> EventStore:
         store = cls()
-        for name, (n, ordinals, times, columns) in data.items():
+        for name, (n, ordinals, times, columns, days, max_time) in data.items():
             log = EventLog()
             log.size = n
             log.ordinals = np.frombuffer(ordinals, dtype=np.uint32).copy()
             log.times = np.frombuffer(times, dtype=np.int64).copy()
-            for key, (codes, vocab, numbers, bools, ts, has_time) in columns.items():
+            log.max_time = max_time
+            for key, (vocabulary, *arrays) in columns.items():
                 col = _Column()
-                col.vocabulary = list(vocab)
-                col.code_of = {v: i for i, v in enumerate(vocab)}
-                if codes is not None:
-                    col.codes = np.frombuffer(codes, dtype=np.int32).copy()
-                if numbers is not None:
-                    col.numbers = np.frombuffer(numbers, dtype=np.float64).copy()
-                if bools is not None:
-                    col.bools = np.frombuffer(bools, dtype=np.int8).copy()
-                if ts is not None:
-                    col.times = np.frombuffer(ts, dtype=np.int64).copy()
-                if has_time is not None:
-                    col.has_time = np.frombuffer(has_time, dtype=np.bool_).copy()
+                col.vocabulary = list(vocabulary)
+                col.code_of = {v: i for i, v in enumerate(vocabulary)}
+                for (attr, _, dtype), raw in zip(_ARRAYS, arrays, strict=True):
+                    if raw is not None:
+                        setattr(col, attr, np.frombuffer(raw, dtype=dtype).copy())
                 log.columns[key] = col
+            log.day_rows = {
+                day: [np.frombuffer(rows, dtype=np.uint32).copy()] for day, rows in days
+            }
             store.logs[name] = log
         return store

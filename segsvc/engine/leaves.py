@@ -300,8 +300,24 @@ class EventLeaf:
         return "e:" + self.name
 
     @property
+    def filters_move_with_time(self) -> bool:
+        """True when a property filter compares with now ("within the last D" on a time
+        property, anniversaries): which events count then changes as time passes."""
+        return any(_moves_with_time(f) for f in self.filters)
+
+    @property
     def time_dependent(self) -> bool:
-        return self.within_last_seconds is not None
+        return self.within_last_seconds is not None or self.filters_move_with_time
+
+
+def _moves_with_time(expr: Any) -> bool:
+    # Filters are leaves or the groups of conditions.py (children / child), walked by shape
+    # because conditions.py imports this module.
+    if hasattr(expr, "children"):
+        return any(_moves_with_time(c) for c in expr.children)
+    if hasattr(expr, "child"):
+        return _moves_with_time(expr.child)
+    return bool(expr.time_dependent)
 
 
 IndexLeaf = (

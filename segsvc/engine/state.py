@@ -7,18 +7,26 @@ clock and no storage; everything it needs is in the record.
 
 from __future__ import annotations
 
-from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import numpy as np
 from pyroaring import BitMap
 
 from segsvc.engine import conditions
-from segsvc.engine.conditions import All, Any_, Expr, Node, Not, compile_node, leaves_of
+from segsvc.engine.conditions import (
+    All,
+    Any_,
+    Expr,
+    Node,
+    Not,
+    compile_node,
+    leaves_of,
+)
+from segsvc.engine.conditions import canonical as leaf_id
+from segsvc.engine.event_index import EventLeafIndex, LeafMove
 from segsvc.engine.events import EventStore
 from segsvc.engine.index import PeopleIndex
 from segsvc.engine.leaves import EventLeaf, IndexLeaf, Leaf, SegmentLeaf
@@ -37,7 +45,7 @@ from segsvc.engine.people import PersonRecord
 
 ENTERED, EXITED = 1, 2
 CAUSE_DATA, CAUSE_DEFINITION, CAUSE_MANUAL, CAUSE_TIME, CAUSE_DELETED = 1, 2, 3, 4, 5
-CHECKPOINT_VERSION = 3
+CHECKPOINT_VERSION = 4
 
 # Above this many people changed on one key, a leaf is recomputed from the index (bitmap
 # operations) instead of checking each person's record.
@@ -89,33 +97,6 @@ class SegmentState:
     matches_blank: bool = False
 
 
-def _grown(counts: np.ndarray, size: int) -> np.ndarray:
-    grown = np.zeros(max(size, len(counts) * 2), dtype=np.int32)
-    grown[: len(counts)] = counts
-    return grown
-
-
-def leaf_id(leaf: Leaf) -> str:
-    """A name for a leaf that is the same in every process, for checkpoints: the iteration
-    order of a frozenset (event filters, groups inside them) follows string hashes, which
-    change from one process to the next, so set members are named in sorted order."""
-    return _canonical(leaf)
-
-
-def _canonical(expr: Expr) -> str:
-    if isinstance(expr, All | Any_):
-        word = "all" if isinstance(expr, All) else "any"
-        return f"{word}({', '.join(sorted(_canonical(c) for c in expr.children))})"
-    if isinstance(expr, Not):
-        return f"not({_canonical(expr.child)})"
-    if isinstance(expr, EventLeaf):
-        filters = ", ".join(sorted(_canonical(f) for f in expr.filters))
-        window = (expr.within_last_seconds, expr.start, expr.end)
-        return f"EventLeaf({expr.name!r}, [{filters}], {expr.min_count}, {window!r})"
-    # Every other leaf is a flat dataclass of strings and numbers: its repr is stable.
-    return repr(expr)
-
-
 class WorkspaceState:
     def __init__(self) -> None:
         self.index = PeopleIndex()
@@ -131,10 +112,7 @@ class WorkspaceState:
         self.next_segment_id = 1
         self.now = 0
         self.events = EventStore()
-        # Per event leaf: how many counting events each ordinal has (index = ordinal).
-        self.event_counts: dict[EventLeaf, np.ndarray] = {}
-        # Deleted people whose events are still in the logs (dropped at the next tick).
-        self.dead = BitMap()
+        self.event_leaves = EventLeafIndex(self.events)
         self._topo: list[int] | None = None
 
     # -- reading ---------------------------------------------------------------------------
@@ -149,13 +127,8 @@ class WorkspaceState:
         if isinstance(leaf, SegmentLeaf):
             return self.segments[leaf.segment_id].members
         if isinstance(leaf, EventLeaf):
-            return self._reached(leaf, self.events.counts(leaf, now, self.next_ordinal))
+            return self.event_leaves.fresh(leaf, now, self.next_ordinal) & self.index.live
         return leaf.full(self.index, now)
-
-    def _reached(self, leaf: EventLeaf, counts: np.ndarray) -> BitMap:
-        """The live people whose count reaches the leaf's threshold."""
-        chosen = np.flatnonzero(counts >= leaf.min_count).astype(np.uint32)
-        return BitMap(array("I", chosen.tobytes())) & self.index.live
 
     def evaluate(
         self, expr: Expr, universe: BitMap, leaf_bitmap: Callable[[Leaf], BitMap] | None = None
@@ -262,15 +235,13 @@ class WorkspaceState:
             seeds |= {s.id for s in self.segments.values() if s.matches_blank}
         if deleted:
             moved |= deleted
-            self.dead |= deleted
-            for leaf, counts in self.event_counts.items():
+            # Their events stay in the logs (dropped later, off the write lock) and in the
+            # counts, but an answer only ever holds for live people.
+            for leaf in self.event_leaves.tracked:
                 bitmap = self.leaves[leaf]
                 if bitmap.intersect(deleted):
                     bitmap -= deleted
                     seeds |= self.leaf_users[leaf]
-                for ordinal in deleted:
-                    if ordinal < len(counts):
-                        counts[ordinal] = 0
             for seg in self.segments.values():
                 if not seg.members.intersect(deleted):
                     continue
@@ -384,7 +355,8 @@ class WorkspaceState:
 
     def _compute_leaf(self, leaf: IndexLeaf | EventLeaf, now: int) -> None:
         if isinstance(leaf, EventLeaf):
-            self._count_event_leaf(leaf, now)
+            fresh = self.event_leaves.add(leaf, now, self.next_ordinal) & self.index.live
+            self.leaves[leaf] = fresh
         else:
             self.leaves[leaf] = leaf.full(self.index, now)
 
@@ -419,7 +391,7 @@ class WorkspaceState:
                 del self.leaf_users[leaf]
                 del self.leaves[leaf]
                 if isinstance(leaf, EventLeaf):
-                    del self.event_counts[leaf]
+                    self.event_leaves.remove(leaf)
                 self.leaves_by_dep[leaf.dep].discard(leaf)
                 if not self.leaves_by_dep[leaf.dep]:
                     del self.leaves_by_dep[leaf.dep]
@@ -463,68 +435,59 @@ class WorkspaceState:
             self._emit(out, sid, EXITED, CAUSE_DELETED, op.at, seg.members)
         self._topo = None
 
-    def _count_event_leaf(self, leaf: EventLeaf, now: int) -> BitMap:
-        """(Re)counts an event leaf over the whole log; returns its new bitmap."""
-        counts = self.events.counts(leaf, now, self.next_ordinal)
-        self.event_counts[leaf] = counts
-        bitmap = self.leaves[leaf] = self._reached(leaf, counts)
-        return bitmap
-
     def _apply_events(self, op: EventsOp, out: list[ChangeBatch]) -> None:
         ranges = self.events.append(op.events)
         moved = BitMap()
         seeds: set[int] = set()
-        for name, (start, end) in ranges.items():
-            log = self.events.logs[name]
-            for leaf in self.leaves_by_dep.get("e:" + name, ()):
-                assert isinstance(leaf, EventLeaf)
-                # The new events that count for this leaf, as of the write's time.
-                who = log.ordinals[start:end][log.mask(leaf, op.at, start, end)]
-                if not who.size:
-                    continue
-                counts = self.event_counts[leaf]
-                if len(counts) < self.next_ordinal:
-                    counts = self.event_counts[leaf] = _grown(counts, self.next_ordinal)
-                np.add.at(counts, who, 1)
-                # Counts only grow with new events, so a leaf can only turn on here.
-                people = np.unique(who)
-                reached = people[counts[people] >= leaf.min_count].astype(np.uint32)
-                turned_on = BitMap(array("I", reached.tobytes())) & self.index.live
-                turned_on -= self.leaves[leaf]
-                if turned_on:
-                    self.leaves[leaf] |= turned_on
-                    moved |= turned_on
-                    seeds |= self.leaf_users[leaf]
+        for leaf, holds in self.event_leaves.on_append(ranges, op.at, self.next_ordinal).items():
+            # New events only add: a leaf can only turn on here.
+            turned_on = holds & self.index.live
+            bitmap = self.leaves[leaf]
+            turned_on -= bitmap
+            if turned_on:
+                bitmap |= turned_on
+                moved |= turned_on
+                seeds |= self.leaf_users[leaf]
         self._refresh_segments(seeds, moved, op.at, CAUSE_DATA, out)
 
     def _apply_tick(self, op: TickOp, out: list[ChangeBatch]) -> None:
         self.now = op.at
         moved = BitMap()
         seeds: set[int] = set()
-        pruned = False
-        if op.event_cutoff or self.dead:
-            pruned = self.events.prune(op.event_cutoff, self.dead) > 0
-            self.dead = BitMap()
+        floor = op.event_cutoff or None
+        event_moves = self.event_leaves.advance(op.at, floor, self.next_ordinal)
         for leaf in list(self.leaves):
             if isinstance(leaf, EventLeaf):
-                # Dropping old events changes every count of that log, windowed or not.
-                if not (leaf.time_dependent or pruned):
+                move = event_moves.get(leaf)
+                if move is None:
                     continue
-                old = self.leaves[leaf]
-                fresh = self._count_event_leaf(leaf, op.at)
+                flipped = self._settle(leaf, move)
             elif leaf.time_dependent:
                 old = self.leaves[leaf]
                 fresh = self.leaves[leaf] = leaf.full(self.index, op.at)
+                flipped = fresh ^ old
             else:
                 continue
-            diff = fresh ^ old
-            if diff:
-                moved |= diff
+            if flipped:
+                moved |= flipped
                 seeds |= self.leaf_users[leaf]
         self._refresh_segments(seeds, moved, op.at, CAUSE_TIME, out)
 
+    def _settle(self, leaf: EventLeaf, move: LeafMove) -> BitMap:
+        """Applies an event leaf's new answer; returns the people whose bit flipped."""
+        old = self.leaves[leaf]
+        holds = move.holds & self.index.live
+        if move.scope is None:
+            self.leaves[leaf] = holds
+            return holds ^ old
+        turned_off = (old & move.scope) - holds
+        turned_on = holds - old
+        old -= turned_off
+        old |= turned_on
+        return turned_off | turned_on
+
     def has_time_dependent(self) -> bool:
-        return any(leaf.time_dependent for leaf in self.leaves) or bool(self.dead)
+        return any(leaf.time_dependent for leaf in self.leaves)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -544,11 +507,6 @@ class WorkspaceState:
             for s in self.segments.values()
         ]
         leaves = {leaf_id(leaf): bm.serialize() for leaf, bm in self.leaves.items()}
-        counts = {}
-        for leaf, per_person in self.event_counts.items():
-            # Sparse: most people never did most events.
-            who = np.flatnonzero(per_person).astype(np.uint32)
-            counts[leaf_id(leaf)] = [who.tobytes(), per_person[who].astype(np.int32).tobytes()]
         body = [
             CHECKPOINT_VERSION,
             self.op_seq,
@@ -560,8 +518,7 @@ class WorkspaceState:
             segments,
             leaves,
             self.events.to_plain(),
-            counts,
-            self.dead.serialize(),
+            self.event_leaves.to_plain(),
         ]
         return bytes(msgpack.packb(body, use_bin_type=True))
 
@@ -582,8 +539,7 @@ class WorkspaceState:
         state.index = PeopleIndex.from_plain(body[6])
         leaf_bitmaps: dict[str, bytes] = body[8]
         state.events = EventStore.from_plain(body[9])
-        stored_counts: dict[str, list[bytes]] = body[10]
-        state.dead = BitMap.deserialize(body[11])
+        state.event_leaves = EventLeafIndex.from_plain(state.events, body[10])
         for sid, name, desc, dynamic, created, updated, archived, definition, members in body[7]:
             seg = SegmentState(sid, name, desc, dynamic, created, updated, archived)
             seg.members = BitMap.deserialize(members)
@@ -596,10 +552,7 @@ class WorkspaceState:
             name = leaf_id(leaf)
             state.leaves[leaf] = BitMap.deserialize(leaf_bitmaps[name])
             if isinstance(leaf, EventLeaf):
-                who, how_many = stored_counts[name]
-                counts = np.zeros(state.next_ordinal, dtype=np.int32)
-                counts[np.frombuffer(who, dtype=np.uint32)] = np.frombuffer(how_many, np.int32)
-                state.event_counts[leaf] = counts
+                state.event_leaves.restore(leaf, state.next_ordinal)
 
         for seg in state.segments.values():
             if seg.expr is not None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import msgpack
+import numpy as np
 from pyroaring import BitMap
 
 from segsvc.config import Config
@@ -93,6 +94,10 @@ class Workspace:
         self._last_history: dict[int, int] = {}
         # Recently used audience snapshots, so paging does not decode one per chunk.
         self._snapshots: dict[str, BitMap] = {}
+        # People deleted since their events were last dropped from memory (unknown after a
+        # restart: assume some, so the first tick looks).
+        self._deaths = 1
+        self._compacting = threading.Lock()
         self.state = self._load()
         self._committed_head = self.state.change_seq - 1
 
@@ -344,6 +349,7 @@ class Workspace:
                 results.append(ItemResult(i, gone[ordinal].id, "deleted"))
             people = tuple((o, r, None) for o, r in gone.items())
             op = PeopleOp(self.clock.now(), people) if people else None
+            self._deaths += len(people)
             return op, results, self._persist_people(people)
 
         return self._commit(resolve)
@@ -360,7 +366,9 @@ class Workspace:
 
         def resolve(txn: Txn) -> tuple[Op | None, list[ItemResult], Callable[[Txn], None]]:
             now = self.clock.now()
-            oldest = now - self.config.event_retention_seconds
+            # Past retention, or before what an earlier tick already let go of (retention
+            # shortened and then lengthened again).
+            oldest = max(now - self.config.event_retention_seconds, self.state.event_leaves.floor)
             results: list[ItemResult] = []
             rows: list[tuple[int, str, int, dict[str, Value]]] = []
             born: dict[str, tuple[int, None, PersonRecord]] = {}
@@ -820,6 +828,46 @@ class Workspace:
             return TickOp(now, cutoff), None, None
 
         self._commit(resolve)
+        self.compact_events()
+
+    def compact_events(self, force: bool = False) -> int:
+        """Drops from memory the events no condition counts any more (before the retention
+        floor, or of deleted people) once they are a sixteenth of a log, or whenever
+        `force`d. The copying happens off the write lock, so readers and writers go on;
+        the lock is held only to take the log sizes and to swap the new logs in (with the
+        events written meanwhile). Returns how many events were dropped."""
+        with self._compacting:
+            with self._lock:
+                state = self.state
+                events = state.events
+                floor = state.event_leaves.floor
+                stale = events.stale_rows(floor)
+                if not force and not self._deaths and stale * 16 < events.total():
+                    return 0
+                self._deaths = 0
+                logs = {name: (source, source.size) for name, source in events.logs.items()}
+                alive = np.zeros(state.next_ordinal, dtype=np.bool_)
+                alive[np.frombuffer(state.index.live.to_array(), dtype=np.uint32)] = True
+            compacted = {}
+            for name, (source, size) in logs.items():
+                keep = source.keep_mask(size, floor, alive)
+                dropped = size - int(np.count_nonzero(keep))
+                if dropped and (force or dropped * 16 >= size):
+                    compacted[name] = (source.compacted(size, keep), dropped)
+            with self._lock:
+                if self.state is not state:
+                    return 0  # reloaded meanwhile: these logs are no longer the state's
+                for name, (fresh, _) in compacted.items():
+                    source, size = logs[name]
+                    fresh.absorb_tail(source, size)
+                    if fresh.size:
+                        events.logs[name] = fresh
+                    else:
+                        del events.logs[name]
+            total = sum(dropped for _, dropped in compacted.values())
+            if total:
+                log.info("workspace %s: dropped %d past or orphaned events", self.name, total)
+            return total
 
     def _prune_changes(self, txn: Txn, now: int) -> None:
         cutoff = now - self.config.change_retention_seconds

@@ -260,12 +260,21 @@ def count_holds(n: int, operator: str, count: int | None) -> bool:
 
 
 def event_count(
-    person: Person, name: str, filters: Callable[[dict[str, Any]], bool], window: Window, now: int
+    person: Person,
+    name: str,
+    filters: Callable[[dict[str, Any]], bool],
+    window: Window,
+    now: int,
+    oldest: int | None = None,
 ) -> int:
+    """How many of the person's events count; none before `oldest` (retention)."""
     return sum(
         1
         for e in person.get("events", ())
-        if e.name == name and in_window(e.at, window, now) and filters(e.properties)
+        if e.name == name
+        and in_window(e.at, window, now)
+        and (oldest is None or e.at >= oldest)
+        and filters(e.properties)
     )
 
 
@@ -276,6 +285,8 @@ class Evaluator:
     def __init__(self, world: World, now: int) -> None:
         self.world = world
         self.now = now
+        retention = world.event_retention
+        self.oldest_event = None if retention is None else now - retention
         self._members: dict[int, frozenset[str]] = {}
         self._computing: set[int] = set()
 
@@ -322,7 +333,7 @@ class Evaluator:
             def filters(props: dict[str, Any]) -> bool:
                 return all(property_holds(props, f, now) for f in node.filters)
 
-            n = event_count(person, node.name, filters, node.window, now)
+            n = event_count(person, node.name, filters, node.window, now, self.oldest_event)
             return count_holds(n, node.count_operator, node.count)
         if isinstance(node, PageViewCondition):
 
@@ -337,7 +348,7 @@ class Evaluator:
                     return needle in folded
                 return bool(folded.startswith(needle))
 
-            n = event_count(person, "page", url_filter, node.window, now)
+            n = event_count(person, "page", url_filter, node.window, now, self.oldest_event)
             return count_holds(n, node.count_operator, node.count)
         if isinstance(node, MessageCondition):
 
@@ -350,7 +361,14 @@ class Evaluator:
                     )
                 )
 
-            n = event_count(person, f"message_{node.action}", message_filter, node.window, now)
+            n = event_count(
+                person,
+                f"message_{node.action}",
+                message_filter,
+                node.window,
+                now,
+                self.oldest_event,
+            )
             return count_holds(n, node.count_operator, node.count)
         raise TypeError(f"not a condition node: {node!r}")
 
@@ -372,6 +390,8 @@ class SegmentModel:
 class World:
     people: dict[str, Person] = field(default_factory=dict)
     segments: dict[int, SegmentModel] = field(default_factory=dict)
+    # Events older than this many seconds before now count for nothing (None: all count).
+    event_retention: int | None = None
 
     # -- reading ---------------------------------------------------------------------------
 

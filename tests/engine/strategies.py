@@ -332,10 +332,14 @@ COUNT_OPERATORS = ("at_least", "at_most", "exactly")
 
 
 def event_times(now: int) -> st.SearchStrategy[int | None]:
-    """None (now) or a time in the past, with the edges of the windows."""
+    """None (now), a time in the past with the edges of the windows and of the UTC days the
+    index buckets events by, or up to an hour ahead (counted once the clock gets there)."""
+    midnight = now - now % DAY
     return st.one_of(
         st.none(),
         st.sampled_from([o for o in OFFSETS if o <= 0]).map(lambda off: now + off),
+        st.sampled_from([midnight + e for d in (0, -DAY, -7 * DAY) for e in (d - 1, d, d + 1)]),
+        st.sampled_from((1, 59, 3600)).map(lambda ahead: now + ahead),
         st.integers(now - 60 * DAY, now),
     )
 

@@ -84,11 +84,15 @@ NODE_FIELD = {
 
 
 class EngineMachine(RuleBasedStateMachine):
+    # Seconds events are kept; RETAIN_ALL keeps every one.
+    event_retention = RETAIN_ALL
+
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory(prefix="segsvc-prop-")
         self.h: Harness | None = None
-        self.world = World()
+        retained = None if self.event_retention == RETAIN_ALL else self.event_retention
+        self.world = World(event_retention=retained)
         self.names = 0
         self.seen_seq = 0
         # The causes the changes written by the last step may carry (empty: no changes).
@@ -146,7 +150,9 @@ class EngineMachine(RuleBasedStateMachine):
             data_dir,
             FakeClock(start),
             make_config(
-                data_dir, change_retention_seconds=RETAIN_ALL, event_retention_seconds=RETAIN_ALL
+                data_dir,
+                change_retention_seconds=RETAIN_ALL,
+                event_retention_seconds=self.event_retention,
             ),
         )
         batch = data.draw(st.lists(upserts(start, allow_invalid=False), min_size=1, max_size=8))
@@ -181,7 +187,7 @@ class EngineMachine(RuleBasedStateMachine):
             ],
             create_missing_people=create,
         )
-        expected = self.world.track(events, self.now, create)
+        expected = self.world.track(events, self.now, create, self.event_retention)
         assert [r.outcome for r in results] == expected, (events, results)
         self.expect(CAUSE_DATA)
 
@@ -263,6 +269,19 @@ class EngineMachine(RuleBasedStateMachine):
         self.h.clock.advance(seconds)
         self.ws.tick()
         self.expect(CAUSE_TIME)
+
+    @precondition(lambda self: EVENTS)
+    @rule()
+    def drop_stale_events(self) -> None:
+        """Events past retention or of deleted people leave memory; no answer changes."""
+        self.ws.compact_events(force=True)
+        logs = self.ws.state.events.logs
+        floor = self.ws.state.event_leaves.floor
+        live = self.ws.state.index.live
+        for log in logs.values():
+            assert (log.times[: log.size] >= floor).all()
+            assert all(int(o) in live for o in log.ordinals[: log.size])
+        self.expect()
 
     @rule(checkpoint=st.booleans())
     def restart(self, checkpoint: bool) -> None:
@@ -415,6 +434,19 @@ EngineMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 TestEngineAgainstBruteForce = EngineMachine.TestCase
+
+
+class RetentionMachine(EngineMachine):
+    """The same histories with events kept 45 days: every tick moves the retention floor,
+    "ever" and long windows lose what falls past it, and old events are refused."""
+
+    event_retention = 45 * 86_400
+
+
+RetentionMachine.TestCase.settings = settings(
+    EngineMachine.TestCase.settings, max_examples=EXAMPLES or 30
+)
+TestRetentionAgainstBruteForce = RetentionMachine.TestCase
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 from array import array
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from pyroaring import BitMap
 
+from segsvc.engine import bsi
 from segsvc.engine.bsi import (
     NUMBER_BITS,
     TIMESTAMP_BITS,
+    TIMESTAMP_OFFSET,
     BitSlicedIndex,
     encode_number,
     encode_timestamp,
 )
 from segsvc.engine.people import PersonRecord
-from segsvc.engine.values import Value, kind_of
+from segsvc.engine.values import Kind, Timestamp, Value, kind_of
 
 # Field keys: "a:<name>" for a custom attribute, "$<name>" for a built-in field.
 UNIQUE_FIELDS = ("$id", "$email", "$phone")
@@ -51,6 +55,103 @@ def month_day(ts: int) -> int:
     """month * 100 + day of the UTC date."""
     date = datetime.fromtimestamp(ts, UTC)
     return date.month * 100 + date.day
+
+
+def month_days(seconds: np.ndarray) -> np.ndarray:
+    """`month_day` of many timestamps at once (numpy's calendar is proleptic Gregorian
+    like datetime's, and floors negative times to the day before, as datetime does)."""
+    days = seconds.astype("datetime64[s]").astype("datetime64[D]")
+    months = days.astype("datetime64[M]")
+    day_of_month = (days - months.astype("datetime64[D]")).astype(np.int64) + 1
+    out: np.ndarray = (months.astype(np.int64) % 12 + 1) * 100 + day_of_month
+    return out
+
+
+def encode_numbers(values: np.ndarray) -> np.ndarray:
+    """`bsi.encode_number` of many floats at once (-0.0 folds into 0.0 first, as there)."""
+    bits = (np.asarray(values, dtype=np.float64) + 0.0).view(np.uint64)
+    sign = np.uint64(1 << 63)
+    return np.where(bits & sign, ~bits, bits | sign)
+
+
+def u32s(ordinals: Any) -> array[int]:
+    """An array('I') of ordinals: what BitMap() and BitMap.update() read fastest."""
+    if isinstance(ordinals, np.ndarray):
+        return array("I", ordinals.astype(np.uint32, copy=False).tobytes())
+    return ordinals if isinstance(ordinals, array) else array("I", ordinals)
+
+
+def grouped(keys: np.ndarray, ordinals: np.ndarray) -> Iterator[tuple[Any, np.ndarray]]:
+    """(key, the ordinals with that key) for each distinct key, without a loop per person."""
+    if not len(keys):
+        return
+    order = np.argsort(keys, kind="stable")
+    keys, ordinals = keys[order], ordinals[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(keys)], strict=True):
+        yield keys[start].item(), ordinals[start:stop]
+
+
+@dataclass(frozen=True)
+class FieldValues:
+    """Values of one field for some people, all of one kind: the unit of bulk index updates.
+    `values` is a list of str for strings, else a numpy array (float64 numbers, bool, int64
+    seconds for timestamps); `ordinals` a uint32 array of the same length."""
+
+    kind: Kind
+    ordinals: np.ndarray
+    values: Any
+
+    @staticmethod
+    def split(pairs: Sequence[tuple[int, Value]]) -> list[FieldValues]:
+        """(ordinal, value) pairs of any kinds, as one FieldValues per kind."""
+        by_kind: dict[Kind, tuple[list[int], list[Any]]] = {}
+        for ordinal, value in pairs:
+            ordinals, values = by_kind.setdefault(kind_of(value), ([], []))
+            ordinals.append(ordinal)
+            values.append(value)
+        out = []
+        for kind, (ordinals, values) in by_kind.items():
+            column: Any = values if kind == "string" else np.array(values, dtype=KIND_DTYPES[kind])
+            out.append(FieldValues(kind, np.array(ordinals, dtype=np.uint32), column))
+        return out
+
+    def to_plain(self) -> list[Any]:
+        values = self.values if self.kind == "string" else self.values.astype(_WIRE[self.kind])
+        return [self.kind, self.ordinals.astype("<u4").tobytes(), _bytes_or_list(values)]
+
+    @staticmethod
+    def from_plain(data: list[Any]) -> FieldValues:
+        kind, ordinals, values = data
+        if kind != "string":
+            values = np.frombuffer(values, dtype=_WIRE[kind]).astype(KIND_DTYPES[kind])
+        return FieldValues(kind, np.frombuffer(ordinals, dtype="<u4").astype(np.uint32), values)
+
+    def items(self) -> list[tuple[int, Value]]:
+        """Back to (ordinal, value) pairs (for tests and the record form)."""
+        ordinals = self.ordinals.tolist()
+        if self.kind == "timestamp":
+            return [(o, Timestamp(v)) for o, v in zip(ordinals, self.values.tolist(), strict=True)]
+        values = self.values if self.kind == "string" else self.values.tolist()
+        return list(zip(ordinals, values, strict=True))
+
+
+# The numpy type of each kind of value but strings (lists of str).
+KIND_DTYPES: dict[Kind, Any] = {"number": np.float64, "bool": np.bool_, "timestamp": np.int64}
+# The stored form is little-endian whatever the machine.
+_WIRE: dict[Kind, str] = {"number": "<f8", "bool": "u1", "timestamp": "<i8"}
+
+
+def _bytes_or_list(values: Any) -> Any:
+    return values.tobytes() if isinstance(values, np.ndarray) else list(values)
+
+
+def _u32_bytes(ordinals: array[int]) -> bytes:
+    return np.frombuffer(ordinals, dtype=np.uint32).astype("<u4").tobytes()
+
+
+def _u32_array(data: bytes) -> array[int]:
+    return u32s(np.frombuffer(data, dtype="<u4"))
 
 
 class FieldIndex:
@@ -104,52 +205,48 @@ class FieldIndex:
 
     def add_many(self, pairs: list[tuple[int, Value]]) -> None:
         """Adds values for people that have none here yet, grouped per value."""
-        self._bulk(pairs, adding=True)
+        for values in FieldValues.split(pairs):
+            self.change(values, adding=True)
 
     def remove_many(self, pairs: list[tuple[int, Value]]) -> None:
         """Removes people's current values, grouped per value."""
-        self._bulk(pairs, adding=False)
+        for values in FieldValues.split(pairs):
+            self.change(values, adding=False)
 
-    def _bulk(self, pairs: list[tuple[int, Value]], adding: bool) -> None:
-        ordinals = array("I", (o for o, _ in pairs))
+    def change(self, fv: FieldValues, adding: bool) -> None:
+        """Adds (people with no value here yet) or removes (their current values) one kind
+        of values in bulk: a bitmap operation per distinct value or bit, no loop per person
+        but for grouping strings."""
+        people = BitMap(u32s(fv.ordinals))
         if adding:
-            self.exists |= BitMap(ordinals)
+            self.exists |= people
         else:
-            self.exists -= BitMap(ordinals)
-        strings: dict[str, list[int]] = defaultdict(list)
-        bools: dict[bool, list[int]] = defaultdict(list)
-        numbers: tuple[list[int], list[int]] = ([], [])
-        times: tuple[list[int], list[int]] = ([], [])
-        days: dict[int, list[int]] = defaultdict(list)
-        for ordinal, value in pairs:
-            kind = type(value)
-            if kind is str:
-                if self.keep_values:
-                    strings[value].append(ordinal)  # type: ignore[index]
-            elif kind is bool:
-                bools[value].append(ordinal)  # type: ignore[index]
-            elif kind is float:
-                numbers[0].append(ordinal)
-                numbers[1].append(encode_number(value))  # type: ignore[arg-type]
-            else:
-                times[0].append(ordinal)
-                times[1].append(encode_timestamp(int(value)))
-                days[month_day(int(value))].append(ordinal)
-        for table, groups in (
-            (self.strings, strings),
-            (self.bools, bools),
-            (self.month_days, days),
-        ):
-            for key, people in groups.items():
-                _bulk_set(table, key, people, adding)
-        if numbers[0]:
+            self.exists -= people
+        kind = fv.kind
+        if kind == "string":
+            if self.keep_values:
+                strings: dict[str, list[int]] = defaultdict(list)
+                for ordinal, value in zip(fv.ordinals.tolist(), fv.values, strict=True):
+                    strings[value].append(ordinal)
+                for value, ordinals in strings.items():
+                    _bulk_set(self.strings, value, ordinals, adding)
+        elif kind == "bool":
+            for flag in (True, False):
+                chosen = fv.ordinals[fv.values == flag]
+                if chosen.size:
+                    _bulk_set(self.bools, flag, u32s(chosen), adding)
+        elif kind == "number":
             if self.numbers is None:
                 self.numbers = BitSlicedIndex(NUMBER_BITS)
-            (self.numbers.add_many if adding else self.numbers.remove_many)(*numbers)
-        if times[0]:
+            _bsi_change(self.numbers, fv.ordinals, encode_numbers(fv.values), adding)
+        else:
             if self.times is None:
                 self.times = BitSlicedIndex(TIMESTAMP_BITS)
-            (self.times.add_many if adding else self.times.remove_many)(*times)
+            seconds = np.asarray(fv.values, dtype=np.int64)
+            codes = (seconds + TIMESTAMP_OFFSET).astype(np.uint64)
+            _bsi_change(self.times, fv.ordinals, codes, adding)
+            for day, people_then in grouped(month_days(seconds), fv.ordinals):
+                _bulk_set(self.month_days, day, u32s(people_then), adding)
 
     def to_plain(self) -> Any:
         return [
@@ -176,13 +273,26 @@ class FieldIndex:
         return index
 
 
-def _bulk_set(table: dict[Any, BitMap], key: Any, people: list[int], adding: bool) -> None:
+def _bsi_change(
+    index: BitSlicedIndex, ordinals: np.ndarray, codes: np.ndarray, adding: bool
+) -> None:
+    if len(ordinals) < bsi.SMALL:
+        # The person-by-person branch takes Python ints.
+        args: tuple[Any, Any] = (ordinals.tolist(), codes.tolist())
+    else:
+        args = (u32s(ordinals), codes)
+    (index.add_many if adding else index.remove_many)(*args)
+
+
+def _bulk_set(
+    table: dict[Any, BitMap], key: Any, people: Sequence[int] | array[int], adding: bool
+) -> None:
     if adding:
-        table.setdefault(key, BitMap()).update(array("I", people))
+        table.setdefault(key, BitMap()).update(u32s(people))
         return
     bitmap = table.get(key)
     if bitmap is not None and people:
-        bitmap -= BitMap(array("I", people))
+        bitmap -= BitMap(u32s(people))
         if not bitmap:
             del table[key]
 
@@ -223,63 +333,39 @@ class PeopleIndex:
 
     def apply(
         self, people: Sequence[tuple[int, PersonRecord | None, PersonRecord | None]]
-    ) -> dict[str, list[int]]:
-        """Moves each person from `old` to `new` (None: absent), grouping the bitmap updates
-        per value so that a batch costs a few bulk operations per distinct value. Returns,
-        per dependency key, the people whose answer on it may have changed. Each ordinal
-        appears at most once in `people`."""
-        touched: dict[str, list[int]] = defaultdict(list)
-        removes: dict[str, list[tuple[int, Value]]] = defaultdict(list)
-        adds: dict[str, list[tuple[int, Value]]] = defaultdict(list)
-        tag_moves: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-        platform_moves: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-        born: list[int] = []
-        died: list[int] = []
-        got_device: list[int] = []
-        lost_device: list[int] = []
-        for ordinal, old, new in people:
-            if old is None:
-                born.append(ordinal)
-            if new is None:
-                died.append(ordinal)
-            self._diff_fields(ordinal, old, new, touched, removes, adds)
-            old_tags = old.tags if old is not None else frozenset()
-            new_tags = new.tags if new is not None else frozenset()
-            if old_tags != new_tags:
-                for tag in old_tags - new_tags:
-                    tag_moves[tag][1].append(ordinal)
-                    touched[tag_key(tag)].append(ordinal)
-                for tag in new_tags - old_tags:
-                    tag_moves[tag][0].append(ordinal)
-                    touched[tag_key(tag)].append(ordinal)
-            old_platforms = set(old.devices.values()) if old is not None else set()
-            new_platforms = set(new.devices.values()) if new is not None else set()
-            if old_platforms != new_platforms:
-                touched[DEVICES_KEY].append(ordinal)
-                for platform in old_platforms - new_platforms:
-                    platform_moves[platform][1].append(ordinal)
-                for platform in new_platforms - old_platforms:
-                    platform_moves[platform][0].append(ordinal)
-                (got_device if new_platforms else lost_device).append(ordinal)
-        self._grow(max((o for o, _, _ in people), default=-1))
-        self.live |= BitMap(array("I", born))
-        self.live -= BitMap(array("I", died))
-        for key, pairs in removes.items():
-            self.fields[key].remove_many(pairs)
-        for key, pairs in adds.items():
-            self._field_for_write(key).add_many(pairs)
-        for table, moves in ((self.tags, tag_moves), (self.platforms, platform_moves)):
+    ) -> dict[str, Sequence[int]]:
+        """Moves each person from `old` to `new` (None: absent). Each ordinal appears at
+        most once in `people`. See `apply_delta` for what it returns."""
+        return self.apply_delta(IndexDelta.of_records(people))
+
+    def apply_delta(self, delta: IndexDelta) -> dict[str, Sequence[int]]:
+        """Applies a batch's changes, grouped per value so that it costs a few bulk
+        operations per distinct value. Returns, per dependency key, the people whose answer
+        on it may have changed."""
+        self._grow(max(delta.key_ordinals, default=-1))
+        self.live |= BitMap(delta.born)
+        self.live -= BitMap(delta.died)
+        for key, columns in delta.removes.items():
+            for values in columns:
+                self.fields[key].change(values, adding=False)
+        for key, columns in delta.adds.items():
+            for values in columns:
+                self._field_for_write(key).change(values, adding=True)
+        for table, moves in ((self.tags, delta.tags), (self.platforms, delta.platforms)):
             for key, (gained, lost) in moves.items():
                 _bulk_set(table, key, lost, adding=False)
                 _bulk_set(table, key, gained, adding=True)
-        self.any_device |= BitMap(array("I", got_device))
-        self.any_device -= BitMap(array("I", lost_device))
-        for ordinal, _old, new in people:
-            if new is not None:
-                self.ids[ordinal] = new.id
-            self.emails[ordinal] = new.email if new is not None else None
-            self.phones[ordinal] = new.phone if new is not None else None
-        return touched
+        self.any_device |= BitMap(delta.got_device)
+        self.any_device -= BitMap(delta.lost_device)
+        ids, emails, phones = self.ids, self.emails, self.phones
+        for ordinal, pid, email, phone in zip(
+            delta.key_ordinals, delta.ids, delta.emails, delta.phones, strict=True
+        ):
+            if pid is not None:
+                ids[ordinal] = pid
+            emails[ordinal] = email
+            phones[ordinal] = phone
+        return delta.touched()
 
     def _grow(self, ordinal: int) -> None:
         missing = ordinal + 1 - len(self.ids)
@@ -287,57 +373,6 @@ class PeopleIndex:
             self.ids.extend([None] * missing)
             self.emails.extend([None] * missing)
             self.phones.extend([None] * missing)
-
-    @staticmethod
-    def _diff_fields(
-        ordinal: int,
-        old: PersonRecord | None,
-        new: PersonRecord | None,
-        touched: dict[str, list[int]],
-        removes: dict[str, list[tuple[int, Value]]],
-        adds: dict[str, list[tuple[int, Value]]],
-    ) -> None:
-        def move(key: str, before: Value | None, after: Value | None) -> None:
-            touched[key].append(ordinal)
-            if before is not None:
-                removes[key].append((ordinal, before))
-            if after is not None:
-                adds[key].append((ordinal, after))
-
-        empty: dict[str, Value] = {}
-        old_attrs = old.attributes if old is not None else empty
-        new_attrs = new.attributes if new is not None else empty
-        for name, value in new_attrs.items():
-            before = old_attrs.get(name)
-            # Same type and value: nothing to move (type first, as True == 1.0 in Python).
-            if before is not None and type(before) is type(value) and before == value:
-                continue
-            # Inlined move(): this loop runs once per attribute per person in bulk loads.
-            key = "a:" + name
-            touched[key].append(ordinal)
-            if before is not None:
-                removes[key].append((ordinal, before))
-            adds[key].append((ordinal, value))
-        for name, value in old_attrs.items():
-            if name not in new_attrs:
-                move("a:" + name, value, None)
-        if old is not None and new is not None:
-            if old.email != new.email:
-                move("$email", old.email, new.email)
-            if old.phone != new.phone:
-                move("$phone", old.phone, new.phone)
-            if old.created_at != new.created_at:
-                move("$created_at", old.created_at, new.created_at)
-            if old.unsubscribed != new.unsubscribed:
-                move("$unsubscribed", old.unsubscribed, new.unsubscribed)
-            return
-        # Created or deleted: every built-in field that has a value moves.
-        record = new if new is not None else old
-        assert record is not None
-        for key in BUILTIN_FIELDS:
-            builtin = field_value(record, key)
-            if builtin is not None:
-                move(key, None if new is record else builtin, builtin if new is record else None)
 
     def to_plain(self) -> Any:
         return [
@@ -365,6 +400,180 @@ class PeopleIndex:
         index.emails = _split(data[6])
         index.phones = _split(data[7])
         return index
+
+
+@dataclass
+class IndexDelta:
+    """What one batch changes in the index, grouped for bulk application. Person-by-person
+    writes build it from records (`of_records`); bulk loads build it from columns and log it
+    as it is, so that replaying them costs no more than applying them did."""
+
+    born: array[int] = field(default_factory=lambda: array("I"))
+    died: array[int] = field(default_factory=lambda: array("I"))
+    # field key -> the values people lose / gain there (a changed value is in both)
+    removes: dict[str, list[FieldValues]] = field(default_factory=dict)
+    adds: dict[str, list[FieldValues]] = field(default_factory=dict)
+    # tag / device platform -> (people who gain it, people who lose it)
+    tags: dict[str, tuple[array[int], array[int]]] = field(default_factory=dict)
+    platforms: dict[str, tuple[array[int], array[int]]] = field(default_factory=dict)
+    got_device: array[int] = field(default_factory=lambda: array("I"))
+    lost_device: array[int] = field(default_factory=lambda: array("I"))
+    # The unique keys of every person in the batch: id (None: unchanged), email, phone.
+    key_ordinals: array[int] = field(default_factory=lambda: array("I"))
+    ids: list[str | None] = field(default_factory=list)
+    emails: list[str | None] = field(default_factory=list)
+    phones: list[str | None] = field(default_factory=list)
+
+    def to_plain(self) -> list[Any]:
+        """The msgpack-ready form, for the operation log."""
+
+        def moves(table: dict[str, tuple[array[int], array[int]]]) -> dict[str, list[bytes]]:
+            return {k: [_u32_bytes(g), _u32_bytes(lo)] for k, (g, lo) in table.items()}
+
+        return [
+            _u32_bytes(self.born),
+            _u32_bytes(self.died),
+            {k: [v.to_plain() for v in cols] for k, cols in self.removes.items()},
+            {k: [v.to_plain() for v in cols] for k, cols in self.adds.items()},
+            moves(self.tags),
+            moves(self.platforms),
+            _u32_bytes(self.got_device),
+            _u32_bytes(self.lost_device),
+            _u32_bytes(self.key_ordinals),
+            self.ids,
+            self.emails,
+            self.phones,
+        ]
+
+    @staticmethod
+    def from_plain(data: list[Any]) -> IndexDelta:
+        def moves(table: dict[str, list[bytes]]) -> dict[str, tuple[array[int], array[int]]]:
+            return {k: (_u32_array(g), _u32_array(lo)) for k, (g, lo) in table.items()}
+
+        born, died, removes, adds, tags, platforms, got, lost, keys, ids, emails, phones = data
+        return IndexDelta(
+            born=_u32_array(born),
+            died=_u32_array(died),
+            removes={k: [FieldValues.from_plain(v) for v in cols] for k, cols in removes.items()},
+            adds={k: [FieldValues.from_plain(v) for v in cols] for k, cols in adds.items()},
+            tags=moves(tags),
+            platforms=moves(platforms),
+            got_device=_u32_array(got),
+            lost_device=_u32_array(lost),
+            key_ordinals=_u32_array(keys),
+            ids=ids,
+            emails=emails,
+            phones=phones,
+        )
+
+    def touched(self) -> dict[str, Sequence[int]]:
+        """Per dependency key, the people whose value there moved."""
+        parts: dict[str, list[array[int]]] = defaultdict(list)
+        for moves in (self.removes, self.adds):
+            for key, columns in moves.items():
+                parts[key].extend(u32s(values.ordinals) for values in columns)
+        for tag, (gained, lost) in self.tags.items():
+            parts[tag_key(tag)] += [gained, lost]
+        for gained, lost in self.platforms.values():
+            parts[DEVICES_KEY] += [gained, lost]
+        out: dict[str, Sequence[int]] = {}
+        for key, arrays in parts.items():
+            arrays = [a for a in arrays if len(a)]
+            if len(arrays) == 1:
+                out[key] = arrays[0]
+            elif arrays:
+                out[key] = u32s(BitMap.union(*(BitMap(a) for a in arrays)).to_array())
+        return out
+
+    @staticmethod
+    def of_records(
+        people: Sequence[tuple[int, PersonRecord | None, PersonRecord | None]],
+    ) -> IndexDelta:
+        """The delta that moves each person from `old` to `new` (None: absent)."""
+        removes: dict[str, list[tuple[int, Value]]] = defaultdict(list)
+        adds: dict[str, list[tuple[int, Value]]] = defaultdict(list)
+        tag_moves: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        platform_moves: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        delta = IndexDelta()
+        for ordinal, old, new in people:
+            if old is None:
+                delta.born.append(ordinal)
+            if new is None:
+                delta.died.append(ordinal)
+            _diff_fields(ordinal, old, new, removes, adds)
+            old_tags = old.tags if old is not None else frozenset()
+            new_tags = new.tags if new is not None else frozenset()
+            if old_tags != new_tags:
+                for tag in old_tags - new_tags:
+                    tag_moves[tag][1].append(ordinal)
+                for tag in new_tags - old_tags:
+                    tag_moves[tag][0].append(ordinal)
+            old_platforms = set(old.devices.values()) if old is not None else set()
+            new_platforms = set(new.devices.values()) if new is not None else set()
+            if old_platforms != new_platforms:
+                for platform in old_platforms - new_platforms:
+                    platform_moves[platform][1].append(ordinal)
+                for platform in new_platforms - old_platforms:
+                    platform_moves[platform][0].append(ordinal)
+                (delta.got_device if new_platforms else delta.lost_device).append(ordinal)
+            delta.key_ordinals.append(ordinal)
+            delta.ids.append(new.id if new is not None else None)
+            delta.emails.append(new.email if new is not None else None)
+            delta.phones.append(new.phone if new is not None else None)
+        delta.removes = {k: FieldValues.split(pairs) for k, pairs in removes.items()}
+        delta.adds = {k: FieldValues.split(pairs) for k, pairs in adds.items()}
+        for table, moves in ((delta.tags, tag_moves), (delta.platforms, platform_moves)):
+            for key, (gained, lost) in moves.items():
+                table[key] = (array("I", gained), array("I", lost))
+        return delta
+
+
+def _diff_fields(
+    ordinal: int,
+    old: PersonRecord | None,
+    new: PersonRecord | None,
+    removes: dict[str, list[tuple[int, Value]]],
+    adds: dict[str, list[tuple[int, Value]]],
+) -> None:
+    def move(key: str, before: Value | None, after: Value | None) -> None:
+        if before is not None:
+            removes[key].append((ordinal, before))
+        if after is not None:
+            adds[key].append((ordinal, after))
+
+    empty: dict[str, Value] = {}
+    old_attrs = old.attributes if old is not None else empty
+    new_attrs = new.attributes if new is not None else empty
+    for name, value in new_attrs.items():
+        before = old_attrs.get(name)
+        # Same type and value: nothing to move (type first, as True == 1.0 in Python).
+        if before is not None and type(before) is type(value) and before == value:
+            continue
+        # Inlined move(): this loop runs once per attribute per person.
+        key = "a:" + name
+        if before is not None:
+            removes[key].append((ordinal, before))
+        adds[key].append((ordinal, value))
+    for name, value in old_attrs.items():
+        if name not in new_attrs:
+            move("a:" + name, value, None)
+    if old is not None and new is not None:
+        if old.email != new.email:
+            move("$email", old.email, new.email)
+        if old.phone != new.phone:
+            move("$phone", old.phone, new.phone)
+        if old.created_at != new.created_at:
+            move("$created_at", old.created_at, new.created_at)
+        if old.unsubscribed != new.unsubscribed:
+            move("$unsubscribed", old.unsubscribed, new.unsubscribed)
+        return
+    # Created or deleted: every built-in field that has a value moves.
+    record = new if new is not None else old
+    assert record is not None
+    for key in BUILTIN_FIELDS:
+        builtin = field_value(record, key)
+        if builtin is not None:
+            move(key, None if new is record else builtin, builtin if new is record else None)
 
 
 def _join(values: list[str | None]) -> list[Any]:

@@ -11,6 +11,7 @@ import msgpack
 
 from segsvc.engine import conditions
 from segsvc.engine.conditions import Node
+from segsvc.engine.index import IndexDelta
 from segsvc.engine.people import PersonRecord, pack_value, unpack_value
 from segsvc.engine.values import Value
 
@@ -18,10 +19,15 @@ from segsvc.engine.values import Value
 @dataclass(frozen=True)
 class PeopleOp:
     """Upserts and deletions: for each person the record before (None: new) and after
-    (None: deleted), so applying it needs nothing but the record itself."""
+    (None: deleted), so applying it needs nothing but the record itself.
+
+    A bulk load logs the index changes instead (`delta`, with `people` empty): its records
+    are stored in the people table in the same commit, and applying the delta costs a few
+    bitmap operations per distinct value where records would cost a loop per person."""
 
     at: int
     people: tuple[tuple[int, PersonRecord | None, PersonRecord | None], ...]
+    delta: IndexDelta | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,8 @@ def encode(op: Op) -> bytes:
     body: list[Any]
     if isinstance(op, PeopleOp):
         body = ["people", op.at, [[o, _rec(a), _rec(b)] for o, a, b in op.people]]
+        if op.delta is not None:
+            body.append(op.delta.to_plain())
     elif isinstance(op, CreateSegmentOp):
         body = [
             "create",
@@ -149,7 +157,8 @@ def decode(data: bytes) -> Op:
     d = msgpack.unpackb(data, raw=False, strict_map_key=False)
     kind, at = d[0], d[1]
     if kind == "people":
-        return PeopleOp(at, tuple((o, _from_rec(a), _from_rec(b)) for o, a, b in d[2]))
+        people = tuple((o, _from_rec(a), _from_rec(b)) for o, a, b in d[2])
+        return PeopleOp(at, people, IndexDelta.from_plain(d[3]) if len(d) > 3 else None)
     if kind == "create":
         return CreateSegmentOp(at, d[2], d[3], d[4], d[5], _from_node(d[6]))
     if kind == "update":

@@ -8,7 +8,7 @@ clock and no storage; everything it needs is in the record.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from segsvc.engine.conditions import (
 from segsvc.engine.conditions import canonical as leaf_id
 from segsvc.engine.event_index import EventLeafIndex, LeafMove
 from segsvc.engine.events import EventStore
-from segsvc.engine.index import PeopleIndex
+from segsvc.engine.index import IndexDelta, PeopleIndex
 from segsvc.engine.leaves import EventLeaf, IndexLeaf, Leaf, SegmentLeaf
 from segsvc.engine.ops import (
     ArchiveSegmentsOp,
@@ -218,16 +218,15 @@ class WorkspaceState:
         self.change_seq += len(who)
 
     def _apply_people(self, op: PeopleOp, out: list[ChangeBatch]) -> None:
-        touched = self.index.apply(op.people)
-        records: dict[int, PersonRecord | None] = {}
-        created, deleted = BitMap(), BitMap()
-        for ordinal, old, new in op.people:
-            records[ordinal] = new
-            if old is None:
-                created.add(ordinal)
-                self.next_ordinal = max(self.next_ordinal, ordinal + 1)
-            if new is None:
-                deleted.add(ordinal)
+        # A bulk load carries its index changes; other writes carry records.
+        delta = op.delta if op.delta is not None else IndexDelta.of_records(op.people)
+        touched = self.index.apply_delta(delta)
+        records: dict[int, PersonRecord | None] | None = None
+        if op.delta is None:
+            records = {ordinal: new for ordinal, _old, new in op.people}
+        created, deleted = BitMap(delta.born), BitMap(delta.died)
+        if created:
+            self.next_ordinal = max(self.next_ordinal, created.max() + 1)
         # Only people with a leaf bit that moved (or who arrived or left) can change segment.
         seeds, moved = self._refresh_leaves(touched, records, op.at)
         if created:
@@ -255,10 +254,14 @@ class WorkspaceState:
         self._refresh_segments(seeds, moved, op.at, CAUSE_DATA, out, deleted)
 
     def _refresh_leaves(
-        self, touched: dict[str, list[int]], records: dict[int, PersonRecord | None], now: int
+        self,
+        touched: dict[str, Sequence[int]],
+        records: dict[int, PersonRecord | None] | None,
+        now: int,
     ) -> tuple[set[int], BitMap]:
-        """Brings the leaves that depend on the touched keys up to date for those people;
-        returns the segments using a leaf whose bits moved, and the people they moved for."""
+        """Brings the leaves that depend on the touched keys up to date for those people
+        (from their records when few and known, else from the index); returns the segments
+        using a leaf whose bits moved, and the people they moved for."""
         seeds: set[int] = set()
         moved = BitMap()
         for key, ordinals in touched.items():
@@ -266,7 +269,7 @@ class WorkspaceState:
                 if isinstance(leaf, EventLeaf):
                     continue
                 bitmap = self.leaves[leaf]
-                if len(ordinals) > BULK_THRESHOLD:
+                if records is None or len(ordinals) > BULK_THRESHOLD:
                     people = BitMap(ordinals)
                     fresh = leaf.full(self.index, now, people)
                     flipped = fresh ^ (bitmap & people)

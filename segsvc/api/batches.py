@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
+from segsvc.engine.bulk import BulkResult, PeopleColumns
 from segsvc.engine.errors import InvalidArgument
 from segsvc.engine.model import ItemResult
 
@@ -117,7 +118,38 @@ class BulkTally(Generic[Message, Item]):
             part = messages[start : start + self.part_size]
             batch = decode_batch(part, self.decode, self.key_of, self.path, self.received)
             results = batch.merge(call(batch.items, self.path))
-            self.received += len(part)
-            self.counts.update(outcome_counts(results))
-            room = self.max_listed_errors - len(self.errors)
-            self.errors.extend([r for r in results if r.rejected][:room])
+            self._count(len(part), outcome_counts(results), [r for r in results if r.rejected])
+
+    def apply_columns(
+        self,
+        decode: Callable[[], PeopleColumns],
+        ids: Sequence[str],
+        call: Callable[[PeopleColumns, int], BulkResult],
+        part_size: int,
+    ) -> None:
+        """Decodes and applies the columns of one stream message with `call(part,
+        first_index)`, in parts of `part_size` rows. Columns that do not decode (a column
+        of the wrong length) reject every row of the message."""
+        try:
+            columns = decode()
+        except InvalidArgument as exc:
+            first = exc.violations[0]
+            rejected = [
+                ItemResult(self.received + i, key, "invalid", first.description, first.field)
+                for i, key in enumerate(ids)
+            ]
+            self._count(len(ids), Counter(rejected=len(ids), invalid=len(ids)), rejected)
+            return
+        for start in range(0, len(columns), part_size):
+            part = columns.slice(start, start + part_size)
+            result = call(part, self.received)
+            counts = Counter(result.counts())
+            counts["invalid"] = sum(1 for e in result.errors if e.outcome == "invalid")
+            counts["conflict"] = sum(1 for e in result.errors if e.outcome == "conflict")
+            self._count(len(part), counts, result.errors)
+
+    def _count(self, items: int, counts: Counter[str], errors: Sequence[ItemResult]) -> None:
+        self.received += items
+        self.counts.update(counts)
+        room = self.max_listed_errors - len(self.errors)
+        self.errors.extend(errors[:room])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import grpc
@@ -13,7 +14,7 @@ from segsvc.api.batches import BulkTally, decode_batch, outcome_counts
 from segsvc.engine.events import EventInput
 from segsvc.engine.model import ItemResult
 from segsvc.engine.people import PersonUpsert
-from segsvc.engine.workspace import Workspace
+from segsvc.engine.workspace import BULK_BATCH_FACTOR, Workspace
 from segsvc.v1 import people_pb2, people_pb2_grpc
 
 # A bulk summary lists at most this many rejected items (the counts stay exact), so a stream
@@ -33,8 +34,14 @@ class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServicer):
     def UpsertPeople(
         self, request: people_pb2.UpsertPeopleRequest, context: grpc.ServicerContext
     ) -> people_pb2.UpsertPeopleResponse:
+        workspace = self._workspace()
         batch = decode_batch(request.people, convert.person_upsert, _upsert_key, "people")
-        results = batch.merge(self._workspace().upsert_people(batch.items, "people"))
+        results = batch.merge(workspace.upsert_people(batch.items, "people"))
+        if request.HasField("columns"):
+            # Rows of the columns count on from the people (one index space per request).
+            columns = convert.people_columns(request.columns)
+            bulk = workspace.upsert_columns(columns, len(request.people))
+            results += bulk.results(columns.ids, len(request.people))
         counts = outcome_counts(results)
         return people_pb2.UpsertPeopleResponse(
             results=convert.item_results_to_proto(results),
@@ -55,8 +62,16 @@ class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServicer):
             workspace.limits.max_batch_items,
             MAX_LISTED_ERRORS,
         )
+        part_size = workspace.limits.max_batch_items * BULK_BATCH_FACTOR
         for request in request_iterator:
             tally.apply(request.people, workspace.upsert_people)
+            if request.HasField("columns"):
+                tally.apply_columns(
+                    partial(convert.people_columns, request.columns),
+                    request.columns.ids,
+                    workspace.upsert_columns,
+                    part_size,
+                )
         return _summary(tally)
 
     def GetPerson(

@@ -131,7 +131,7 @@ _KNOWN_NAMES: set[tuple[str, int]] = set()
 _KNOWN_NAMES_MAX = 100_000
 
 
-def _check_name(name: str, what: str, path: str, max_length: int = 256) -> None:
+def check_name(name: str, what: str, path: str, max_length: int = 256) -> None:
     if (name, max_length) in _KNOWN_NAMES:
         return
     check_key(name, what, path, max_length)
@@ -156,7 +156,7 @@ def validate_upsert(upsert: PersonUpsert, path: str, limits: Limits) -> PersonUp
         )
     max_string = limits.max_string_length
     for key, value in attrs.items():
-        _check_name(key, "the attribute name", f"{path}.attributes[{key!r}]")
+        check_name(key, "the attribute name", f"{path}.attributes[{key!r}]")
         kind = type(value)
         # Fast paths for the common, valid cases; check_value says what is wrong otherwise.
         if (kind is str and len(value) <= max_string) or kind is bool:  # type: ignore[arg-type]
@@ -174,7 +174,7 @@ def validate_upsert(upsert: PersonUpsert, path: str, limits: Limits) -> PersonUp
                 f"{path}.remove_attributes",
             )
     for i, tag in enumerate(upsert.add_tags):
-        _check_name(tag, "the tag", f"{path}.add_tags[{i}]")
+        check_name(tag, "the tag", f"{path}.add_tags[{i}]")
     if len(upsert.add_tags) > limits.max_tags_per_person:
         raise InvalidArgument(f"more than {limits.max_tags_per_person} tags", f"{path}.add_tags")
     if upsert.remove_tags:
@@ -185,7 +185,7 @@ def validate_upsert(upsert: PersonUpsert, path: str, limits: Limits) -> PersonUp
             )
     for i, (device_id, platform) in enumerate(upsert.devices):
         check_key(device_id, "the device id", f"{path}.devices[{i}].id")
-        _check_name(platform, "the device platform", f"{path}.devices[{i}].platform", 64)
+        check_name(platform, "the device platform", f"{path}.devices[{i}].platform", 64)
     if len(upsert.devices) > limits.max_devices_per_person:
         raise InvalidArgument(
             f"more than {limits.max_devices_per_person} devices", f"{path}.devices"

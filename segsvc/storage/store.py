@@ -74,6 +74,20 @@ class Txn:
         except lmdb.MapFullError as exc:
             raise StorageFullError(str(exc)) from exc
 
+    def get_many(self, table: str, keys: list[bytes]) -> dict[bytes, bytes]:
+        """The rows that exist among `keys`, read with one cursor (much less per key than
+        `get`; sorted keys read fastest)."""
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            return {bytes(k): bytes(v) for k, v in cursor.getmulti(keys)}
+
+    def put_many(self, table: str, items: list[tuple[bytes, bytes]]) -> None:
+        """Writes many rows with one cursor (sorted keys write fastest)."""
+        try:
+            with self._txn.cursor(db=self._dbs[table]) as cursor:
+                cursor.putmulti(items)
+        except lmdb.MapFullError as exc:
+            raise StorageFullError(str(exc)) from exc
+
     def delete(self, table: str, key: bytes) -> bool:
         return bool(self._txn.delete(key, db=self._dbs[table]))
 

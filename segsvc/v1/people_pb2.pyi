@@ -230,20 +230,237 @@ class UpsertPeopleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PEOPLE_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def people(self) -> _containers.RepeatedCompositeFieldContainer[Global___PersonUpsert]: ...
+    @_builtins.property
+    def columns(self) -> Global___PeopleColumns:
+        """More people, column by column: the bulk-load form. Its rows come after `people` (item
+        indexes go on counting from there) and are applied as a batch of their own, with the
+        same meaning as the PersonUpsert each row stands for.
+        """
+
     def __init__(
         self,
         *,
         people: _abc.Iterable[Global___PersonUpsert] | None = ...,
+        columns: Global___PeopleColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["people", b"people"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "people", b"people"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpsertPeopleRequest: _TypeAlias = UpsertPeopleRequest  # noqa: Y015
+
+@_typing.final
+class PeopleColumns(_message.Message):
+    """Many people as columns: row i of every column is person i. Each row means what a
+    PersonUpsert with those fields set means (create, or partial update that keeps what is not
+    sent), and it is validated, applied or rejected on its own, as an item of a batch is. A
+    row's result names it by its index and the column that is wrong, e.g.
+    `columns.attributes[2].numbers.values[17]`.
+
+    A column has one value per row. Its `valid` bitmap says which rows carry a value: bit i
+    (least significant bit first, as in Apache Arrow: byte i / 8, bit i % 8) is set when row i
+    has one; rows without leave the field as stored, and their slot in `values` holds any
+    placeholder ("", 0, false). An empty `valid` means every row has a value. A column whose
+    length is not the number of rows (or tag counts that do not add up) makes the rows unreadable:
+    StreamUpsertPeople rejects every row of that message, UpsertPeople fails with
+    INVALID_ARGUMENT.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    EMAILS_FIELD_NUMBER: _builtins.int
+    PHONES_FIELD_NUMBER: _builtins.int
+    UNSUBSCRIBED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    TAG_COUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required, one per row: the external ids."""
+
+    @_builtins.property
+    def emails(self) -> Global___StringColumn:
+        """Set the email; "" removes it (as PersonUpsert.email)."""
+
+    @_builtins.property
+    def phones(self) -> Global___StringColumn:
+        """Set the phone; "" removes it."""
+
+    @_builtins.property
+    def unsubscribed(self) -> Global___BoolColumn: ...
+    @_builtins.property
+    def created_at(self) -> Global___TimestampColumn:
+        """When the person was created in the source system (seconds); defaults to the first upsert."""
+
+    @_builtins.property
+    def attributes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttributeColumn]:
+        """Typed attributes, one column each. Two columns may share a name (an attribute holding
+        values of several types) as long as no row has a value in both.
+        """
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to add, row after row: row i adds the next tag_counts[i] tags. Both empty: no tags."""
+
+    @_builtins.property
+    def tag_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        emails: Global___StringColumn | None = ...,
+        phones: Global___StringColumn | None = ...,
+        unsubscribed: Global___BoolColumn | None = ...,
+        created_at: Global___TimestampColumn | None = ...,
+        attributes: _abc.Iterable[Global___AttributeColumn] | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        tag_counts: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "emails", b"emails", "phones", b"phones", "unsubscribed", b"unsubscribed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "created_at", b"created_at", "emails", b"emails", "ids", b"ids", "phones", b"phones", "tag_counts", b"tag_counts", "tags", b"tags", "unsubscribed", b"unsubscribed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeopleColumns: _TypeAlias = PeopleColumns  # noqa: Y015
+
+@_typing.final
+class StringColumn(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    VALID_FIELD_NUMBER: _builtins.int
+    valid: _builtins.bytes
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+        valid: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["valid", b"valid", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StringColumn: _TypeAlias = StringColumn  # noqa: Y015
+
+@_typing.final
+class NumberColumn(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    VALID_FIELD_NUMBER: _builtins.int
+    valid: _builtins.bytes
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+        valid: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["valid", b"valid", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NumberColumn: _TypeAlias = NumberColumn  # noqa: Y015
+
+@_typing.final
+class BoolColumn(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    VALID_FIELD_NUMBER: _builtins.int
+    valid: _builtins.bytes
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.bool] | None = ...,
+        valid: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["valid", b"valid", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BoolColumn: _TypeAlias = BoolColumn  # noqa: Y015
+
+@_typing.final
+class TimestampColumn(_message.Message):
+    """UTC seconds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECONDS_FIELD_NUMBER: _builtins.int
+    VALID_FIELD_NUMBER: _builtins.int
+    valid: _builtins.bytes
+    @_builtins.property
+    def seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        seconds: _abc.Iterable[_builtins.int] | None = ...,
+        valid: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seconds", b"seconds", "valid", b"valid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimestampColumn: _TypeAlias = TimestampColumn  # noqa: Y015
+
+@_typing.final
+class AttributeColumn(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STRINGS_FIELD_NUMBER: _builtins.int
+    NUMBERS_FIELD_NUMBER: _builtins.int
+    BOOLS_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def strings(self) -> Global___StringColumn: ...
+    @_builtins.property
+    def numbers(self) -> Global___NumberColumn: ...
+    @_builtins.property
+    def bools(self) -> Global___BoolColumn: ...
+    @_builtins.property
+    def timestamps(self) -> Global___TimestampColumn: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        strings: Global___StringColumn | None = ...,
+        numbers: Global___NumberColumn | None = ...,
+        bools: Global___BoolColumn | None = ...,
+        timestamps: Global___TimestampColumn | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bools", b"bools", "numbers", b"numbers", "strings", b"strings", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bools", b"bools", "name", b"name", "numbers", b"numbers", "strings", b"strings", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_values: _TypeAlias = _typing.Literal["strings", "numbers", "bools", "timestamps"]  # noqa: Y015
+    _WhichOneofArgType_values: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_values) -> _WhichOneofReturnType_values | None: ...
+
+Global___AttributeColumn: _TypeAlias = AttributeColumn  # noqa: Y015
 
 @_typing.final
 class UpsertPeopleResponse(_message.Message):

@@ -310,6 +310,58 @@ def _people_chunk(p: Pools, seed: int, start: int, n: int) -> list[PersonUpsert]
     return out
 
 
+# Simple profiles: what a bulk import from a CRM or a sign-up table usually carries (id, email,
+# often a phone, a handful of typed attributes, a tag or two). The bulk-load target of
+# DESIGN.md is stated for these.
+SIMPLE_ATTRIBUTES: dict[str, AttrType] = {
+    "plan": "string",
+    "country": "string",
+    "age": "number",
+    "is_vip": "bool",
+    "last_login": "timestamp",
+}
+
+
+def simple_people(
+    count: int, seed: int = DEFAULT_SEED, chunk: int = CHUNK, first: int = 0, version: int = 0
+) -> Iterator[list[PersonUpsert]]:
+    """People `first` .. `first + count - 1` with simple profiles (ids as in `people()`).
+    `version` > 0 gives the same people with other attribute values and tags (an update
+    that changes most of them: a re-import from a newer export)."""
+    p = pools(seed)
+    for start in range(first, first + count, chunk):
+        n = min(chunk, first + count - start)
+        rng = _chunk_rng(seed, f"simple:{version}", start)
+        rand = rng.random
+        plan = p.plan.draw(rng, n)
+        country = p.country.draw(rng, n)
+        domain = p.domains.draw(_chunk_rng(seed, "simple-domains", start), n)
+        out: list[PersonUpsert] = []
+        for j in range(n):
+            i = start + j
+            attrs: dict[str, Value] = {"plan": plan[j], "is_vip": rand() < 0.05}
+            if rand() < 0.95:
+                attrs["country"] = country[j]
+            if rand() < 0.8:
+                attrs["age"] = float(18 + int(rand() * 73))
+            if rand() < 0.97:
+                attrs["last_login"] = Timestamp(NOW - int(rand() * 90 * DAY))
+            r = rand()
+            tags = () if r < 0.3 else p.tags.draw(rng, 1 if r < 0.75 else 2)
+            out.append(
+                PersonUpsert(
+                    id=person_id(i),
+                    # Emails and phones stay the person's own across versions (a re-import
+                    # does not move them to someone else).
+                    email=f"user.{i}@{domain[j]}" if (i * 7919) % 10 else None,
+                    phone=f"+1{2_000_000_000 + i}" if (i * 104_729) % 10 < 6 else None,
+                    attributes=attrs,
+                    add_tags=tuple(dict.fromkeys(tags)),
+                )
+            )
+        yield out
+
+
 # ---------------------------------------------------------------------------------------------
 # Updates: a few attributes and tags of existing people, as a profile sync would send them
 

@@ -217,6 +217,13 @@ class FieldIndex:
         """Adds (people with no value here yet) or removes (their current values) one kind
         of values in bulk: a bitmap operation per distinct value or bit, no loop per person
         but for grouping strings."""
+        if len(fv.ordinals) < bsi.SMALL:
+            # A handful of people (one person's update): a bitmap operation per value costs
+            # less than building arrays, dates and groups for them.
+            step = self.add if adding else self.remove
+            for ordinal, value in fv.items():
+                step(ordinal, value)
+            return
         people = BitMap(u32s(fv.ordinals))
         if adding:
             self.exists |= people

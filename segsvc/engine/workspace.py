@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -384,8 +384,7 @@ class Workspace:
             people = map(p.__add__, map(U32.pack, plan.ordinals))
             txn.put_many("people", list(zip(people, plan.records, strict=True)))
             for kind, (values, ordinals) in plan.claims.items():
-                head = p + _LOOKUP_CHAR[kind]
-                keys = [head + value.encode() for value in values]
+                keys = _lookup_keys(p + _LOOKUP_CHAR[kind], values)
                 txn.put_many("lookup", list(zip(keys, map(U32.pack, ordinals), strict=True)))
 
         return persist
@@ -1180,6 +1179,12 @@ class Workspace:
 BULK_BATCH_FACTOR = 5
 
 
+def _lookup_keys(head: bytes, values: Iterable[str]) -> list[bytes]:
+    """`head + value` as UTF-8 for many values (map over built-in methods: no Python-level
+    loop per value)."""
+    return list(map(head.__add__, map(str.encode, values)))
+
+
 class _BulkReader(Reader):
     """Batched lookups for plan_columns, inside the write transaction."""
 
@@ -1190,8 +1195,10 @@ class _BulkReader(Reader):
     def ordinals(self, kind: str, values: Sequence[str]) -> list[int | None]:
         assert self.txn is not None
         head = self.workspace._prefix + _LOOKUP_CHAR[kind]
-        keys = [head + v.encode() for v in values]
+        keys = _lookup_keys(head, values)
         found = self.txn.get_many("lookup", sorted(keys))
+        if not found:  # a load of new people
+            return [None] * len(keys)
         return [None if (raw := found.get(k)) is None else read_u32(raw) for k in keys]
 
     def records(self, ordinals: Sequence[int]) -> list[list[Any]]:

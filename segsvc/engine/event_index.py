@@ -266,12 +266,17 @@ class EventLeafIndex:
         if log is None:
             return days
         first_day = self.floor // DAY
+        # The filters once over the whole log (contiguous columns), then day by day only a
+        # lookup. Presence filters never compare with now (else the leaf is counted).
+        n = log.size
+        passing = log.passes(match[1], 0, slice(0, n), n) if match[1] else None
         for day in list(log.day_rows):
             if day >= first_day:
-                # Presence filters never compare with now (else the leaf is counted).
-                who = log.ordinals_passing(match[1], 0, log.day(day))
-                if len(who):
-                    days[day] = bitmap_of(who)
+                rows = log.day(day)
+                if passing is not None:
+                    rows = rows[passing[rows]]
+                if len(rows):
+                    days[day] = bitmap_of(log.ordinals[rows])
         return days
 
     def _present(self, match: Match, lo: int, hi: int | None) -> BitMap:

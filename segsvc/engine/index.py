@@ -203,16 +203,6 @@ class FieldIndex:
             self.times.remove(ordinal, encode_timestamp(int(value)))
             _discard(self.month_days, month_day(int(value)), ordinal)
 
-    def add_many(self, pairs: list[tuple[int, Value]]) -> None:
-        """Adds values for people that have none here yet, grouped per value."""
-        for values in FieldValues.split(pairs):
-            self.change(values, adding=True)
-
-    def remove_many(self, pairs: list[tuple[int, Value]]) -> None:
-        """Removes people's current values, grouped per value."""
-        for values in FieldValues.split(pairs):
-            self.change(values, adding=False)
-
     def change(self, fv: FieldValues, adding: bool) -> None:
         """Adds (people with no value here yet) or removes (their current values) one kind
         of values in bulk: a bitmap operation per distinct value or bit, no loop per person
@@ -337,13 +327,6 @@ class PeopleIndex:
         if index is None:
             index = self.fields[key] = FieldIndex(keep_values=key not in UNIQUE_FIELDS)
         return index
-
-    def apply(
-        self, people: Sequence[tuple[int, PersonRecord | None, PersonRecord | None]]
-    ) -> dict[str, Sequence[int]]:
-        """Moves each person from `old` to `new` (None: absent). Each ordinal appears at
-        most once in `people`. See `apply_delta` for what it returns."""
-        return self.apply_delta(IndexDelta.of_records(people))
 
     def apply_delta(self, delta: IndexDelta) -> dict[str, Sequence[int]]:
         """Applies a batch's changes, grouped per value so that it costs a few bulk

@@ -443,12 +443,9 @@ class WorkspaceState:
         moved = BitMap()
         seeds: set[int] = set()
         for leaf, holds in self.event_leaves.on_append(ranges, op.at, self.next_ordinal).items():
-            # New events only add: a leaf can only turn on here.
-            turned_on = holds & self.index.live
-            bitmap = self.leaves[leaf]
-            turned_on -= bitmap
+            # New events only add: among the people they touch, a leaf can only turn on.
+            turned_on = self._settle(leaf, LeafMove(holds, holds))
             if turned_on:
-                bitmap |= turned_on
                 moved |= turned_on
                 seeds |= self.leaf_users[leaf]
         self._refresh_segments(seeds, moved, op.at, CAUSE_DATA, out)

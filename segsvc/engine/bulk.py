@@ -18,8 +18,8 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
-from typing import Any
+from itertools import compress, pairwise
+from typing import Any, cast
 
 import msgpack
 import numpy as np
@@ -360,14 +360,16 @@ def _normalized(
     plain (the usual case), else one by one with the normalizer and its messages."""
     if column is None:
         return None
-    values: list[str | None] = list(column.values)
+    # Object arrays: masks and gathers over the strings without a Python loop per value.
+    cells = np.array(column.values, dtype=object)
     if column.present is not None:
-        values = [v if p else None for v, p in zip(values, column.present.tolist(), strict=True)]
-    rows = [row for row, v in enumerate(values) if v]
-    raw = [values[row] or "" for row in rows]
+        cells[~column.present] = None
+    given = cells.astype(bool)
+    everyone = bool(given.all())
+    raw: list[str] = cells.tolist() if everyone else cells[given].tolist()
     if not raw:
-        return values
-    stripped = [v.strip() for v in raw]
+        return cast("list[str | None]", cells.tolist())
+    stripped = list(map(str.strip, raw))
     joined = "\n".join(stripped)
     if fold:
         # ASCII only: NFC changes nothing and casefold is lower.
@@ -379,9 +381,12 @@ def _normalized(
         and len(lines.findall(joined)) == len(raw)
     )
     if fast:
-        for row, value in zip(rows, joined.split("\n"), strict=True):
-            values[row] = value
-        return values
+        if everyone:
+            return cast("list[str | None]", joined.split("\n"))
+        cells[given] = np.array(joined.split("\n"), dtype=object)
+        return cast("list[str | None]", cells.tolist())
+    values: list[str | None] = cells.tolist()
+    rows = np.flatnonzero(given).tolist()
     for row in rows:
         try:
             values[row] = normalize(values[row] or "", at(column.path, row))
@@ -489,12 +494,16 @@ def plan_columns(
         row: ItemResult(first_index + row, ids[row], "invalid", d, f)
         for row, (d, f) in checked.errors.items()
     }
-    valid = [row for row in range(n) if row not in errors]
-    valid_ids = [ids[row] for row in valid]
+    # Most batches have no invalid rows and (a load) nobody who exists yet: the lists below
+    # are then the columns themselves, without a loop per row.
+    valid = [row for row in range(n) if row not in errors] if errors else list(range(n))
+    valid_ids = [ids[row] for row in valid] if errors else ids
     if len(set(valid_ids)) != len(valid_ids):
         return None
     found = reader.ordinals("id", valid_ids)
-    existing = {row: o for row, o in zip(valid, found, strict=True) if o is not None}
+    existing: dict[int, int] = {}
+    if found.count(None) != len(found):
+        existing = {row: o for row, o in zip(valid, found, strict=True) if o is not None}
     old: dict[int, list[Any]] = {}
     if existing:
         old = dict(zip(existing, reader.records(list(existing.values())), strict=True))
@@ -506,9 +515,12 @@ def plan_columns(
     for kind, column, slot in (("email", checked.emails, 3), ("phone", checked.phones, 4)):
         if not old:
             # Only new people (the usual bulk load): every key given is claimed.
-            ends: list[str | None] = (
-                [None] * len(valid) if column is None else [column[row] or None for row in valid]
-            )
+            if column is None:
+                ends: list[str | None] = [None] * len(valid)
+            elif errors:
+                ends = [column[row] or None for row in valid]
+            else:
+                ends = column if "" not in column else [v or None for v in column]
             claimed = {v: row for v, row in zip(ends, valid, strict=True) if v}
             if len(claimed) != len(ends) - ends.count(None):
                 return None
@@ -524,14 +536,18 @@ def plan_columns(
                         return None
                     claimed[after] = row
         # Per row of the batch (None for rows that failed validation).
-        by_row: list[str | None] = [None] * n
-        for row, end in zip(valid, ends, strict=True):
-            by_row[row] = end
+        by_row = ends
+        if len(valid) != n:
+            by_row = [None] * n
+            for row, end in zip(valid, ends, strict=True):
+                by_row[row] = end
         keys[kind] = by_row
         claims[kind] = claimed
     for kind in ("email", "phone"):
         claimed = claims[kind]
         holders = reader.ordinals(kind, list(claimed))
+        if holders.count(None) == len(holders):
+            continue
         for (value, row), holder in zip(claimed.items(), holders, strict=True):
             if holder is None or holder == existing.get(row):
                 continue
@@ -551,16 +567,23 @@ def plan_columns(
     builder = _DeltaBuilder(now)
     frees: list[tuple[str, str]] = []
     tags = cols.row_tags() if cols.tag_counts is not None else None
-    new_rows = [row for row in valid if row not in errors and row not in existing]
+    new_rows = valid
+    if errors or existing:
+        new_rows = [row for row in valid if row not in errors and row not in existing]
     _created(cols, checked, new_rows, next_ordinal, now, keys, tags, builder)
     outcomes[new_rows] = CREATED
     new_ordinals = list(range(next_ordinal, next_ordinal + len(new_rows)))
     record_ordinals = list(new_ordinals)
     records = builder.records
     lookups: dict[str, tuple[list[str], list[int]]] = {
-        "id": ([ids[row] for row in new_rows], new_ordinals)
+        "id": (ids if len(new_rows) == n else [ids[row] for row in new_rows], new_ordinals)
     }
     for kind in ("email", "phone"):
+        if len(new_rows) == n:
+            # Everyone is new: what they claim is what the batch claims, in row order.
+            claimed_rows = np.fromiter(claims[kind].values(), np.int64, len(claims[kind]))
+            lookups[kind] = (list(claims[kind]), (claimed_rows + next_ordinal).tolist())
+            continue
         ends = keys[kind]
         taken: list[tuple[str, int]] = []
         for row, o in zip(new_rows, new_ordinals, strict=True):
@@ -611,10 +634,6 @@ class _DeltaBuilder:
         self.remove_pairs: dict[str, list[tuple[int, Value]]] = defaultdict(list)
         self.tag_gains: dict[str, list[int]] = defaultdict(list)
         self.born: np.ndarray = np.zeros(0, dtype=np.uint32)
-        self.key_ordinals: list[int] = []
-        self.ids: list[str | None] = []
-        self.emails: list[str | None] = []
-        self.phones: list[str | None] = []
         self.records: list[bytes] = []
 
     def update(
@@ -673,10 +692,6 @@ class _DeltaBuilder:
                 self.add_pairs[key].append((ordinal, after_value))
         for tag in gained:
             self.tag_gains[tag].append(ordinal)
-        self.key_ordinals.append(ordinal)
-        self.ids.append(pid)
-        self.emails.append(email)
-        self.phones.append(phone)
         new_tags = sorted(set(old_tags) | set(tags)) if gained else old_tags
         plain = [pid, new_created, self.now, email, phone, new_unsub, attrs, new_tags, devices]
         return bytes(msgpack.packb(plain, use_bin_type=True))
@@ -693,10 +708,6 @@ class _DeltaBuilder:
             removes=removes,
             adds=adds,
             tags={tag: (u32s(people), empty) for tag, people in self.tag_gains.items()},
-            key_ordinals=u32s(self.key_ordinals),
-            ids=self.ids,
-            emails=self.emails,
-            phones=self.phones,
         )
 
 
@@ -721,9 +732,15 @@ def _created(
     place = np.full(n, -1, dtype=np.int64)
     place[picked] = np.arange(count)
     builder.born = ordinals
-    ids = [cols.ids[row] for row in rows]
-    emails = [keys["email"][row] for row in rows]
-    phones = [keys["phone"][row] for row in rows]
+    # Every row (a load of new people): the columns as they are.
+    everyone = count == n
+
+    def picked_of(values: list[Any]) -> list[Any]:
+        return values if everyone else list(map(values.__getitem__, rows))
+
+    ids = picked_of(cols.ids)
+    emails = picked_of(keys["email"])
+    phones = picked_of(keys["phone"])
     attrs: list[dict[str, Any]] = [{} for _ in range(count)]
     for attribute, column in zip(cols.attributes, checked.attributes, strict=True):
         selected = column.rows(n)
@@ -732,7 +749,7 @@ def _created(
             continue
         where = place[selected]
         if column.kind == "string":
-            values: Any = [column.values[row] for row in selected.tolist()]
+            values: Any = list(map(column.values.__getitem__, selected.tolist()))
             plain = values
         else:
             values = column.values[selected]
@@ -755,28 +772,24 @@ def _created(
         unsub[place[given]] = cols.unsubscribed.values[given]
     builder.adds["$id"].append(FieldValues("string", ordinals, ids))
     for key, values_of in (("$email", emails), ("$phone", phones)):
-        chosen = [k for k, v in enumerate(values_of) if v]
-        if chosen:
+        chosen = np.fromiter(map(bool, values_of), bool, count)
+        if chosen.any():
             builder.adds[key].append(
-                FieldValues("string", ordinals[chosen], [values_of[k] for k in chosen])
+                FieldValues("string", ordinals[chosen], list(filter(None, values_of)))
             )
     builder.adds["$created_at"].append(FieldValues("timestamp", ordinals, created))
     builder.adds["$unsubscribed"].append(FieldValues("bool", ordinals, unsub))
     row_tags: list[Any] = [()] * count
     if tags is not None:
-        gains = builder.tag_gains
-        for k, row in enumerate(rows):
-            mine: Sequence[str] = tags[row]
-            if mine:
-                if len(mine) > 1:
-                    mine = sorted(set(mine))
-                row_tags[k] = mine
-                for tag in mine:
-                    gains[tag].append(first_ordinal + k)
-    builder.key_ordinals.extend(ordinals.tolist())
-    builder.ids.extend(ids)
-    builder.emails.extend(emails)
-    builder.phones.extend(phones)
+        assert cols.tag_counts is not None
+        row_tags = picked_of(tags)
+        if everyone:
+            row_tags = list(row_tags)
+        # Stored tags are sorted and distinct.
+        for k in np.flatnonzero(cols.tag_counts[picked] > 1).tolist():
+            row_tags[k] = sorted(set(row_tags[k]))
+        for tag, places in _tag_places(cols, place).items():
+            builder.tag_gains[tag].extend((places + first_ordinal).tolist())
     # One packer per batch (a packer is not thread-safe; msgpack.packb makes one per call).
     pack = msgpack.Packer(use_bin_type=True).pack
     builder.records = [
@@ -785,6 +798,24 @@ def _created(
             ids, created.tolist(), emails, phones, unsub.tolist(), attrs, row_tags, strict=True
         )
     ]
+
+
+def _tag_places(cols: PeopleColumns, place: np.ndarray) -> dict[str, np.ndarray]:
+    """Per tag, the places (in `place`) of the rows given it, each once: grouped by a sort
+    over tag codes rather than a loop per person."""
+    assert cols.tag_counts is not None
+    owners = place[np.repeat(np.arange(len(cols)), cols.tag_counts)]
+    kept = owners >= 0
+    flat = cols.tags if kept.all() else list(compress(cols.tags, kept.tolist()))
+    if not flat:
+        return {}
+    owners = owners[kept]
+    code_of = {tag: code for code, tag in enumerate(dict.fromkeys(flat))}
+    codes = np.fromiter(map(code_of.__getitem__, flat), np.int64, len(flat))
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(1, len(code_of)))
+    groups = np.split(owners[order], bounds)
+    return {tag: np.unique(group) for tag, group in zip(code_of, groups, strict=True)}
 
 
 def upserts_for_rows(cols: PeopleColumns, checked: Checked) -> list[tuple[int, PersonUpsert]]:

@@ -332,7 +332,7 @@ class PeopleIndex:
         """Applies a batch's changes, grouped per value so that it costs a few bulk
         operations per distinct value. Returns, per dependency key, the people whose answer
         on it may have changed."""
-        self._grow(max(delta.key_ordinals, default=-1))
+        self._grow(max(delta.born, default=-1))
         self.live |= BitMap(delta.born)
         self.live -= BitMap(delta.died)
         for key, columns in delta.removes.items():
@@ -347,15 +347,25 @@ class PeopleIndex:
                 _bulk_set(table, key, gained, adding=True)
         self.any_device |= BitMap(delta.got_device)
         self.any_device -= BitMap(delta.lost_device)
-        ids, emails, phones = self.ids, self.emails, self.phones
-        for ordinal, pid, email, phone in zip(
-            delta.key_ordinals, delta.ids, delta.emails, delta.phones, strict=True
-        ):
-            if pid is not None:
-                ids[ordinal] = pid
-            emails[ordinal] = email
-            phones[ordinal] = phone
+        self._set_keys(delta)
         return delta.touched()
+
+    def _set_keys(self, delta: IndexDelta) -> None:
+        """The lists of ids, emails and phones follow the moves of those fields. A deleted
+        person keeps their id there: the change feed still names who left."""
+        for key, keys in (("$email", self.emails), ("$phone", self.phones)):
+            for values in delta.removes.get(key, ()):
+                for ordinal in values.ordinals.tolist():
+                    keys[ordinal] = None
+        for key, keys in (("$id", self.ids), ("$email", self.emails), ("$phone", self.phones)):
+            for values in delta.adds.get(key, ()):
+                ordinals = values.ordinals
+                if len(ordinals) and bool((np.diff(ordinals.astype(np.int64)) == 1).all()):
+                    # Consecutive ordinals, ascending (new people in a bulk load): a slice.
+                    keys[int(ordinals[0]) : int(ordinals[-1]) + 1] = values.values
+                    continue
+                for ordinal, key_value in zip(ordinals.tolist(), values.values, strict=True):
+                    keys[ordinal] = key_value
 
     def _grow(self, ordinal: int) -> None:
         missing = ordinal + 1 - len(self.ids)
@@ -408,11 +418,15 @@ class IndexDelta:
     platforms: dict[str, tuple[array[int], array[int]]] = field(default_factory=dict)
     got_device: array[int] = field(default_factory=lambda: array("I"))
     lost_device: array[int] = field(default_factory=lambda: array("I"))
-    # The unique keys of every person in the batch: id (None: unchanged), email, phone.
-    key_ordinals: array[int] = field(default_factory=lambda: array("I"))
-    ids: list[str | None] = field(default_factory=list)
-    emails: list[str | None] = field(default_factory=list)
-    phones: list[str | None] = field(default_factory=list)
+
+    def size(self) -> int:
+        """How many values it moves (what applying it costs, roughly)."""
+        moved = 0
+        for table in (self.removes, self.adds):
+            moved += sum(len(values.ordinals) for columns in table.values() for values in columns)
+        for sets in (self.tags, self.platforms):
+            moved += sum(len(gained) + len(lost) for gained, lost in sets.values())
+        return moved
 
     def to_plain(self) -> list[Any]:
         """The msgpack-ready form, for the operation log."""
@@ -429,10 +443,6 @@ class IndexDelta:
             moves(self.platforms),
             _u32_bytes(self.got_device),
             _u32_bytes(self.lost_device),
-            _u32_bytes(self.key_ordinals),
-            self.ids,
-            self.emails,
-            self.phones,
         ]
 
     @staticmethod
@@ -440,7 +450,9 @@ class IndexDelta:
         def moves(table: dict[str, list[bytes]]) -> dict[str, tuple[array[int], array[int]]]:
             return {k: (_u32_array(g), _u32_array(lo)) for k, (g, lo) in table.items()}
 
-        born, died, removes, adds, tags, platforms, got, lost, keys, ids, emails, phones = data
+        # Older logs carry four more entries (each person's keys), which the moves of $id,
+        # $email and $phone hold too.
+        born, died, removes, adds, tags, platforms, got, lost = data[:8]
         return IndexDelta(
             born=_u32_array(born),
             died=_u32_array(died),
@@ -450,10 +462,6 @@ class IndexDelta:
             platforms=moves(platforms),
             got_device=_u32_array(got),
             lost_device=_u32_array(lost),
-            key_ordinals=_u32_array(keys),
-            ids=ids,
-            emails=emails,
-            phones=phones,
         )
 
     def touched(self) -> dict[str, Sequence[int]]:
@@ -506,10 +514,6 @@ class IndexDelta:
                 for platform in new_platforms - old_platforms:
                     platform_moves[platform][0].append(ordinal)
                 (delta.got_device if new_platforms else delta.lost_device).append(ordinal)
-            delta.key_ordinals.append(ordinal)
-            delta.ids.append(new.id if new is not None else None)
-            delta.emails.append(new.email if new is not None else None)
-            delta.phones.append(new.phone if new is not None else None)
         delta.removes = {k: FieldValues.split(pairs) for k, pairs in removes.items()}
         delta.adds = {k: FieldValues.split(pairs) for k, pairs in adds.items()}
         for table, moves in ((delta.tags, tag_moves), (delta.platforms, platform_moves)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,7 @@ class Txn:
         with self._txn.cursor(db=self._dbs[table]) as cursor:
             return {bytes(k): bytes(v) for k, v in cursor.getmulti(keys)}
 
-    def put_many(self, table: str, items: list[tuple[bytes, bytes]]) -> None:
+    def put_many(self, table: str, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Writes many rows with one cursor (sorted keys write fastest)."""
         try:
             with self._txn.cursor(db=self._dbs[table]) as cursor:

@@ -18,7 +18,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import compress, pairwise
+from itertools import pairwise
 from typing import Any, cast
 
 import msgpack
@@ -758,6 +758,11 @@ def _created(
             FieldValues(column.kind, ordinals[where], values)
         )
         name = attribute.name
+        if len(where) == count:
+            # `where` ascends: as long as attrs, it is every created person in order.
+            for person, value in zip(attrs, plain, strict=True):
+                person[name] = value
+            continue
         for k, value in zip(where.tolist(), plain, strict=True):
             attrs[k][name] = value
     created = np.full(count, now, dtype=np.int64)
@@ -801,21 +806,14 @@ def _created(
 
 
 def _tag_places(cols: PeopleColumns, place: np.ndarray) -> dict[str, np.ndarray]:
-    """Per tag, the places (in `place`) of the rows given it, each once: grouped by a sort
-    over tag codes rather than a loop per person."""
+    """Per tag, the places (in `place`) of the rows given it, each once."""
     assert cols.tag_counts is not None
-    owners = place[np.repeat(np.arange(len(cols)), cols.tag_counts)]
-    kept = owners >= 0
-    flat = cols.tags if kept.all() else list(compress(cols.tags, kept.tolist()))
-    if not flat:
-        return {}
-    owners = owners[kept]
-    code_of = {tag: code for code, tag in enumerate(dict.fromkeys(flat))}
-    codes = np.fromiter(map(code_of.__getitem__, flat), np.int64, len(flat))
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(1, len(code_of)))
-    groups = np.split(owners[order], bounds)
-    return {tag: np.unique(group) for tag, group in zip(code_of, groups, strict=True)}
+    owners = place[np.repeat(np.arange(len(cols)), cols.tag_counts)].tolist()
+    places: dict[str, list[int]] = defaultdict(list)
+    for owner, tag in zip(owners, cols.tags, strict=True):
+        if owner >= 0:
+            places[tag].append(owner)
+    return {tag: np.unique(mine) for tag, mine in places.items()}
 
 
 def upserts_for_rows(cols: PeopleColumns, checked: Checked) -> list[tuple[int, PersonUpsert]]:

@@ -27,6 +27,7 @@ import numpy as np
 from segsvc.config import Limits
 from segsvc.engine.errors import InvalidArgument
 from segsvc.engine.index import KIND_DTYPES, FieldValues, IndexDelta, u32s
+from segsvc.engine.key_lines import plain_emails, plain_phones
 from segsvc.engine.model import ItemResult
 from segsvc.engine.people import PersonUpsert, check_name, unpack_value
 from segsvc.engine.values import (
@@ -56,10 +57,6 @@ ATTRIBUTE_VALUES: dict[Kind, str] = {
 _FILLERS: dict[Kind, Any] = {"string": "", "number": 0.0, "bool": False, "timestamp": 0}
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-# The checks of normalize_email / normalize_phone on many values joined by newlines (which
-# no valid value contains): one regular-expression pass for the common, valid case.
-_EMAIL_LINES = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", re.MULTILINE)
-_PHONE_LINES = re.compile(r"^\+[0-9]{7,15}$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -297,8 +294,8 @@ def check_columns(cols: PeopleColumns, limits: Limits, first_index: int) -> Chec
                 check_key(pid, "the person id", at(f"{cols.path}.ids", row))
             except InvalidArgument as exc:
                 fail(row, exc.violations[0].description, exc.violations[0].field)
-    emails = _normalized(cols.emails, n, _EMAIL_LINES, 254, normalize_email, fail, at, True)
-    phones = _normalized(cols.phones, n, _PHONE_LINES, 16, normalize_phone, fail, at, False)
+    emails = _normalized(cols.emails, plain_emails, 254, normalize_email, fail, at, True)
+    phones = _normalized(cols.phones, plain_phones, 16, normalize_phone, fail, at, False)
     attributes = []
     if len(cols.attributes) > limits.max_attributes_per_person:
         per_row = np.zeros(n, dtype=np.int64)
@@ -348,8 +345,7 @@ def _all_keys(values: Sequence[str], max_length: int) -> bool:
 
 def _normalized(
     column: Column | None,
-    n: int,
-    lines: re.Pattern[str],
+    plain: Callable[[str, int], bool],
     max_length: int,
     normalize: Callable[[str, str], str],
     fail: Callable[[int, str, str], None],
@@ -378,7 +374,7 @@ def _normalized(
         joined.isascii()
         and joined.count("\n") == len(raw) - 1
         and max(map(len, stripped)) <= max_length
-        and len(lines.findall(joined)) == len(raw)
+        and plain(joined, len(raw))
     )
     if fast:
         if everyone:

@@ -574,7 +574,11 @@ def _diff_fields(
 
 def _join(values: list[str | None]) -> list[Any]:
     # The length is stored too: "" is both the empty list and a list of one None.
-    return [len(values), "\x00".join("" if x is None else x for x in values)]
+    try:
+        joined = "\x00".join(values)  # type: ignore[arg-type]  # no None: most lists of ids
+    except TypeError:
+        joined = "\x00".join([x or "" for x in values])
+    return [len(values), joined]
 
 
 def _split(stored: list[Any]) -> list[str | None]:

@@ -27,7 +27,7 @@ import numpy as np
 from segsvc.config import Limits
 from segsvc.engine.errors import InvalidArgument
 from segsvc.engine.index import KIND_DTYPES, FieldValues, IndexDelta, u32s
-from segsvc.engine.key_lines import plain_emails, plain_phones
+from segsvc.engine.key_lines import ascii_controls, plain_emails, plain_phones
 from segsvc.engine.model import ItemResult
 from segsvc.engine.people import PersonUpsert, check_name, unpack_value
 from segsvc.engine.values import (
@@ -336,11 +336,12 @@ def _all_keys(values: Sequence[str], max_length: int) -> bool:
     """Whether every value passes check_key (non-empty, bounded, printable)."""
     if not values:
         return True
-    return (
-        max(map(len, values)) <= max_length
-        and all(map(str.strip, values))
-        and _CONTROL.search("".join(values)) is None
-    )
+    if max(map(len, values)) > max_length or not all(map(str.strip, values)):
+        return False
+    joined = "".join(values)
+    if joined.isascii():
+        return not ascii_controls(joined)
+    return _CONTROL.search(joined) is None
 
 
 def _normalized(

@@ -20,6 +20,12 @@ PHONE_LINES = re.compile(r"^\+[0-9]{7,15}$", re.MULTILINE)
 _NEWLINE, _AT, _DOT, _PLUS, _ZERO, _NINE = b"\n@.+09"
 
 
+def ascii_controls(joined: str) -> bool:
+    """Whether ASCII text holds a control character (below 32, or 127)."""
+    data = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    return bool(((data < 32) | (data == 127)).any())
+
+
 def _lines(joined: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The bytes, and where each line starts and ends (exclusive)."""
     data = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)

@@ -5,10 +5,18 @@ through the exact check)."""
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from segsvc.engine.key_lines import EMAIL_LINES, PHONE_LINES, plain_emails, plain_phones
+from segsvc.engine.key_lines import (
+    EMAIL_LINES,
+    PHONE_LINES,
+    ascii_controls,
+    plain_emails,
+    plain_phones,
+)
 
 # Characters that matter to the rules, a few that do not, and ASCII whitespace of each kind.
 EMAILISH = st.text(alphabet="ab.@-_+\t\x0b\x0c\r\x1c\x1f \x01\x7f", max_size=12)
@@ -60,3 +68,8 @@ def test_emails_as_the_regular_expression(values: list[str]) -> None:
 def test_phones_as_the_regular_expression(values: list[str]) -> None:
     joined = "\n".join(values)
     assert plain_phones(joined, len(values)) == regex_says(PHONE_LINES, values)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_controls_as_the_regular_expression(text: str) -> None:
+    assert ascii_controls(text) == (re.search("[\x00-\x1f\x7f]", text) is not None)

@@ -98,7 +98,7 @@ _PHONE_PUNCTUATION = re.compile(r"[\s().\-/]")
 
 def normalize_email(raw: str, field: str) -> str:
     email = unicodedata.normalize("NFC", raw.strip()).casefold()
-    if len(email) > 254 or not _EMAIL.match(email):
+    if len(email) > 254 or _CONTROL.search(email) or not _EMAIL.match(email):
         raise InvalidArgument(f"{raw!r} is not an email address (expected name@domain.tld)", field)
     return email
 

@@ -19,6 +19,7 @@ page view and message conditions can join the generators as soon as the engine h
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -95,7 +96,7 @@ def anniversary_this_month(ts: int, now: int) -> bool:
 def normalize_email(raw: str) -> str | None:
     """Trimmed and case-folded; None when it is not name@domain.tld."""
     email = raw.strip().casefold()
-    if email.count("@") != 1 or any(c.isspace() for c in email):
+    if email.count("@") != 1 or any(c.isspace() or unicodedata.category(c) == "Cc" for c in email):
         return None
     local, domain = email.split("@")
     if not local or "." not in domain:

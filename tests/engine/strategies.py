@@ -85,7 +85,7 @@ EMAILS = (
     "STRASSE@x.de",
     "cy@y.org",
 )
-BAD_EMAILS = ("not-an-email", "a@b", "x@@y.io", "sp ace@x.io", "   ")
+BAD_EMAILS = ("not-an-email", "a@b", "x@@y.io", "sp ace@x.io", "   ", "a\x01b@x.io")
 # Valid phones: "+1 555 010 0001" and "+15550100001" are the same number.
 PHONES = ("+1 555 010 0001", "+15550100001", "(555) 010-0002", "0044 20 7946 0958", "555.010.0003")
 BAD_PHONES = ("12", "phone", "+12-34", "+1234567890123456")

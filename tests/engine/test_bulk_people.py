@@ -230,6 +230,7 @@ def test_invalid_rows_name_their_column_and_row() -> None:
         PersonUpsert("bad\x01id"),
         PersonUpsert("bad-tag", add_tags=("ok", " ")),
         PersonUpsert("bad-phone", phone="12"),
+        PersonUpsert("control-email", email="a\x7fb@x.io"),
     ]
     with harness() as h:
         result = h.ws.upsert_columns(PeopleColumns.from_upserts(batch), first_index=10)
@@ -240,6 +241,7 @@ def test_invalid_rows_name_their_column_and_row() -> None:
         (14, "bad\x01id", "columns.ids[14]"),
         (15, "bad-tag", "columns.tags[1]"),
         (16, "bad-phone", "columns.phones.values[16]"),
+        (17, "control-email", "columns.emails.values[17]"),
     ]
     assert result.errors[0].error.startswith("'nope' is not an email address")
     assert result.counts()["created"] == 1

@@ -454,6 +454,10 @@ class Reader:
     def ordinals(self, kind: str, values: Sequence[str]) -> list[int | None]:
         raise NotImplementedError
 
+    def keys(self, kind: str, values: Sequence[str]) -> list[bytes]:
+        """The lookup keys of `values` (built once for a list `ordinals` was given)."""
+        raise NotImplementedError
+
     def records(self, ordinals: Sequence[int]) -> list[list[Any]]:
         """The stored records (their plain msgpack form) of existing people."""
         raise NotImplementedError
@@ -540,9 +544,10 @@ def plan_columns(
                 by_row[row] = end
         keys[kind] = by_row
         claims[kind] = claimed
+    claimed_values = {kind: list(claimed) for kind, claimed in claims.items()}
     for kind in ("email", "phone"):
         claimed = claims[kind]
-        holders = reader.ordinals(kind, list(claimed))
+        holders = reader.ordinals(kind, claimed_values[kind])
         if holders.count(None) == len(holders):
             continue
         for (value, row), holder in zip(claimed.items(), holders, strict=True):
@@ -579,7 +584,8 @@ def plan_columns(
         if len(new_rows) == n:
             # Everyone is new: what they claim is what the batch claims, in row order.
             claimed_rows = np.fromiter(claims[kind].values(), np.int64, len(claims[kind]))
-            lookups[kind] = (list(claims[kind]), (claimed_rows + next_ordinal).tolist())
+            # The same list the lookup read: its keys are built once (see Reader.keys).
+            lookups[kind] = (claimed_values[kind], (claimed_rows + next_ordinal).tolist())
             continue
         ends = keys[kind]
         taken: list[tuple[str, int]] = []

@@ -344,7 +344,7 @@ class Workspace:
                 return self._resolve_rows_in_order(txn, columns, checked, first_index)
             if plan.delta is None:
                 return None, plan.result, None
-            return PeopleOp(now, (), plan.delta), plan.result, self._persist_plan(plan)
+            return PeopleOp(now, (), plan.delta), plan.result, self._persist_plan(plan, reader)
 
         return self._commit(resolve)
 
@@ -376,7 +376,7 @@ class Workspace:
                 outcomes[result.index] = OUTCOME_CODES[result.outcome]
         return op, BulkResult(outcomes, errors), persist
 
-    def _persist_plan(self, plan: Plan) -> Callable[[Txn], None]:
+    def _persist_plan(self, plan: Plan, reader: _BulkReader) -> Callable[[Txn], None]:
         def persist(txn: Txn) -> None:
             p = self._prefix
             for kind, value in plan.frees:
@@ -384,7 +384,7 @@ class Workspace:
             people = map(p.__add__, map(U32.pack, plan.ordinals))
             txn.put_many("people", zip(people, plan.records, strict=True))
             for kind, (values, ordinals) in plan.claims.items():
-                keys = _lookup_keys(p + _LOOKUP_CHAR[kind], values)
+                keys = reader.keys(kind, values)
                 txn.put_many("lookup", zip(keys, map(U32.pack, ordinals), strict=True))
 
         return persist
@@ -1191,11 +1191,20 @@ class _BulkReader(Reader):
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self.txn: Txn | None = None
+        # (kind, id of a list of values) -> (that list, kept alive so that its id stays its
+        # own, and its keys)
+        self._built: dict[tuple[str, int], tuple[Sequence[str], list[bytes]]] = {}
+
+    def keys(self, kind: str, values: Sequence[str]) -> list[bytes]:
+        built = self._built.get((kind, id(values)))
+        if built is not None and built[0] is values:
+            return built[1]
+        return _lookup_keys(self.workspace._prefix + _LOOKUP_CHAR[kind], values)
 
     def ordinals(self, kind: str, values: Sequence[str]) -> list[int | None]:
         assert self.txn is not None
-        head = self.workspace._prefix + _LOOKUP_CHAR[kind]
-        keys = _lookup_keys(head, values)
+        keys = self.keys(kind, values)
+        self._built[kind, id(values)] = (values, keys)
         found = self.txn.get_many("lookup", sorted(keys))
         if not found:  # a load of new people
             return [None] * len(keys)

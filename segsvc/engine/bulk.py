@@ -14,7 +14,6 @@ matter; such a batch is resolved by the person-by-person path, row after row, in
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +30,7 @@ from segsvc.engine.key_lines import ascii_controls, plain_emails, plain_phones
 from segsvc.engine.model import ItemResult
 from segsvc.engine.people import PersonUpsert, check_name, unpack_value
 from segsvc.engine.values import (
+    CONTROL_CHARACTERS,
     MAX_TIMESTAMP,
     MIN_TIMESTAMP,
     Kind,
@@ -55,8 +55,6 @@ ATTRIBUTE_VALUES: dict[Kind, str] = {
     "timestamp": "timestamps.seconds",
 }
 _FILLERS: dict[Kind, Any] = {"string": "", "number": 0.0, "bool": False, "timestamp": 0}
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -341,7 +339,7 @@ def _all_keys(values: Sequence[str], max_length: int) -> bool:
     joined = "".join(values)
     if joined.isascii():
         return not ascii_controls(joined)
-    return _CONTROL.search(joined) is None
+    return CONTROL_CHARACTERS.search(joined) is None
 
 
 def _normalized(

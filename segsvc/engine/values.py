@@ -91,14 +91,14 @@ def describe(value: Value) -> str:
 
 
 # Unicode category Cc: the C0 and C1 control characters and DEL.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+EMAIL_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE_PUNCTUATION = re.compile(r"[\s().\-/]")
 
 
 def normalize_email(raw: str, field: str) -> str:
     email = unicodedata.normalize("NFC", raw.strip()).casefold()
-    if len(email) > 254 or _CONTROL.search(email) or not _EMAIL.match(email):
+    if len(email) > 254 or CONTROL_CHARACTERS.search(email) or not EMAIL_ADDRESS.match(email):
         raise InvalidArgument(f"{raw!r} is not an email address (expected name@domain.tld)", field)
     return email
 
@@ -123,6 +123,6 @@ def check_key(raw: str, what: str, field: str, max_length: int = 256) -> str:
         raise InvalidArgument(f"{what} is empty", field)
     if len(raw) > max_length:
         raise InvalidArgument(f"{what} is longer than {max_length} characters", field)
-    if _CONTROL.search(raw):
+    if CONTROL_CHARACTERS.search(raw):
         raise InvalidArgument(f"{what} {raw!r} contains control characters", field)
     return raw

@@ -76,14 +76,26 @@ class BitSlicedIndex:
 
     def _by_bit(self, ordinals: Sequence[int], codes: Sequence[int]) -> list[tuple[int, BitMap]]:
         """For each bit, the people whose code has it set: one vectorised mask per bit
-        instead of a Python loop per person and bit."""
+        instead of a Python loop per person and bit. Bits that every code has (or none has)
+        need no mask: a group's values often share their high bits (dates of one season,
+        whole numbers as doubles, one creation time)."""
         people = np.asarray(ordinals, dtype=np.uint32)
         values = np.asarray(codes, dtype=np.uint64)
+        if not values.size:
+            return []
+        every = int(np.bitwise_and.reduce(values))
+        some = int(np.bitwise_or.reduce(values))
+        everyone: BitMap | None = None
         out = []
         for i in range(self.bits):
-            chosen = people[(values >> np.uint64(i)) & np.uint64(1) == 1]
-            if chosen.size:
-                out.append((i, BitMap(array("I", chosen.tobytes()))))
+            if not some >> i & 1:
+                continue
+            if every >> i & 1:
+                everyone = everyone or BitMap(array("I", people.tobytes()))
+                out.append((i, everyone))
+                continue
+            chosen = people[values & np.uint64(1 << i) != 0]
+            out.append((i, BitMap(array("I", chosen.tobytes()))))
         return out
 
     def compare(self, code: int, within: BitMap | None = None) -> tuple[BitMap, BitMap, BitMap]:

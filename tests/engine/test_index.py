@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from segsvc.engine.bsi import (
     NUMBER_BITS,
+    SMALL,
     TIMESTAMP_BITS,
     BitSlicedIndex,
     encode_number,
@@ -86,3 +87,32 @@ def test_ranges_match_a_scan(
         assert set(bsi.equal(encode_number(low))) == {o for o, v in live.items() if v == low}
     restored = BitSlicedIndex.deserialize(NUMBER_BITS, bsi.serialize())
     assert restored.range(None, False, None, False) == bsi.range(None, False, None, False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    start=calendar,
+    spread=st.sampled_from([0, 1, 60, 86_400, 90 * 86_400]),
+    offsets=st.lists(st.integers(0, 90 * 86_400), min_size=SMALL, max_size=80),
+)
+def test_bulk_insert_of_close_times_matches_one_by_one(
+    start: int, spread: int, offsets: list[int]
+) -> None:
+    # A bulk group's times often share their high bits (or are all equal): the bulk path
+    # skips the bits nobody has and gives everyone the bits all have.
+    times = [min(start + o % (spread + 1), MAX_TS) for o in offsets]
+    codes = [encode_timestamp(t) for t in times]
+    bulk, single = BitSlicedIndex(TIMESTAMP_BITS), BitSlicedIndex(TIMESTAMP_BITS)
+    bulk.add_many(list(range(len(codes))), codes)
+    for ordinal, code in enumerate(codes):
+        single.add(ordinal, code)
+    assert _contents(bulk) == _contents(single)
+    bulk.remove_many(list(range(0, len(codes), 2)), codes[::2])
+    for ordinal in range(0, len(codes), 2):
+        single.remove(ordinal, codes[ordinal])
+    assert _contents(bulk) == _contents(single)
+
+
+def _contents(index: BitSlicedIndex) -> list[list[int]]:
+    # By content: the two paths may choose different roaring containers for the same set.
+    return [list(index.exists), *(list(s) for s in index.slices)]

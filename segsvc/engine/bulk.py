@@ -510,7 +510,8 @@ def plan_columns(
 
     # Emails and phones each row ends with, and those it newly claims.
     keys: dict[str, list[str | None]] = {}
-    claims: dict[str, dict[str, int]] = {}
+    # kind -> the keys claimed and the rows claiming them, in row order
+    claims: dict[str, tuple[list[str], list[int]]] = {}
     for kind, column, slot in (("email", checked.emails, 3), ("phone", checked.phones, 4)):
         if not old:
             # Only new people (the usual bulk load): every key given is claimed.
@@ -520,8 +521,12 @@ def plan_columns(
                 ends = [column[row] or None for row in valid]
             else:
                 ends = column if "" not in column else [v or None for v in column]
-            claimed = {v: row for v, row in zip(ends, valid, strict=True) if v}
-            if len(claimed) != len(ends) - ends.count(None):
+            if ends.count(None):
+                claimers = [row for v, row in zip(ends, valid, strict=True) if v]
+                claims[kind] = (list(filter(None, ends)), claimers)
+            else:
+                claims[kind] = (cast(list[str], ends), valid)  # no None in it
+            if len(set(claims[kind][0])) != len(claims[kind][0]):
                 return None
         else:
             ends, claimed = [], {}
@@ -534,6 +539,7 @@ def plan_columns(
                     if after in claimed:
                         return None
                     claimed[after] = row
+            claims[kind] = (list(claimed), list(claimed.values()))
         # Per row of the batch (None for rows that failed validation).
         by_row = ends
         if len(valid) != n:
@@ -541,14 +547,12 @@ def plan_columns(
             for row, end in zip(valid, ends, strict=True):
                 by_row[row] = end
         keys[kind] = by_row
-        claims[kind] = claimed
-    claimed_values = {kind: list(claimed) for kind, claimed in claims.items()}
     for kind in ("email", "phone"):
-        claimed = claims[kind]
-        holders = reader.ordinals(kind, claimed_values[kind])
+        values, rows = claims[kind]
+        holders = reader.ordinals(kind, values)
         if holders.count(None) == len(holders):
             continue
-        for (value, row), holder in zip(claimed.items(), holders, strict=True):
+        for value, row, holder in zip(values, rows, holders, strict=True):
             if holder is None or holder == existing.get(row):
                 continue
             if holder in in_batch:
@@ -581,9 +585,9 @@ def plan_columns(
     for kind in ("email", "phone"):
         if len(new_rows) == n:
             # Everyone is new: what they claim is what the batch claims, in row order.
-            claimed_rows = np.fromiter(claims[kind].values(), np.int64, len(claims[kind]))
+            values, rows = claims[kind]
             # The same list the lookup read: its keys are built once (see Reader.keys).
-            lookups[kind] = (claimed_values[kind], (claimed_rows + next_ordinal).tolist())
+            lookups[kind] = (values, (np.asarray(rows, np.int64) + next_ordinal).tolist())
             continue
         ends = keys[kind]
         taken: list[tuple[str, int]] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -1179,9 +1179,16 @@ class Workspace:
 BULK_BATCH_FACTOR = 5
 
 
-def _lookup_keys(head: bytes, values: Iterable[str]) -> list[bytes]:
-    """`head + value` as UTF-8 for many values (map over built-in methods: no Python-level
-    loop per value)."""
+def _lookup_keys(head: bytes, values: Sequence[str]) -> list[bytes]:
+    """`head + value` as UTF-8 for many values: joined with a separator, encoded once and
+    split (keys hold no control characters, so the split gives one key per value; when it
+    does not, map over built-in methods)."""
+    if not values:
+        return []
+    text = head.decode()
+    keys = (text + ("\x01" + text).join(values)).encode().split(b"\x01")
+    if len(keys) == len(values):
+        return keys
     return list(map(head.__add__, map(str.encode, values)))
 
 

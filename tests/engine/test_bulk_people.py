@@ -22,6 +22,7 @@ from segsvc.engine.bulk import PeopleColumns
 from segsvc.engine.model import ItemResult, PersonKey
 from segsvc.engine.people import PersonRecord, PersonUpsert
 from segsvc.engine.values import Timestamp, kind_of
+from segsvc.engine.workspace import _lookup_keys
 
 
 def column_path(field: str, cols: PeopleColumns, rows: Sequence[PersonUpsert]) -> str:
@@ -259,3 +260,18 @@ def test_a_key_given_up_earlier_in_the_batch_can_be_taken() -> None:
         batch = [PersonUpsert("a", email="k@x.io"), PersonUpsert("b", email="b@x.io")]
         result = h.ws.upsert_columns(PeopleColumns.from_upserts(batch))
         assert [e.outcome for e in result.errors] == ["conflict"]
+
+
+@pytest.mark.parametrize(
+    ("head", "values"),
+    [
+        (b"default\x00i", []),
+        (b"default\x00e", ["a@b.co", "\u00e9t\u00e9@b.co"]),
+        # The keys are split on \x01 when built together; a head or value holding one is
+        # built one by one.
+        (b"w\x01\x00i", ["a", "b"]),
+        (b"default\x00i", ["a\x01", "b"]),
+    ],
+)
+def test_lookup_keys_are_the_head_and_the_utf8_value(head: bytes, values: list[str]) -> None:
+    assert _lookup_keys(head, values) == [head + v.encode() for v in values]

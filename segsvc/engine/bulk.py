@@ -15,7 +15,7 @@ matter; such a batch is resolved by the person-by-person path, row after row, in
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any, cast
@@ -460,6 +460,11 @@ class Reader:
         """The stored records (their plain msgpack form) of existing people."""
         raise NotImplementedError
 
+    def claim_new(self, claims: Mapping[str, tuple[Sequence[str], Sequence[int]]]) -> bool:
+        """Gives each key (kind -> keys and the ordinals taking them) to its ordinal when
+        none of them is held yet, and says so; when one is, claims nothing."""
+        raise NotImplementedError
+
 
 @dataclass
 class Plan:
@@ -499,7 +504,20 @@ def plan_columns(
     valid_ids = [ids[row] for row in valid] if errors else ids
     if len(set(valid_ids)) != len(valid_ids):
         return None
-    found = reader.ordinals("id", valid_ids)
+    # A load of new people, each with keys of their own, claims every id, email and phone
+    # at once: no read first (the write finds a taken key, and then nothing is claimed).
+    fresh_keys = {
+        kind: _given_keys(column, valid, errors) for kind, column in _key_columns(checked)
+    }
+    # kind -> keys, and the ordinals of the new people giving them
+    new_claims: dict[str, tuple[list[str], list[int]]] = {}
+    if not errors and None not in fresh_keys.values():
+        new_claims["id"] = (ids, list(range(next_ordinal, next_ordinal + n)))
+        for kind, got in fresh_keys.items():
+            assert got is not None
+            new_claims[kind] = (got[1], (np.asarray(got[2], np.int64) + next_ordinal).tolist())
+    claimed_all = bool(new_claims) and reader.claim_new(new_claims)
+    found = [None] * n if claimed_all else reader.ordinals("id", valid_ids)
     existing: dict[int, int] = {}
     if found.count(None) != len(found):
         existing = {row: o for row, o in zip(valid, found, strict=True) if o is not None}
@@ -512,22 +530,13 @@ def plan_columns(
     keys: dict[str, list[str | None]] = {}
     # kind -> the keys claimed and the rows claiming them, in row order
     claims: dict[str, tuple[list[str], list[int]]] = {}
-    for kind, column, slot in (("email", checked.emails, 3), ("phone", checked.phones, 4)):
+    for (kind, column), slot in zip(_key_columns(checked), (3, 4), strict=True):
         if not old:
             # Only new people (the usual bulk load): every key given is claimed.
-            if column is None:
-                ends: list[str | None] = [None] * len(valid)
-            elif errors:
-                ends = [column[row] or None for row in valid]
-            else:
-                ends = column if "" not in column else [v or None for v in column]
-            if ends.count(None):
-                claimers = [row for v, row in zip(ends, valid, strict=True) if v]
-                claims[kind] = (list(filter(None, ends)), claimers)
-            else:
-                claims[kind] = (cast(list[str], ends), valid)  # no None in it
-            if len(set(claims[kind][0])) != len(claims[kind][0]):
+            got = fresh_keys[kind]
+            if got is None:
                 return None
+            ends, claims[kind] = got[0], (got[1], got[2])
         else:
             ends, claimed = [], {}
             for row in valid:
@@ -548,6 +557,8 @@ def plan_columns(
                 by_row[row] = end
         keys[kind] = by_row
     for kind in ("email", "phone"):
+        if claimed_all:
+            break
         values, rows = claims[kind]
         holders = reader.ordinals(kind, values)
         if holders.count(None) == len(holders):
@@ -584,10 +595,9 @@ def plan_columns(
     }
     for kind in ("email", "phone"):
         if len(new_rows) == n:
-            # Everyone is new: what they claim is what the batch claims, in row order.
-            values, rows = claims[kind]
-            # The same list the lookup read: its keys are built once (see Reader.keys).
-            lookups[kind] = (values, (np.asarray(rows, np.int64) + next_ordinal).tolist())
+            # Everyone is new: what they claim is what the batch claims, in row order (the
+            # same list the lookup read: its keys are built once, see Reader.keys).
+            lookups[kind] = new_claims[kind]
             continue
         ends = keys[kind]
         taken: list[tuple[str, int]] = []
@@ -618,7 +628,34 @@ def plan_columns(
                     lookups[kind][1].append(ordinal)
     result = BulkResult(outcomes, [errors[row] for row in sorted(errors)])
     delta = builder.delta() if records else None
+    if claimed_all:
+        lookups = {}  # written already
     return Plan(result, delta, record_ordinals, records, lookups, frees)
+
+
+def _key_columns(checked: Checked) -> tuple[tuple[str, list[str | None] | None], ...]:
+    return (("email", checked.emails), ("phone", checked.phones))
+
+
+def _given_keys(
+    column: list[str | None] | None, valid: list[int], errors: dict[int, ItemResult]
+) -> tuple[list[str | None], list[str], list[int]] | None:
+    """For a batch of new people: the key each valid row ends with (None: none), and the
+    keys given with the rows giving them; None when two rows give the same key."""
+    if column is None:
+        ends: list[str | None] = [None] * len(valid)
+    elif errors:
+        ends = [column[row] or None for row in valid]
+    else:
+        ends = column if "" not in column else [v or None for v in column]
+    if ends.count(None):
+        values = list(filter(None, ends))
+        rows = [row for v, row in zip(ends, valid, strict=True) if v]
+    else:
+        values, rows = cast(list[str], ends), valid  # no None in it
+    if len(set(values)) != len(values):
+        return None
+    return ends, values, rows
 
 
 def _key_path(cols: PeopleColumns, kind: str, position: int) -> str:

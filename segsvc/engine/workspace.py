@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -1216,6 +1216,25 @@ class _BulkReader(Reader):
         if not found:  # a load of new people
             return [None] * len(keys)
         return [None if (raw := found.get(k)) is None else read_u32(raw) for k in keys]
+
+    def claim_new(self, claims: Mapping[str, tuple[Sequence[str], Sequence[int]]]) -> bool:
+        assert self.txn is not None
+        written: list[tuple[list[bytes], Sequence[int]]] = []
+        for kind, (values, ordinals) in claims.items():
+            keys = self.keys(kind, values)
+            self._built[kind, id(values)] = (values, keys)
+            written.append((keys, ordinals))
+            rows = zip(keys, map(U32.pack, ordinals), strict=True)
+            if self.txn.insert_many("lookup", rows) != len(keys):
+                # Take back the rows this wrote: those holding the ordinal they were given
+                # (new ordinals, so no earlier row holds one).
+                for keys, ordinals in written:
+                    held = self.txn.get_many("lookup", sorted(keys))
+                    for key, ordinal in zip(keys, ordinals, strict=True):
+                        if held.get(key) == U32.pack(ordinal):
+                            self.txn.delete("lookup", key)
+                return False
+        return True
 
     def records(self, ordinals: Sequence[int]) -> list[list[Any]]:
         assert self.txn is not None

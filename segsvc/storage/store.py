@@ -88,6 +88,15 @@ class Txn:
         except lmdb.MapFullError as exc:
             raise StorageFullError(str(exc)) from exc
 
+    def insert_many(self, table: str, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Writes the rows whose keys are absent (the others keep their values); returns how
+        many it wrote."""
+        try:
+            with self._txn.cursor(db=self._dbs[table]) as cursor:
+                return int(cursor.putmulti(items, overwrite=False)[1])
+        except lmdb.MapFullError as exc:
+            raise StorageFullError(str(exc)) from exc
+
     def delete(self, table: str, key: bytes) -> bool:
         return bool(self._txn.delete(key, db=self._dbs[table]))
 

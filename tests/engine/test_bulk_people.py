@@ -7,6 +7,7 @@ memberships and the same change feed, also after a restart that replays the log.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -19,6 +20,7 @@ from strategies import EMAILS, PHONES, STARTS, trees, upserts
 
 from segsvc.engine import bulk
 from segsvc.engine.bulk import PeopleColumns
+from segsvc.engine.errors import NotFound
 from segsvc.engine.model import ItemResult, PersonKey
 from segsvc.engine.people import PersonRecord, PersonUpsert
 from segsvc.engine.values import Timestamp, kind_of
@@ -107,12 +109,19 @@ def people(h: Harness) -> dict[int, tuple[Any, ...]]:
     return out
 
 
+def lookups(h: Harness) -> dict[bytes, bytes]:
+    """The id, email and phone lookup rows: who holds which key."""
+    with h.ws.store.read() as txn:
+        return dict(txn.scan("lookup", h.ws._prefix))
+
+
 def snapshot(h: Harness) -> Any:
     state = h.ws.state
     changes, _ = h.ws.read_changes(0, frozenset(), limit=10**6)
     index = state.index
     return (
         people(h),
+        lookups(h),
         {sid: list(seg.members) for sid, seg in state.segments.items()},
         changes,
         {leaf: list(bm) for leaf, bm in state.leaves.items()},
@@ -260,6 +269,32 @@ def test_a_key_given_up_earlier_in_the_batch_can_be_taken() -> None:
         batch = [PersonUpsert("a", email="k@x.io"), PersonUpsert("b", email="b@x.io")]
         result = h.ws.upsert_columns(PeopleColumns.from_upserts(batch))
         assert [e.outcome for e in result.errors] == ["conflict"]
+
+
+def test_a_load_meeting_a_held_key_claims_nothing_of_it() -> None:
+    """New people are claimed whole before anything is read; a key someone holds (here the
+    last row's phone) gives that row a conflict and leaves no key of it behind."""
+    with harness() as h:
+        h.ws.upsert_people([PersonUpsert("held", phone="+15550000009")])
+        batch = [
+            PersonUpsert(f"n{i}", email=f"n{i}@x.io", phone=f"+1555000000{i}") for i in range(10)
+        ]
+        result = h.ws.upsert_columns(PeopleColumns.from_upserts(batch))
+        assert result.counts() == {"created": 9, "updated": 0, "unchanged": 0, "rejected": 1}
+        assert [(e.index, e.outcome) for e in result.errors] == [(9, "conflict")]
+        with pytest.raises(NotFound):
+            h.ws.get_person(PersonKey("id", "n9"))
+        with pytest.raises(NotFound):
+            h.ws.get_person(PersonKey("email", "n9@x.io"))
+        assert h.ws.get_person(PersonKey("phone", "+15550000009")).record.id == "held"
+        assert h.ws.get_person(PersonKey("email", "n8@x.io")).record.id == "n8"
+        # "held" has an id and a phone, the nine others an id, an email and a phone.
+        assert sorted(Counter(lookups(h).values()).values()) == [2] + [3] * 9
+        # Nothing of n9 is held: another load takes its id and email.
+        again = h.ws.upsert_columns(
+            PeopleColumns.from_upserts([PersonUpsert("n9", email="n9@x.io")])
+        )
+        assert again.counts()["created"] == 1
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ matter; such a batch is resolved by the person-by-person path, row after row, in
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
+from itertools import chain, pairwise, repeat
 from typing import Any, cast
 
 import msgpack
@@ -475,7 +475,7 @@ class Plan:
     delta: IndexDelta | None
     # ordinal -> stored record, as two lists
     ordinals: list[int]
-    records: list[bytes]
+    records: Iterable[bytes]  # packed as they are written (see _created)
     # kind (id, email, phone) -> the keys people take, and whose they become
     claims: dict[str, tuple[list[str], list[int]]]
     frees: list[tuple[str, str]]  # (kind, key)
@@ -589,7 +589,6 @@ def plan_columns(
     outcomes[new_rows] = CREATED
     new_ordinals = list(range(next_ordinal, next_ordinal + len(new_rows)))
     record_ordinals = list(new_ordinals)
-    records = builder.records
     lookups: dict[str, tuple[list[str], list[int]]] = {
         "id": (ids if len(new_rows) == n else [ids[row] for row in new_rows], new_ordinals)
     }
@@ -618,7 +617,7 @@ def plan_columns(
             continue
         outcomes[row] = UPDATED
         record_ordinals.append(ordinal)
-        records.append(record)
+        builder.records.append(record)
         for kind, after, before in (("email", email, old[row][3]), ("phone", phone, old[row][4])):
             if after != before:
                 if before:
@@ -627,7 +626,8 @@ def plan_columns(
                     lookups[kind][0].append(after)
                     lookups[kind][1].append(ordinal)
     result = BulkResult(outcomes, [errors[row] for row in sorted(errors)])
-    delta = builder.delta() if records else None
+    delta = builder.delta() if record_ordinals else None
+    records = chain(builder.created, builder.records)
     if claimed_all:
         lookups = {}  # written already
     return Plan(result, delta, record_ordinals, records, lookups, frees)
@@ -676,6 +676,7 @@ class _DeltaBuilder:
         self.remove_pairs: dict[str, list[tuple[int, Value]]] = defaultdict(list)
         self.tag_gains: dict[str, list[int]] = defaultdict(list)
         self.born: np.ndarray = np.zeros(0, dtype=np.uint32)
+        self.created: Iterable[bytes] = ()
         self.records: list[bytes] = []
 
     def update(
@@ -783,7 +784,8 @@ def _created(
     ids = picked_of(cols.ids)
     emails = picked_of(keys["email"])
     phones = picked_of(keys["phone"])
-    attrs: list[dict[str, Any]] = [{} for _ in range(count)]
+    # name -> the places (ascending) of the created people with a value, and the values
+    attr_columns: list[tuple[str, np.ndarray, Any]] = []
     for attribute, column in zip(cols.attributes, checked.attributes, strict=True):
         selected = column.rows(n)
         selected = selected[place[selected] >= 0]
@@ -792,21 +794,12 @@ def _created(
         where = place[selected]
         if column.kind == "string":
             values: Any = list(map(column.values.__getitem__, selected.tolist()))
-            plain = values
         else:
             values = column.values[selected]
-            plain = values.tolist()
         builder.adds["a:" + attribute.name].append(
             FieldValues(column.kind, ordinals[where], values)
         )
-        name = attribute.name
-        if len(where) == count:
-            # `where` ascends: as long as attrs, it is every created person in order.
-            for person, value in zip(attrs, plain, strict=True):
-                person[name] = value
-            continue
-        for k, value in zip(where.tolist(), plain, strict=True):
-            attrs[k][name] = value
+        attr_columns.append((attribute.name, where, values))
     created = np.full(count, now, dtype=np.int64)
     if cols.created_at is not None:
         given = cols.created_at.rows(n)
@@ -837,14 +830,61 @@ def _created(
             row_tags[k] = sorted(set(row_tags[k]))
         for tag, places in _tag_places(cols, place).items():
             builder.tag_gains[tag].extend((places + first_ordinal).tolist())
+    builder.created = _records(now, attr_columns, ids, created, emails, phones, unsub, row_tags)
+
+
+# People whose stored records are built at a time (see _records).
+RECORDS_CHUNK = 4096
+
+
+def _records(
+    now: int,
+    attr_columns: list[tuple[str, np.ndarray, Any]],
+    ids: list[str],
+    created: np.ndarray,
+    emails: list[str | None],
+    phones: list[str | None],
+    unsub: np.ndarray,
+    row_tags: list[Any],
+) -> Iterator[bytes]:
+    """The stored records of the people a batch creates, built a chunk at a time as LMDB
+    takes them: a chunk's attribute dicts and records are freed before the next is built,
+    so the memory of one chunk serves them all instead of a batch's worth of fresh pages
+    (page faults cost more than building lazily)."""
+    count = len(ids)
     # One packer per batch (a packer is not thread-safe; msgpack.packb makes one per call).
     pack = msgpack.Packer(use_bin_type=True).pack
-    builder.records = [
-        pack([pid, c, now, e, p, u, a, t, {}])
-        for pid, c, e, p, u, a, t in zip(
-            ids, created.tolist(), emails, phones, unsub.tolist(), attrs, row_tags, strict=True
+    for low in range(0, count, RECORDS_CHUNK):
+        high = min(low + RECORDS_CHUNK, count)
+        attrs: list[dict[str, Any]] = [{} for _ in range(high - low)]
+        for name, where, values in attr_columns:
+            start, stop = np.searchsorted(where, (low, high)).tolist()
+            chunk = values[start:stop]
+            plain = chunk if isinstance(chunk, list) else chunk.tolist()
+            if stop - start == high - low:
+                # `where` ascends: as long as the chunk, it is everyone in it, in order.
+                for person, value in zip(attrs, plain, strict=True):
+                    person[name] = value
+                continue
+            for k, value in zip((where[start:stop] - low).tolist(), plain, strict=True):
+                attrs[k][name] = value
+        yield from map(
+            pack,
+            map(
+                list,
+                zip(
+                    ids[low:high],
+                    created[low:high].tolist(),
+                    repeat(now),
+                    emails[low:high],
+                    phones[low:high],
+                    unsub[low:high].tolist(),
+                    attrs,
+                    row_tags[low:high],
+                    repeat({}),
+                ),
+            ),
         )
-    ]
 
 
 def _tag_places(cols: PeopleColumns, place: np.ndarray) -> dict[str, np.ndarray]:

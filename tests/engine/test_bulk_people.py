@@ -205,6 +205,28 @@ def test_a_plain_batch_is_resolved_column_by_column(monkeypatch: pytest.MonkeyPa
         assert h.ws.get_person(PersonKey("id", "u3")).record.attributes == {"n": -3.0}
 
 
+def test_records_built_in_chunks_hold_each_persons_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stored records are built a few people at a time: with chunks of two, attributes
+    some people lack land on the right person across chunk boundaries."""
+    monkeypatch.setattr(bulk, "RECORDS_CHUNK", 2)
+    batch = [
+        PersonUpsert(
+            f"u{i}",
+            email=f"u{i}@x.io" if i % 3 else None,
+            attributes={"n": float(i), **({"s": f"v{i}"} if i % 2 else {})},
+            add_tags=("t",) if i > 3 else (),
+        )
+        for i in range(7)
+    ]
+    with harness() as a, harness() as b:
+        a.ws.upsert_people(batch)
+        b.ws.upsert_columns(PeopleColumns.from_upserts(batch))
+        assert people(b) == people(a)
+        assert b.ws.get_person(PersonKey("id", "u5")).record.attributes == {"n": 5.0, "s": "v5"}
+
+
 def test_rows_that_depend_on_each_other_keep_their_order() -> None:
     """The same id twice, and an email one row gives up and a later row takes: resolved
     row after row, as the person-by-person path does."""

@@ -14,6 +14,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from itertools import chain
 from typing import Any, TypeVar
 
 import msgpack
@@ -1179,6 +1180,10 @@ class Workspace:
 BULK_BATCH_FACTOR = 5
 
 
+# Lookup keys built at a time when they are written once.
+KEYS_CHUNK = 4096
+
+
 def _lookup_keys(head: bytes, values: Sequence[str]) -> list[bytes]:
     """`head + value` as UTF-8 for many values: joined with a separator, encoded once and
     split (keys hold no control characters, so the split gives one key per value; when it
@@ -1219,18 +1224,24 @@ class _BulkReader(Reader):
 
     def claim_new(self, claims: Mapping[str, tuple[Sequence[str], Sequence[int]]]) -> bool:
         assert self.txn is not None
-        written: list[tuple[list[bytes], Sequence[int]]] = []
+        written: list[tuple[str, Sequence[str], Sequence[int]]] = []
         for kind, (values, ordinals) in claims.items():
-            keys = self.keys(kind, values)
-            self._built[kind, id(values)] = (values, keys)
-            written.append((keys, ordinals))
+            head = self.workspace._prefix + _LOOKUP_CHAR[kind]
+            # Keys written once: built a chunk at a time, so that one chunk's memory serves
+            # the next (as the records, see bulk._records).
+            keys = chain.from_iterable(
+                _lookup_keys(head, values[start : start + KEYS_CHUNK])
+                for start in range(0, len(values), KEYS_CHUNK)
+            )
+            written.append((kind, values, ordinals))
             rows = zip(keys, map(U32.pack, ordinals), strict=True)
-            if self.txn.insert_many("lookup", rows) != len(keys):
+            if self.txn.insert_many("lookup", rows) != len(values):
                 # Take back the rows this wrote: those holding the ordinal they were given
                 # (new ordinals, so no earlier row holds one).
-                for keys, ordinals in written:
-                    held = self.txn.get_many("lookup", sorted(keys))
-                    for key, ordinal in zip(keys, ordinals, strict=True):
+                for kind_written, values_written, ordinals_written in written:
+                    keys_written = self.keys(kind_written, values_written)
+                    held = self.txn.get_many("lookup", sorted(keys_written))
+                    for key, ordinal in zip(keys_written, ordinals_written, strict=True):
                         if held.get(key) == U32.pack(ordinal):
                             self.txn.delete("lookup", key)
                 return False

@@ -589,22 +589,18 @@ def plan_columns(
     outcomes[new_rows] = CREATED
     new_ordinals = list(range(next_ordinal, next_ordinal + len(new_rows)))
     record_ordinals = list(new_ordinals)
-    lookups: dict[str, tuple[list[str], list[int]]] = {
-        "id": (ids if len(new_rows) == n else [ids[row] for row in new_rows], new_ordinals)
-    }
-    for kind in ("email", "phone"):
-        if len(new_rows) == n:
-            # Everyone is new: what they claim is what the batch claims, in row order (the
-            # same list the lookup read: its keys are built once, see Reader.keys).
-            lookups[kind] = new_claims[kind]
-            continue
-        ends = keys[kind]
-        taken: list[tuple[str, int]] = []
-        for row, o in zip(new_rows, new_ordinals, strict=True):
-            end = ends[row]
-            if end:
-                taken.append((end, o))
-        lookups[kind] = ([v for v, _ in taken], [o for _, o in taken])
+    # The keys the created people take (a load's claim has written them already).
+    lookups: dict[str, tuple[list[str], list[int]]] = {}
+    if not claimed_all:
+        lookups["id"] = ([ids[row] for row in new_rows], new_ordinals)
+        for kind in ("email", "phone"):
+            ends = keys[kind]
+            taken: list[tuple[str, int]] = []
+            for row, o in zip(new_rows, new_ordinals, strict=True):
+                end = ends[row]
+                if end:
+                    taken.append((end, o))
+            lookups[kind] = ([v for v, _ in taken], [o for _, o in taken])
     for row, ordinal in existing.items():
         if row in errors:
             continue
@@ -628,8 +624,6 @@ def plan_columns(
     result = BulkResult(outcomes, [errors[row] for row in sorted(errors)])
     delta = builder.delta() if record_ordinals else None
     records = chain(builder.created, builder.records)
-    if claimed_all:
-        lookups = {}  # written already
     return Plan(result, delta, record_ordinals, records, lookups, frees)
 
 

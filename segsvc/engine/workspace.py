@@ -1233,11 +1233,14 @@ class _BulkReader(Reader):
                 _lookup_keys(head, values[start : start + KEYS_CHUNK])
                 for start in range(0, len(values), KEYS_CHUNK)
             )
-            written.append((kind, values, ordinals))
             rows = zip(keys, map(U32.pack, ordinals), strict=True)
-            if self.txn.insert_many("lookup", rows) != len(values):
+            added = self.txn.insert_many("lookup", rows)
+            if added:
+                written.append((kind, values, ordinals))
+            if added != len(values):
                 # Take back the rows this wrote: those holding the ordinal they were given
-                # (new ordinals, so no earlier row holds one).
+                # (new ordinals, so no earlier row holds one). A re-import of existing
+                # people wrote none.
                 for kind_written, values_written, ordinals_written in written:
                     keys_written = self.keys(kind_written, values_written)
                     held = self.txn.get_many("lookup", sorted(keys_written))

@@ -453,7 +453,7 @@ class Reader:
         raise NotImplementedError
 
     def keys(self, kind: str, values: Sequence[str]) -> list[bytes]:
-        """The lookup keys of `values` (built once for a list `ordinals` was given)."""
+        """The lookup keys of `values`."""
         raise NotImplementedError
 
     def records(self, ordinals: Sequence[int]) -> list[list[Any]]:
@@ -475,7 +475,7 @@ class Plan:
     delta: IndexDelta | None
     # ordinal -> stored record, as two lists
     ordinals: list[int]
-    records: Iterable[bytes]  # packed as they are written (see _created)
+    records: Iterable[bytes]  # packed as they are written (see _records)
     # kind (id, email, phone) -> the keys people take, and whose they become
     claims: dict[str, tuple[list[str], list[int]]]
     frees: list[tuple[str, str]]  # (kind, key)

@@ -1203,20 +1203,13 @@ class _BulkReader(Reader):
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self.txn: Txn | None = None
-        # (kind, id of a list of values) -> (that list, kept alive so that its id stays its
-        # own, and its keys)
-        self._built: dict[tuple[str, int], tuple[Sequence[str], list[bytes]]] = {}
 
     def keys(self, kind: str, values: Sequence[str]) -> list[bytes]:
-        built = self._built.get((kind, id(values)))
-        if built is not None and built[0] is values:
-            return built[1]
         return _lookup_keys(self.workspace._prefix + _LOOKUP_CHAR[kind], values)
 
     def ordinals(self, kind: str, values: Sequence[str]) -> list[int | None]:
         assert self.txn is not None
         keys = self.keys(kind, values)
-        self._built[kind, id(values)] = (values, keys)
         found = self.txn.get_many("lookup", sorted(keys))
         if not found:  # a load of new people
             return [None] * len(keys)

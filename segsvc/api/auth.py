@@ -76,6 +76,8 @@ class Token:
 class Caller:
     workspace: str
     role: Role
+    # Whether the call may change data, and so create its workspace: reads never do.
+    writes: bool = True
 
 
 _caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("segsvc_caller")
@@ -184,10 +186,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         """The caller for `method`, or Unauthenticated / PermissionDenied."""
         values = _metadata_values(metadata)
         requested = values.get("workspace", "")
+        writes = method not in READ_METHODS
         if self._tokens is None:
-            return Caller(requested or DEFAULT_WORKSPACE, "admin")
+            return Caller(requested or DEFAULT_WORKSPACE, "admin", writes)
         token = self._find(values.get("authorization", ""))
-        needed = "read" if method in READ_METHODS else "write"
+        needed = "write" if writes else "read"
         if _RANK[token.role] < _RANK[needed]:
             raise PermissionDenied(
                 f"this token is {token.role}-only: {method.rsplit('/', 1)[-1]} needs a "
@@ -197,7 +200,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             raise PermissionDenied(
                 f"this token is for workspace {token.workspace!r}, not {requested!r}"
             )
-        return Caller(requested or token.workspace, token.role)
+        return Caller(requested or token.workspace, token.role, writes)
 
     def _find(self, authorization: str) -> Token:
         scheme, _, secret = authorization.partition(" ")

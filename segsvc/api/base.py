@@ -14,5 +14,10 @@ class EngineServicer:
         self._engine = engine
 
     def _workspace(self) -> Workspace:
-        """The workspace this call works in: the caller's, decided by AuthInterceptor."""
-        return self._engine.workspace(current_caller().workspace)
+        """The workspace this call works in: the caller's, decided by AuthInterceptor. A
+        write creates it on first use; a read of a workspace nobody wrote to sees an empty
+        one and leaves nothing behind (so a typo'd name cannot fill the store)."""
+        caller = current_caller()
+        if caller.writes:
+            return self._engine.workspace(caller.workspace)
+        return self._engine.workspace_to_read(caller.workspace)

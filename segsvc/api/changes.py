@@ -36,12 +36,18 @@ class ChangesServicer(EngineServicer, changes_pb2_grpc.ChangesServicer):
                 "its worker threads): retry later, or read with no_follow and poll"
             )
         try:
+
+            def stop() -> bool:
+                return self._stopping.is_set() or not context.is_active()
+
             after_seq = workspace.head_seq() if request.from_now else request.after_seq
+            # A workspace nobody has written to yet has no feed to replay: a follower waits
+            # for the write that creates it, then follows it from its first change.
+            if follow:
+                created = self._engine.wait_for_workspace(workspace.name, stop)
+                workspace = created if created is not None else workspace
             changes = workspace.watch(
-                after_seq,
-                frozenset(request.segment_ids),
-                stop=lambda: self._stopping.is_set() or not context.is_active(),
-                follow=follow,
+                after_seq, frozenset(request.segment_ids), stop=stop, follow=follow
             )
             for change in changes:
                 yield convert.change_to_proto(change)

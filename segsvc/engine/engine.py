@@ -7,6 +7,7 @@ import gc
 import logging
 import re
 import threading
+from collections.abc import Callable
 
 from segsvc.config import Config
 from segsvc.engine.clock import Clock, SystemClock
@@ -16,6 +17,16 @@ from segsvc.storage.store import Store
 
 log = logging.getLogger(__name__)
 _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_workspace_name(name: str) -> str:
+    """`name` if it can name a workspace, else InvalidArgument saying what a name may hold."""
+    if not _WORKSPACE_NAME.match(name):
+        raise InvalidArgument(
+            f"workspace name {name!r} must be 1-64 letters, digits, '_', '.' or '-'",
+            "workspace",
+        )
+    return name
 
 
 class Engine:
@@ -30,6 +41,8 @@ class Engine:
         self.store = Store(config.data_dir, config.map_size)
         self._workspaces: dict[str, Workspace] = {}
         self._lock = threading.Lock()
+        # Notified whenever a workspace is created, for wait_for_workspace.
+        self._created = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         with self.store.read() as txn:
@@ -38,15 +51,11 @@ class Engine:
             self.workspace(name)
 
     def workspace(self, name: str) -> Workspace:
-        """The named workspace, created on first use."""
+        """The named workspace, created on first use: for writes."""
         ws = self._workspaces.get(name)
         if ws is not None:
             return ws
-        if not _WORKSPACE_NAME.match(name):
-            raise InvalidArgument(
-                f"workspace name {name!r} must be 1-64 letters, digits, '_', '.' or '-'",
-                "workspace",
-            )
+        check_workspace_name(name)
         with self._lock:
             ws = self._workspaces.get(name)
             if ws is None:
@@ -62,7 +71,28 @@ class Engine:
                     gc.enable()
                 gc.freeze()
                 self._workspaces[name] = ws
+                self._created.notify_all()
             return ws
+
+    def workspace_to_read(self, name: str) -> Workspace:
+        """The named workspace for a read. One that does not exist reads as empty: a fresh
+        stand-in, neither stored nor kept, so reads never create workspaces."""
+        ws = self._workspaces.get(name)
+        if ws is not None:
+            return ws
+        check_workspace_name(name)
+        return Workspace(name, self.store, self.clock, self.config)
+
+    def wait_for_workspace(self, name: str, stop: Callable[[], bool]) -> Workspace | None:
+        """The named workspace once a write has created it (None if `stop()` first): a
+        follower of an empty workspace's change feed waits here for its first change."""
+        check_workspace_name(name)
+        with self._created:
+            while name not in self._workspaces:
+                if stop():
+                    return None
+                self._created.wait(timeout=0.5)
+            return self._workspaces[name]
 
     def workspaces(self) -> list[Workspace]:
         return list(self._workspaces.values())

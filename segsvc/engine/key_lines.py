@@ -88,13 +88,13 @@ def plain_phones(joined: str, count: int) -> bool:
         return False
     # The first 1, 2 and 3 digits of each line as numbers: one of them is the calling code
     # (codes are prefix-free), and what follows it must have a length possible there.
-    values = data.astype(np.int64) - _ZERO
     code = np.zeros(count, dtype=np.int64)
     possible = np.zeros(count, dtype=bool)
     for size, masks in _CODE_LENGTH_MASKS:
         # Every line has at least 2 digits; a third is read only where there is one.
         has_size = lengths > size
-        code = code * 10 + np.where(has_size, values[np.minimum(starts + size, len(data) - 1)], 0)
+        digit = data[np.minimum(starts + size, len(data) - 1)].astype(np.int64) - _ZERO
+        code = code * 10 + np.where(has_size, digit, 0)
         national = lengths - 1 - size
         possible |= has_size & (((masks[code] >> np.maximum(national, 0)) & 1) == 1)
     return bool(possible.all())

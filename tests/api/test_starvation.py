@@ -13,13 +13,13 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import grpc
-from api_harness import by_id, dynamic_segment
+from api_harness import add_members, by_id, dynamic_segment, manual_segment, status_of
 from grpc_health.v1 import health_pb2
 from server_harness import Stubs
 
 from segsvc.api.admission import stream_budget
 from segsvc.config import Config
-from segsvc.v1 import audiences_pb2, people_pb2
+from segsvc.v1 import audiences_pb2, changes_pb2, people_pb2
 from segsvc.v1 import conditions_pb2 as C
 
 A = audiences_pb2
@@ -127,3 +127,37 @@ def _check_served_or_refused(streams: list, firsts: list[Future]) -> None:
             for chunk in stream:
                 ids.extend(m.id for m in chunk.members)
             assert len(ids) == len(set(ids)) == PEOPLE
+
+
+def test_the_budget_keeps_a_quarter_of_the_workers_and_at_least_four() -> None:
+    assert [stream_budget(w) for w in (1, 4, 5, 6, 16, 64)] == [1, 1, 1, 2, 12, 48]
+
+
+def test_uploads_and_followers_share_the_budget(api_servers) -> None:
+    # Five workers: one stream at a time, four threads kept for everything else.
+    api = api_servers.start(api_servers.config(workers=5))
+    upload = people_pb2.UpsertPeopleRequest(people=[people_pb2.PersonUpsert(id="u1")])
+    api.people.UpsertPeople(upload)
+    add_members(api, manual_segment(api, "One"), "u1")
+    follower = api.changes.WatchChanges(changes_pb2.WatchChangesRequest(after_seq=0))
+    try:
+        next(follower)  # admitted: it holds the one slot while it follows
+        code, message = status_of(lambda: api.people.StreamUpsertPeople(iter([upload])))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many open streams (1, the server's limit)" in message
+        # Unary calls and health do not wait for the stream.
+        health = api.health.Check(health_pb2.HealthCheckRequest(), timeout=DEADLINE)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        api.people.UpsertPeople(upload, timeout=DEADLINE)
+    finally:
+        follower.cancel()
+    deadline = time.monotonic() + 10
+    while True:  # the cancelled follower gives its slot back
+        try:
+            summary = api.people.StreamUpsertPeople(iter([upload]), timeout=5)
+            break
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() < deadline, "the slot was never given back"
+            time.sleep(0.1)
+    assert summary.received == 1

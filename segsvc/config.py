@@ -46,6 +46,9 @@ class Config:
     grace_seconds: float = 10.0
     # gRPC worker threads.
     workers: int = 16
+    # Phones written without a country code are numbers of this region (ISO 3166 code, as
+    # phonenumbers knows it); None refuses them. US, as Braze does with 10-digit numbers.
+    default_region: str | None = "US"
     # Bearer tokens: empty means no authentication, and then only loopback listening is allowed.
     tokens_file: Path | None = None
     tls_cert: Path | None = None

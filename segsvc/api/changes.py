@@ -10,50 +10,38 @@ import grpc
 from segsvc.api import convert
 from segsvc.api.base import EngineServicer
 from segsvc.engine.engine import Engine
-from segsvc.engine.errors import ResourceExhausted
 from segsvc.v1 import changes_pb2, changes_pb2_grpc
 
 
 class ChangesServicer(EngineServicer, changes_pb2_grpc.ChangesServicer):
-    def __init__(self, engine: Engine, stopping: threading.Event, max_followers: int) -> None:
+    def __init__(self, engine: Engine, stopping: threading.Event) -> None:
         super().__init__(engine)
         # Set when the server begins to shut down: followers end at once (UNAVAILABLE, so
         # they reconnect elsewhere or later) instead of holding the shutdown for the grace.
+        # A follower occupies one worker thread for as long as it follows: StreamAdmission
+        # (segsvc/api/admission.py) bounds followers together with every other stream.
         self._stopping = stopping
-        # A follower occupies one worker thread for as long as it follows; without a bound,
-        # enough of them would leave no thread for any other call.
-        self._max_followers = max_followers
-        self._followers = threading.BoundedSemaphore(max_followers)
 
     def WatchChanges(
         self, request: changes_pb2.WatchChangesRequest, context: grpc.ServicerContext
     ) -> Iterator[changes_pb2.Change]:
         workspace = self._workspace()
         follow = not request.no_follow
-        if follow and not self._followers.acquire(blocking=False):
-            raise ResourceExhausted(
-                f"this server already has {self._max_followers} change-feed followers (half "
-                "its worker threads): retry later, or read with no_follow and poll"
-            )
-        try:
 
-            def stop() -> bool:
-                return self._stopping.is_set() or not context.is_active()
+        def stop() -> bool:
+            return self._stopping.is_set() or not context.is_active()
 
-            after_seq = workspace.head_seq() if request.from_now else request.after_seq
-            # A workspace nobody has written to yet has no feed to replay: a follower waits
-            # for the write that creates it, then follows it from its first change.
-            if follow:
-                created = self._engine.wait_for_workspace(workspace.name, stop)
-                workspace = created if created is not None else workspace
-            changes = workspace.watch(
-                after_seq, frozenset(request.segment_ids), stop=stop, follow=follow
-            )
-            for change in changes:
-                yield convert.change_to_proto(change)
-        finally:
-            if follow:
-                self._followers.release()
+        after_seq = workspace.head_seq() if request.from_now else request.after_seq
+        # A workspace nobody has written to yet has no feed to replay: a follower waits for
+        # the write that creates it, then follows it from its first change.
+        if follow:
+            created = self._engine.wait_for_workspace(workspace.name, stop)
+            workspace = created if created is not None else workspace
+        changes = workspace.watch(
+            after_seq, frozenset(request.segment_ids), stop=stop, follow=follow
+        )
+        for change in changes:
+            yield convert.change_to_proto(change)
         if self._stopping.is_set() and follow:
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from segsvc.api.admission import StreamAdmission, stream_budget
 from segsvc.api.audiences import AudiencesServicer
 from segsvc.api.auth import AuthInterceptor, TokensFileError, load_tokens
 from segsvc.api.changes import ChangesServicer
@@ -156,8 +157,9 @@ def _start(
     max_bytes = config.limits.max_message_bytes
     inner = grpc.server(
         executor,
-        # The error interceptor is the outermost, so it also maps what auth raises.
-        interceptors=[ErrorInterceptor(), auth],
+        # The error interceptor is the outermost, so it also maps what auth and admission
+        # raise; admission comes after auth, so refused callers take no stream slot.
+        interceptors=[ErrorInterceptor(), auth, StreamAdmission(stream_budget(config.workers))],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),
@@ -168,8 +170,7 @@ def _start(
     stopping = threading.Event()
     people_pb2_grpc.add_PeopleServicer_to_server(PeopleServicer(engine), inner)
     segments_pb2_grpc.add_SegmentsServicer_to_server(SegmentsServicer(engine), inner)
-    changes = ChangesServicer(engine, stopping, max_followers=max(1, config.workers // 2))
-    changes_pb2_grpc.add_ChangesServicer_to_server(changes, inner)
+    changes_pb2_grpc.add_ChangesServicer_to_server(ChangesServicer(engine, stopping), inner)
     audiences_pb2_grpc.add_AudiencesServicer_to_server(AudiencesServicer(engine, stopping), inner)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)

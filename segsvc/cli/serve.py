@@ -83,6 +83,15 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="gRPC worker threads.",
 )
 @click.option(
+    "--default-region",
+    default=_DEFAULTS.default_region,
+    show_default=True,
+    metavar="REGION",
+    callback=lambda ctx, param, value: _default_region(value),
+    help="Country (ISO 3166 code: US, GB, DE, ...) of phones written without a country code; "
+    "'none' refuses such phones.",
+)
+@click.option(
     "--tokens-file",
     type=_FILE,
     help="Bearer tokens (hashed, each with workspace and role). Without it the server "
@@ -107,6 +116,7 @@ def serve(
     checkpoint_every: int,
     grace_seconds: float,
     workers: int,
+    default_region: str | None,
     tokens_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -132,6 +142,7 @@ def serve(
         checkpoint_every_ops=checkpoint_every,
         grace_seconds=grace_seconds,
         workers=workers,
+        default_region=default_region,
         tokens_file=tokens_file,
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -143,3 +154,15 @@ def serve(
     from segsvc.api.server import serve as run_server
 
     run_server(config)
+
+
+def _default_region(value: str | None) -> str | None:
+    if value is None or value.strip().lower() == "none":
+        return None
+    # Imported here, as the server below: client commands do not load phone metadata.
+    from segsvc.engine.values import check_region
+
+    try:
+        return check_region(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

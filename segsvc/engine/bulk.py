@@ -273,7 +273,9 @@ class Checked:
     attributes: list[Column]
 
 
-def check_columns(cols: PeopleColumns, limits: Limits, first_index: int) -> Checked:
+def check_columns(
+    cols: PeopleColumns, limits: Limits, first_index: int, default_region: str | None
+) -> Checked:
     """Validates every row as `validate_upsert` would, column by column; the first problem
     of a row (in the order id, email, phone, attributes, tags, created_at) is its error."""
     n = len(cols)
@@ -293,7 +295,15 @@ def check_columns(cols: PeopleColumns, limits: Limits, first_index: int) -> Chec
             except InvalidArgument as exc:
                 fail(row, exc.violations[0].description, exc.violations[0].field)
     emails = _normalized(cols.emails, plain_emails, 254, normalize_email, fail, at, True)
-    phones = _normalized(cols.phones, plain_phones, 16, normalize_phone, fail, at, False)
+    phones = _normalized(
+        cols.phones,
+        plain_phones,
+        16,
+        lambda raw, field: normalize_phone(raw, field, default_region),
+        fail,
+        at,
+        False,
+    )
     attributes = []
     if len(cols.attributes) > limits.max_attributes_per_person:
         per_row = np.zeros(n, dtype=np.int64)

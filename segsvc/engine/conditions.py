@@ -12,7 +12,7 @@ Two forms:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from segsvc.config import Limits
@@ -322,12 +322,31 @@ def _canonical(value: Any) -> Any:
 def _stored_form(key: str, value: Any) -> Any:
     """Emails and phones are stored normalised; equality compares the operand the same way,
     so `email equals "Ann@X.io"` finds ann@x.io. Validation has refused operands that do not
-    normalise."""
+    normalise. Phone operands were put in stored form when the definition was saved (it
+    takes the server's default region: see with_stored_phones), so compiling needs none."""
     if key == "$email" and isinstance(value, str):
         return values.normalize_email(value, "")
     if key == "$phone" and isinstance(value, str):
-        return values.normalize_phone(value, "")
+        return values.plain_phone(value)
     return value
+
+
+def with_stored_phones(node: Node, stored: Callable[[str], str]) -> Node:
+    """A validated definition with the operands of equality conditions on the built-in phone
+    replaced by `stored(operand)`, their stored form."""
+    if isinstance(node, Group):
+        return replace(node, children=tuple(with_stored_phones(c, stored) for c in node.children))
+    if not (
+        isinstance(node, AttributeCondition)
+        and node.field == "phone"
+        and node.operator in ("equals", "not_equals", "one_of")
+    ):
+        return node
+    return replace(
+        node,
+        value=stored(node.value) if isinstance(node.value, str) else node.value,
+        values=tuple(stored(v) if isinstance(v, str) else v for v in node.values),
+    )
 
 
 def _compile_attribute(node: AttributeCondition, key: str) -> Expr:
@@ -382,6 +401,8 @@ class ValidationContext:
     segment_exists: Callable[[int], bool]
     # The segments a segment's conditions reference, for cycle detection.
     references_of: Callable[[int], frozenset[int]]
+    # Where phone operands without a country code are placed (values.normalize_phone).
+    default_region: str | None
     # The segment being defined (None for a preview or a new segment).
     defining: int | None = None
 
@@ -579,11 +600,13 @@ def _check_operator(
             if op != "one_of"
             else [(f"{here}.values[{i}]", v) for i, v in enumerate(node.values)]
         )
-        normalize = values.normalize_email if node.field == "email" else values.normalize_phone
         for path, operand in operands:
             if isinstance(operand, str):
                 try:
-                    normalize(operand, path)
+                    if node.field == "email":
+                        values.normalize_email(operand, path)
+                    else:
+                        values.normalize_phone(operand, path, ctx.default_region)
                 except InvalidArgument as exc:
                     out.extend(exc.violations)
     if op == "one_of":

@@ -139,16 +139,19 @@ def check_name(name: str, what: str, path: str, max_length: int = 256) -> None:
         _KNOWN_NAMES.add((name, max_length))
 
 
-def validate_upsert(upsert: PersonUpsert, path: str, limits: Limits) -> PersonUpsert:
-    """Checks one upsert and returns it with email and phone normalised; raises
-    InvalidArgument naming the field (e.g. `people[3].email`)."""
+def validate_upsert(
+    upsert: PersonUpsert, path: str, limits: Limits, default_region: str | None
+) -> PersonUpsert:
+    """Checks one upsert and returns it with email and phone normalised (a phone without a
+    country code as one of `default_region`); raises InvalidArgument naming the field
+    (e.g. `people[3].email`)."""
     check_key(upsert.id, "the person id", f"{path}.id")
     email = upsert.email
     if email:
         email = normalize_email(email, f"{path}.email")
     phone = upsert.phone
     if phone:
-        phone = normalize_phone(phone, f"{path}.phone")
+        phone = normalize_phone(phone, f"{path}.phone", default_region)
     attrs = upsert.attributes
     if len(attrs) > limits.max_attributes_per_person:
         raise InvalidArgument(

@@ -13,6 +13,8 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Literal
 
+import phonenumbers
+
 from segsvc.engine.errors import InvalidArgument
 
 Kind = Literal["string", "number", "bool", "timestamp"]
@@ -103,17 +105,150 @@ def normalize_email(raw: str, field: str) -> str:
     return email
 
 
-def normalize_phone(raw: str, field: str) -> str:
-    """+ and digits (E.164): punctuation and spaces are dropped, a leading 00 becomes +."""
-    text = _PHONE_PUNCTUATION.sub("", raw.strip())
-    if text.startswith("00"):
-        text = "+" + text[2:]
-    digits = text[1:] if text.startswith("+") else text
-    if not digits.isdigit() or not 7 <= len(digits) <= 15 or not digits.isascii():
-        raise InvalidArgument(
-            f"{raw!r} is not a phone number (expected 7 to 15 digits, optionally after +)", field
+# E.164 allows 15 digits, the country calling code included.
+E164_MAX_DIGITS = 15
+
+
+def _national_lengths() -> dict[str, frozenset[int]]:
+    """Country calling code -> the national number lengths that phonenumbers calls possible
+    for it (its is_possible_number, local-only lengths excluded), within E.164's 15 digits.
+    Asked of the library itself, so the table follows its metadata."""
+    table: dict[str, frozenset[int]] = {}
+    for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        prefix = str(code)
+        lengths = frozenset(
+            length
+            for length in range(1, E164_MAX_DIGITS - len(prefix) + 1)
+            if phonenumbers.is_possible_number_with_reason(
+                phonenumbers.PhoneNumber(country_code=code, national_number=int("1" * length))
+            )
+            == _POSSIBLE
         )
-    return "+" + digits
+        if lengths:
+            table[prefix] = lengths
+    return table
+
+
+_POSSIBLE = phonenumbers.ValidationResult.IS_POSSIBLE
+# Calling codes are prefix-free (ITU-T E.164), so at most one prefix of a number is one.
+NATIONAL_LENGTHS = _national_lengths()
+_PLUS_DIGITS = re.compile(r"\+[0-9]{2,15}")
+
+
+def is_stored_phone(text: str) -> bool:
+    """Whether `text` is a phone in stored form: + and at most 15 ASCII digits, a country
+    calling code phonenumbers knows, then a national number of a length possible there."""
+    if not _PLUS_DIGITS.fullmatch(text):
+        return False
+    for size in (1, 2, 3):
+        lengths = NATIONAL_LENGTHS.get(text[1 : 1 + size])
+        if lengths is not None:
+            return len(text) - 1 - size in lengths
+    return False
+
+
+def check_region(region: str) -> str:
+    """A default region as phonenumbers knows it (ISO 3166 alpha-2, e.g. US, GB), upper-cased;
+    ValueError naming the problem otherwise."""
+    code = region.strip().upper()
+    if code not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(
+            f"{region!r} is not a region phonenumbers knows: give an ISO 3166 two-letter "
+            "country code such as US, GB or DE"
+        )
+    return code
+
+
+def normalize_phone(raw: str, field: str, default_region: str | None) -> str:
+    """The E.164 form of a phone (`+15550100004`).
+
+    Punctuation and spaces are dropped and a leading 00 becomes +. A number already in stored
+    form (`is_stored_phone`) is kept as it is: the bulk loads check whole columns of those at
+    once (key_lines.plain_phones), so this path must not read them differently. Anything else
+    is parsed by phonenumbers, a number without a country code as one of `default_region`
+    (ISO 3166 code; None: such numbers are refused), and must come out possible there.
+    """
+    text = _phone_text(raw)
+    if is_stored_phone(text):
+        return text
+    international = text.startswith("+")
+    if not international and default_region is None:
+        raise InvalidArgument(
+            f"{raw!r} has no country code and this server has no default region: "
+            "write it as + and the country code, then the number",
+            field,
+        )
+    try:
+        number = phonenumbers.parse(text, None if international else default_region)
+    except phonenumbers.NumberParseException as exc:
+        reason = _PARSE_ERRORS.get(exc.error_type, "is not a phone number")
+        raise InvalidArgument(f"{raw!r} {reason}", field) from None
+    if number.extension:
+        raise InvalidArgument(
+            f"{raw!r} has an extension ({number.extension}), which a stored phone cannot "
+            "hold: give the number without it",
+            field,
+        )
+    stored = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    result = phonenumbers.is_possible_number_with_reason(number)
+    if result == _POSSIBLE and is_stored_phone(stored):
+        return stored
+    if result == _POSSIBLE:
+        problem = f"has more digits than E.164's {E164_MAX_DIGITS}"
+    else:
+        problem = _LENGTH_ERRORS.get(result, "is not a possible number for {where}")
+    message = f"{raw!r} " + problem.format(where=_country_of(number.country_code or 0))
+    if not international:
+        message += (
+            f". Without a country code it is read as a number of {default_region}, "
+            "the server's default region"
+        )
+    raise InvalidArgument(message, field)
+
+
+def plain_phone(operand: str) -> str:
+    """+ and the digits of a phone operand, punctuation dropped and a leading 00 read as +,
+    nothing checked. Definitions hold their phone operands in stored form, which this keeps
+    as they are; one saved before phones were placed by a default region keeps the meaning
+    it had then (its operands were read this way), so replaying an old log changes nothing."""
+    return "+" + _phone_text(operand).removeprefix("+")
+
+
+def _phone_text(raw: str) -> str:
+    """A phone as written, without punctuation and spaces, a leading 00 (the international
+    prefix of most countries) read as +."""
+    text = _PHONE_PUNCTUATION.sub("", raw.strip())
+    return "+" + text[2:] if text.startswith("00") else text
+
+
+def _country_of(code: int) -> str:
+    region = phonenumbers.region_code_for_country_code(code)
+    # Non-geographic codes (+800, +882, ...) have the region "001".
+    return f"+{code} ({region})" if region.isalpha() else f"+{code}"
+
+
+_PARSE_ERRORS = {
+    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: (
+        "does not start with a known country code after the +"
+    ),
+    phonenumbers.NumberParseException.NOT_A_NUMBER: (
+        "is not a phone number (expected digits, optionally after + and the country code)"
+    ),
+    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: (
+        "is too short after the international prefix"
+    ),
+    phonenumbers.NumberParseException.TOO_SHORT_NSN: "is too short for a phone number",
+    phonenumbers.NumberParseException.TOO_LONG: "is too long for a phone number",
+}
+_LENGTH_ERRORS = {
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "has an unknown country code",
+    phonenumbers.ValidationResult.TOO_SHORT: "is too short for {where}",
+    phonenumbers.ValidationResult.TOO_LONG: "is too long for {where}",
+    phonenumbers.ValidationResult.INVALID_LENGTH: "has a length no number of {where} has",
+    phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY: (
+        "is too short for {where}: a local number, add its area code"
+    ),
+}
 
 
 def check_key(raw: str, what: str, field: str, max_length: int = 256) -> str:

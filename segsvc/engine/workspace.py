@@ -225,7 +225,7 @@ class Workspace:
         if key.kind == "email":
             return PersonKey("email", normalize_email(key.value, field))
         if key.kind == "phone":
-            return PersonKey("phone", normalize_phone(key.value, field))
+            return PersonKey("phone", normalize_phone(key.value, field, self.config.default_region))
         check_key(key.value, "the person id", field)
         return key
 
@@ -244,9 +244,10 @@ class Workspace:
         def resolve(txn: Txn) -> tuple[Op | None, list[ItemResult], Callable[[Txn], None]]:
             results: list[ItemResult] = []
             valid: list[tuple[int, PersonUpsert]] = []
+            region = self.config.default_region
             for i, raw in enumerate(upserts):
                 try:
-                    valid.append((i, validate_upsert(raw, f"{path}[{i}]", self.limits)))
+                    valid.append((i, validate_upsert(raw, f"{path}[{i}]", self.limits, region)))
                 except InvalidArgument as exc:
                     v = exc.violations[0]
                     results.append(ItemResult(i, raw.id, "invalid", v.description, v.field))
@@ -334,7 +335,7 @@ class Workspace:
         the outcome of `upsert_people` on the same rows. Results count rows from
         `first_index` (a row's position in a longer stream)."""
         self._check_batch(len(columns), path, self.limits.max_batch_items * BULK_BATCH_FACTOR)
-        checked = check_columns(columns, self.limits, first_index)
+        checked = check_columns(columns, self.limits, first_index, self.config.default_region)
         reader = _BulkReader(self)
 
         def resolve(txn: Txn) -> tuple[Op | None, BulkResult, Callable[[Txn], None] | None]:
@@ -551,11 +552,16 @@ class Workspace:
             limits=self.limits,
             segment_exists=lambda sid: sid in segments,
             references_of=references_of,
+            default_region=self.config.default_region,
             defining=defining,
         )
         conditions.validate(definition, ctx)
         assert definition is not None
-        return definition
+        # The log holds phone operands as this server's default region placed them, so that
+        # replaying it never depends on the region of the server that replays.
+        return conditions.with_stored_phones(
+            definition, lambda text: normalize_phone(text, "", self.config.default_region)
+        )
 
     def _check_name(self, name: str, own_id: int | None) -> str:
         name = check_key(name, "the segment name", "name", 256).strip()

@@ -37,9 +37,9 @@ def people_csv(tmp_path: Path) -> Path:
     path = tmp_path / "people.csv"
     path.write_text(
         "id,email,phone,plan\n"
-        "u1,alice@example.com,+15550001,pro\n"
-        "u2,bob@example.com,+15550002,free\n"
-        "u3,carol@example.com,+15550003,pro\n"
+        "u1,alice@example.com,+15550100001,pro\n"
+        "u2,bob@example.com,+15550100002,free\n"
+        "u3,carol@example.com,+15550100003,pro\n"
         "u4,dave@example.com,,free\n"
         "u5,erin@example.com,,team\n",
         encoding="utf-8",

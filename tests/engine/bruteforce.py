@@ -19,11 +19,14 @@ page view and message conditions can join the generators as soon as the engine h
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import phonenumbers
 
 from segsvc.engine.conditions import (
     AttributeCondition,
@@ -107,15 +110,53 @@ def normalize_email(raw: str) -> str | None:
     return email
 
 
-def normalize_phone(raw: str) -> str | None:
-    """`+` and 7 to 15 digits: spaces and ( ) . - / are dropped, a leading 00 becomes +."""
-    text = "".join(c for c in raw.strip() if c not in " \t\n().-/")
+# The engine harness's server region (Config's default): where numbers without a country code
+# are placed.
+DEFAULT_REGION = "US"
+
+
+def normalize_phone(raw: str, region: str | None = DEFAULT_REGION) -> str | None:
+    """E.164 (phonenumbers), None when the number cannot be placed. Spaces and ( ) . - / are
+    dropped and a leading 00 becomes +. Already E.164 (+, a country code, a national number
+    of a length phonenumbers calls possible for it, 15 digits at most): kept as written.
+    Otherwise phonenumbers reads it, without a + as a number of `region` (None: refused),
+    and the result must be possible there, without an extension, and E.164 itself."""
+    text = "".join(c for c in raw.strip() if not c.isspace() and c not in "().-/")
     if text.startswith("00"):
         text = "+" + text[2:]
-    digits = text[1:] if text.startswith("+") else text
-    if not (7 <= len(digits) <= 15 and all(c in "0123456789" for c in digits)):
+    if is_e164(text):
+        return text
+    if not text.startswith("+") and region is None:
         return None
-    return "+" + digits
+    try:
+        number = phonenumbers.parse(text, None if text.startswith("+") else region)
+    except phonenumbers.NumberParseException:
+        return None
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    if number.extension or possible != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return None
+    return e164 if is_e164(e164) else None
+
+
+def is_e164(text: str) -> bool:
+    """+ and at most 15 digits, whose country code phonenumbers finds and whose national part
+    has a length it calls possible for that country."""
+    if not re.fullmatch(r"\+[0-9]{2,15}", text):
+        return False
+    try:
+        code = phonenumbers.parse(text).country_code or 0
+    except phonenumbers.NumberParseException:
+        return False
+    national = text[1 + len(str(code)) :]
+    # Possible lengths depend on the number of digits only.
+    same_length = phonenumbers.PhoneNumber(
+        country_code=code, national_number=int("1" * len(national))
+    )
+    return (
+        phonenumbers.is_possible_number_with_reason(same_length)
+        == phonenumbers.ValidationResult.IS_POSSIBLE
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +247,7 @@ NEGATIVE_TWIN = {"not_equals": "equals", "not_contains": "contains", "not_exists
 
 def normalized_operands(cond: AttributeCondition) -> AttributeCondition:
     """Equality on the built-in email or phone compares the operand in the stored form
-    (trimmed and case-folded; + and digits), so "Ann@X.io" finds ann@x.io."""
+    (trimmed and case-folded; E.164), so "Ann@X.io" finds ann@x.io."""
     normalize = {"email": normalize_email, "phone": normalize_phone}.get(cond.field or "")
     if normalize is None or cond.operator not in ("equals", "not_equals", "one_of"):
         return cond

@@ -86,9 +86,30 @@ EMAILS = (
     "cy@y.org",
 )
 BAD_EMAILS = ("not-an-email", "a@b", "x@@y.io", "sp ace@x.io", "   ", "a\x01b@x.io")
-# Valid phones: "+1 555 010 0001" and "+15550100001" are the same number.
-PHONES = ("+1 555 010 0001", "+15550100001", "(555) 010-0002", "0044 20 7946 0958", "555.010.0003")
-BAD_PHONES = ("12", "phone", "+12-34", "+1234567890123456")
+# Valid phones: "+1 555 010 0001" and "+15550100001" are the same number; those without a
+# country code are numbers of the server's default region (US), "(555) 010-0002" is
+# +15550100002; "+5550100004" is a Brazilian number (what the old rule made of a US one).
+PHONES = (
+    "+1 555 010 0001",
+    "+15550100001",
+    "(555) 010-0002",
+    "+1 (555) 010-0002",
+    "0044 20 7946 0958",
+    "555.010.0003",
+    "+5550100004",
+)
+# Too short, not a number, too short for +1, 16 digits, a UK-local number read as a US one, a
+# US number without its area code, with an extension, an unknown country code.
+BAD_PHONES = (
+    "12",
+    "phone",
+    "+12-34",
+    "+1234567890123456",
+    "020 7946 0958",
+    "5550100",
+    "555-010-0004 x12",
+    "+999 123 4567",
+)
 
 COLLIDING: tuple[Any, ...] = (
     1.0,

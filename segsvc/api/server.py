@@ -265,7 +265,9 @@ def _bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials 
         else:
             port = server.add_secure_port(listen, credentials)
     except RuntimeError as exc:
-        raise ServerConfigError(f"cannot listen on {listen}: {exc}") from exc
+        # check_tls_files vetted the files with OpenSSL; grpc's BoringSSL may still refuse one.
+        tls = "" if credentials is None else " (or grpc refused the TLS certificate or key)"
+        raise ServerConfigError(f"cannot listen on {listen}{tls}: {exc}") from exc
     if not port:
         raise ServerConfigError(f"cannot listen on {listen} (address in use or not local)")
     return port

@@ -22,16 +22,18 @@ import contextvars
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import grpc
 
 from segsvc.api.interception import Behaviour, StreamBehaviour, rewrap
 from segsvc.config import DEFAULT_WORKSPACE
-from segsvc.engine.errors import PermissionDenied, Unauthenticated
+from segsvc.engine.engine import check_workspace_name
+from segsvc.engine.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 Role = Literal["read", "write", "admin"]
 _RANK: dict[str, int] = {"read": 0, "write": 1, "admin": 2}
@@ -96,37 +98,64 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_ENTRY_SHAPE = '{"token_sha256": HEX, "workspace": NAME, "role": "read|write|admin"}'
+_ENTRY_KEYS = frozenset({"token_sha256", "workspace", "role"})
+
+
 def load_tokens(path: Path) -> list[Token]:
+    """Every token of the tokens file, or TokensFileError naming the first bad line.
+
+    A key the file does not know is refused rather than ignored: a misspelt or unsupported
+    setting (an expiry, say) must not silently grant more than the operator meant."""
     tokens: list[Token] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise TokensFileError(f"cannot read the tokens file {path}: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise TokensFileError(f"cannot read the tokens file {path}: {reason}") from exc
+    first_line_of: dict[bytes, int] = {}
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        where = f"{path}:{number}"
-        try:
-            entry = json.loads(text)
-            digest = bytes.fromhex(entry["token_sha256"])
-            workspace = entry["workspace"]
-            role = entry["role"]
-        except (ValueError, KeyError, TypeError) as exc:
+        token = _parse_token(text, f"{path}:{number}")
+        if token.sha256 in first_line_of:
             raise TokensFileError(
-                f'{where}: expected {{"token_sha256": HEX, "workspace": NAME, '
-                f'"role": "read|write|admin"}} ({exc})'
-            ) from exc
-        if len(digest) != 32:
-            raise TokensFileError(f"{where}: token_sha256 must be 64 hex digits")
-        if role not in _RANK:
-            raise TokensFileError(f"{where}: role must be read, write or admin, not {role!r}")
-        if not isinstance(workspace, str) or not workspace:
-            raise TokensFileError(f"{where}: workspace must be a non-empty string")
-        tokens.append(Token(digest, workspace, role))
+                f"{path}:{number}: the same token as line {first_line_of[token.sha256]}: "
+                "one token has one workspace and one role"
+            )
+        first_line_of[token.sha256] = number
+        tokens.append(token)
     if not tokens:
         raise TokensFileError(f"{path} holds no tokens: every call would be refused")
     return tokens
+
+
+def _parse_token(text: str, where: str) -> Token:
+    try:
+        entry = json.loads(text)
+    except ValueError as exc:
+        raise TokensFileError(f"{where}: expected {_ENTRY_SHAPE} ({exc})") from exc
+    if not isinstance(entry, dict):
+        raise TokensFileError(f"{where}: expected {_ENTRY_SHAPE}")
+    missing = sorted(_ENTRY_KEYS - entry.keys())
+    unknown = sorted(entry.keys() - _ENTRY_KEYS)
+    if missing or unknown:
+        problems = [f"missing {', '.join(missing)}"] if missing else []
+        problems += [f"unknown key {', '.join(map(repr, unknown))}"] if unknown else []
+        raise TokensFileError(f"{where}: {'; '.join(problems)}: expected {_ENTRY_SHAPE}")
+    digest, workspace, role = entry["token_sha256"], entry["workspace"], entry["role"]
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+        raise TokensFileError(f"{where}: token_sha256 must be 64 hex digits")
+    if not isinstance(role, str) or role not in _RANK:
+        raise TokensFileError(f"{where}: role must be read, write or admin, not {role!r}")
+    if not isinstance(workspace, str):
+        raise TokensFileError(f"{where}: workspace must be a string, not {workspace!r}")
+    try:
+        check_workspace_name(workspace)
+    except InvalidArgument as exc:
+        raise TokensFileError(f"{where}: {exc.violations[0].description}") from None
+    return Token(bytes.fromhex(digest), workspace, cast(Role, role))
 
 
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]

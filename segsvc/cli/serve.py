@@ -4,17 +4,43 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 
-from segsvc.cli.common import fail
+from segsvc.cli.output import EXIT_ERROR
 from segsvc.config import DEFAULT_DATA, DEFAULT_LISTEN, Config
 
 _DEFAULTS = Config()
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.command()
+class StartRefused(click.ClickException):
+    """A start that cannot go ahead: one line `segsvc: <why>` and exit 2, whether click or the
+    server's own checks refuse it, so a supervisor's log shows the reason and nothing else."""
+
+    exit_code = EXIT_ERROR
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"segsvc: {self.format_message()}", err=True)
+
+
+class _ServeCommand(click.Command):
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            # Not click's usage block: the option and what is wrong with it are the message.
+            raise StartRefused(exc.format_message()) from None
+
+
+@click.command(cls=_ServeCommand)
 @click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
@@ -130,7 +156,7 @@ def serve(
           --tokens-file /etc/segsvc/tokens --tls-cert cert.pem --tls-key key.pem
     """
     if (tls_cert is None) != (tls_key is None):
-        fail("--tls-cert and --tls-key go together")
+        raise StartRefused("--tls-cert and --tls-key go together")
     config = Config(
         data_dir=data,
         listen=listen,

@@ -16,17 +16,19 @@ from segsvc.engine.workspace import Workspace
 from segsvc.storage.store import Store
 
 log = logging.getLogger(__name__)
-_WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def check_workspace_name(name: str) -> str:
-    """`name` if it can name a workspace, else InvalidArgument saying what a name may hold."""
-    if not _WORKSPACE_NAME.match(name):
+def check_workspace_name(name: str) -> None:
+    """Raises InvalidArgument unless `name` can name a workspace. The tokens file is checked
+    with this too, so a token can never be bound to a workspace no call could reach."""
+    # fullmatch: `$` would also accept a name that ends in a newline.
+    if not _WORKSPACE_NAME.fullmatch(name):
         raise InvalidArgument(
-            f"workspace name {name!r} must be 1-64 letters, digits, '_', '.' or '-'",
+            f"workspace name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
             "workspace",
         )
-    return name
 
 
 class Engine:

@@ -173,3 +173,140 @@ def test_tokens_are_sent_as_bearer_metadata(secured: Cli) -> None:
     elsewhere = secured("--token", "w-secret", "--workspace", "other", "segments", "list")
     assert elsewhere.exit_code == 2
     assert elsewhere.stderr.startswith("error: PERMISSION_DENIED")
+
+
+# -- refused starts: one line `segsvc: <why>`, exit 2, nothing written -----------------------
+
+
+def run_serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from segsvc.cli import main; main()", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], reason: str) -> None:
+    """Exit 2 and exactly one line on stderr: `segsvc: ` and `reason` in it (no traceback,
+    no usage block)."""
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("segsvc: "), result.stderr
+    assert reason in result.stderr
+
+
+@pytest.fixture(scope="module")
+def pem_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A certificate and its key, the key of another certificate, the key encrypted, and a
+    file that is no PEM at all."""
+    folder = tmp_path_factory.mktemp("pem")
+    files = {name: folder / f"{name}.pem" for name in ("cert", "key", "other_cert", "other_key")}
+    for cert, key in (("cert", "key"), ("other_cert", "other_key")):
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-subj", "/CN=localhost", "-keyout", str(files[key]), "-out", str(files[cert]),
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+    files["encrypted_key"] = folder / "encrypted_key.pem"
+    subprocess.run(
+        [
+            "openssl", "pkey", "-in", str(files["key"]), "-aes256", "-passout", "pass:secret",
+            "-out", str(files["encrypted_key"]),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    files["garbage"] = folder / "garbage.pem"
+    files["garbage"].write_text("this is not a key\n")
+    return files
+
+
+def _token_line(**entry: object) -> str:
+    base: dict[str, object] = {"token_sha256": hashlib.sha256(b"t").hexdigest(), "role": "read"}
+    return json.dumps({**base, **entry}) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("tokens", "reason"),
+    [
+        (_token_line(workspace="../acme"), "tokens:1: workspace name '../acme' must be 1-64"),
+        (_token_line(workspace="acme\n"), "tokens:1: workspace name 'acme\\n' must be"),
+        (_token_line(workspace=""), "tokens:1: workspace name '' must be"),
+        (_token_line(workspace=7), "tokens:1: workspace must be a string, not 7"),
+        (_token_line(workspace="a", role=["admin"]), "tokens:1: role must be read, write or"),
+        (_token_line(workspace="a", expires="2027-01-01"), "tokens:1: unknown key 'expires'"),
+        (_token_line(workspace="a") + _token_line(workspace="b"), "tokens:2: the same token as"),
+        ("[1, 2]\n", "tokens:1: expected {"),
+    ],
+)
+def test_serve_refuses_a_bad_tokens_file(tmp_path: Path, tokens: str, reason: str) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(tokens)
+    data = tmp_path / "data"
+    assert_refused(run_serve("--data", str(data), "--tokens-file", str(path)), reason)
+    assert not data.exists()
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "reason"),
+    [
+        ("cert", "garbage", "the TLS key {key} holds no PEM private key"),
+        ("cert", "other_key", "the TLS key {key} is not the key of the certificate in {cert}"),
+        ("cert", "encrypted_key", "the TLS key {key} is encrypted"),
+        ("key", "cert", "the TLS certificate {cert} holds no PEM certificate (it holds a private"),
+        ("garbage", "key", "the TLS certificate {cert} holds no PEM certificate"),
+    ],
+)
+def test_serve_refuses_bad_tls_files(
+    tmp_path: Path, pem_files: dict[str, Path], cert: str, key: str, reason: str
+) -> None:
+    data = tmp_path / "data"
+    cert_path, key_path = pem_files[cert], pem_files[key]
+    result = run_serve(
+        "--data", str(data), "--tls-cert", str(cert_path), "--tls-key", str(key_path)
+    )
+    assert_refused(result, reason.format(cert=cert_path, key=key_path))
+    assert not data.exists()
+
+
+def test_serve_refuses_usage_mistakes_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    missing = tmp_path / "no-such-tokens"
+    assert_refused(
+        run_serve("--data", str(data), "--tokens-file", str(missing)),
+        f"Invalid value for '--tokens-file': File '{missing}' does not exist",
+    )
+    assert_refused(run_serve("--data", str(data), "--tls-key", str(missing.parent)), "--tls-key")
+    assert_refused(run_serve("--data", str(data), "--no-such-option"), "--no-such-option")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert_refused(
+        run_serve("--data", str(a_file / "data")),
+        f"cannot create the data directory {a_file / 'data'}: {a_file} is a file",
+    )
+    assert not data.exists()
+
+
+def test_a_second_serve_on_the_same_data_or_port_is_refused(
+    served: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    process, address = served
+    cli = Cli(address)
+    cli.json("segments", "create", "Kept", "--manual")
+    assert_refused(
+        run_serve("--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0"),
+        f"{tmp_path / 'data'} is in use by another segsvc process",
+    )
+    other = tmp_path / "other"
+    assert_refused(
+        run_serve("--data", str(other), "--listen", address),
+        f"cannot listen on {address}: another process listens there",
+    )
+    assert not other.exists()
+    # The first server was not disturbed, and stops cleanly.
+    assert [s["name"] for s in cli.json("segments", "list")["segments"]] == ["Kept"]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from segsvc.api.audiences import AudiencesServicer
 from segsvc.api.auth import AuthInterceptor, TokensFileError, load_tokens
 from segsvc.api.changes import ChangesServicer
+from segsvc.api.decoding import DecodingInterceptor
 from segsvc.api.errors import ErrorInterceptor
 from segsvc.api.people import PeopleServicer
 from segsvc.api.segments import SegmentsServicer
@@ -156,8 +157,9 @@ def _start(
     max_bytes = config.limits.max_message_bytes
     inner = grpc.server(
         executor,
-        # The error interceptor is the outermost, so it also maps what auth raises.
-        interceptors=[ErrorInterceptor(), auth],
+        # The error interceptor is the outermost, so it also maps what auth raises; requests
+        # are parsed inside auth, so nobody unauthenticated gets anything parsed.
+        interceptors=[ErrorInterceptor(), auth, DecodingInterceptor(config.limits)],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),

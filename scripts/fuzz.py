@@ -39,6 +39,7 @@ from server_harness import ServerProcess  # noqa: E402
 from segsvc.v1 import (  # noqa: E402
     audiences_pb2,
     changes_pb2,
+    conditions_pb2,
     people_pb2,
     segments_pb2,
     types_pb2,
@@ -263,6 +264,48 @@ def _sample_message(method: Method) -> message.Message:
     return msg
 
 
+# -- condition trees as wire bytes (protobuf itself will not build one 60 deep) -----------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _message_field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+_GROUP = conditions_pb2.Condition.DESCRIPTOR.fields_by_name["group"].number
+_CHILDREN = conditions_pb2.Group.DESCRIPTOR.fields_by_name["children"].number
+_LEAF = conditions_pb2.Condition(tag=conditions_pb2.TagCondition(tag="x")).SerializeToString()
+
+
+def nested_tree(depth: int) -> bytes:
+    """A Condition `depth` levels deep: ALL groups of one child around a tag leaf."""
+    node = _LEAF
+    for _ in range(depth - 1):
+        group = conditions_pb2.Group(combinator=conditions_pb2.COMBINATOR_ALL).SerializeToString()
+        node = _message_field(_GROUP, group + _message_field(_CHILDREN, node))
+    return node
+
+
+def wide_tree(children: int) -> bytes:
+    """A Condition: one ANY group of `children` tag leaves (7 bytes a leaf)."""
+    group = conditions_pb2.Group(combinator=conditions_pb2.COMBINATOR_ANY).SerializeToString()
+    return _message_field(_GROUP, group + _message_field(_CHILDREN, _LEAF) * children)
+
+
+def with_tree(request: message.Message, tree: bytes) -> bytes:
+    """`request` (a message with a `conditions` field) with `tree` as its conditions."""
+    number = request.DESCRIPTOR.fields_by_name["conditions"].number
+    return request.SerializeToString() + _message_field(number, tree)
+
+
 # -- calls ---------------------------------------------------------------------------------------
 
 
@@ -419,6 +462,66 @@ def measure_raw(
     return tally, Figures(tally.calls(), before, after)
 
 
+def huge_trees(server: ServerProcess, channel: grpc.Channel, rounds: int) -> None:
+    """A million-node tree sent to PreviewSegment and CreateSegment `rounds` times each while
+    one client writes one person in a loop: how each was answered, how long it took, the
+    slowest write meanwhile, and the server's RSS around it."""
+    tree = wide_tree(1_000_000)
+    payloads = {
+        "PreviewSegment": with_tree(segments_pb2.PreviewSegmentRequest(), tree),
+        "CreateSegment": with_tree(
+            segments_pb2.CreateSegmentRequest(name="huge", type=segments_pb2.SEGMENT_TYPE_DYNAMIC),
+            tree,
+        ),
+    }
+    write_seconds: list[float] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            upsert = people_pb2.PersonUpsert(
+                id="writer", attributes={"n": types_pb2.Value(number_value=n)}
+            )
+            started = time.perf_counter()
+            _unary(
+                channel,
+                "/segsvc.v1.People/UpsertPeople",
+                people_pb2.UpsertPeopleRequest(people=[upsert]),
+            )
+            write_seconds.append(time.perf_counter() - started)
+
+    before = rss_mib(server.process.pid)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    answers: list[str] = []
+    try:
+        for _ in range(rounds):
+            for name, payload in payloads.items():
+                started = time.perf_counter()
+                method = next(m for m in segsvc_methods() if m.name == name)
+                code, details = call(channel, method, [payload])
+                answers.append(
+                    f"  {name}: {len(payload) / 1e6:.1f} MB -> {code.name} in "
+                    f"{(time.perf_counter() - started) * 1000:.0f} ms ({details[:80]})"
+                )
+    finally:
+        stop.set()
+        thread.join()
+    after = rss_mib(server.process.pid)
+    print(f"million-node trees, {rounds} rounds:")
+    for line in answers:
+        print(line)
+    write_seconds.sort()
+    print(
+        f"  one-person writes meanwhile: {len(write_seconds)}, median "
+        f"{write_seconds[len(write_seconds) // 2] * 1000:.1f} ms, slowest "
+        f"{write_seconds[-1] * 1000:.1f} ms"
+    )
+    print(f"  server RSS {before:.1f} -> {after:.1f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--raw", type=int, default=300, help="random-bytes calls per method")
@@ -426,6 +529,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=600, help="stop the raw round after")
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--huge", type=int, default=3, help="rounds of million-node trees (0: none)"
+    )
     args = parser.parse_args()
     methods = segsvc_methods()
     with tempfile.TemporaryDirectory(prefix="segsvc-fuzz-") as tmp:
@@ -459,6 +565,8 @@ def main() -> None:
                 )
                 print_tally(generated)
                 print(f"server RSS after everything {rss_mib(server.process.pid):.1f} MiB")
+                if args.huge:
+                    huge_trees(server, channel, args.huge)
         finally:
             code = server.terminate() if server.process.poll() is None else server.process.poll()
         print(f"SIGTERM: server exited with {code}")

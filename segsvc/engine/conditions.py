@@ -409,8 +409,9 @@ def too_deep(here: str, max_depth: int) -> Violation:
 
 def too_many_nodes(path: str, max_nodes: int, count: int | None = None) -> Violation:
     """The violation of a tree at `path` with `count` nodes (None: not counted to the end)."""
-    counted = f"{count} nodes" if count is not None else "more nodes"
-    return Violation(path, f"the tree has {counted}, more than {max_nodes}")
+    if count is None:
+        return Violation(path, f"the tree has more than {max_nodes} nodes")
+    return Violation(path, f"the tree has {count} nodes, more than {max_nodes}")
 
 
 def _walk(node: Node, path: str, depth: int, ctx: ValidationContext, out: list[Violation]) -> int:

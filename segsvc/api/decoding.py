@@ -174,12 +174,13 @@ class RequestDecoder:
             f.number: f.name for f in message_type.fields if f.message_type is _CONDITION
         }
         for f in message_type.fields:
-            if f.message_type is not None and f.message_type is not _CONDITION:
-                # The counter reads trees at the top level of a request only.
-                assert not _reaches_condition(f.message_type, set()), (
-                    f"{message_type.full_name}.{f.name} holds a condition tree below the top "
-                    "level: teach decoding.RequestDecoder to find it"
-                )
+            # The counter reads one tree per field, at the top level of a request only.
+            nested = f.message_type is not None and f.message_type is not _CONDITION
+            assert not (f.number in tree_fields and f.is_repeated), f"repeated tree {f.name}"
+            assert not (nested and _reaches_condition(f.message_type, set())), (
+                f"{message_type.full_name}.{f.name} holds a condition tree below the top "
+                "level: teach decoding.RequestDecoder to find it"
+            )
         return RequestDecoder(message_factory.GetMessageClass(message_type), limits, tree_fields)
 
     @property
@@ -226,7 +227,9 @@ class RequestDecoder:
             yield self.decode(data, index)
 
 
-def _reaches_condition(message_type: descriptor.Descriptor, seen: set[str]) -> bool:
+def _reaches_condition(message_type: descriptor.Descriptor | None, seen: set[str]) -> bool:
+    if message_type is None:
+        return False
     if message_type is _CONDITION:
         return True
     if message_type.full_name in seen:

@@ -27,13 +27,20 @@ from api_harness import (
     violation_fields,
     violations,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from server_harness import ServerProcess, Stubs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from fuzz import nested_tree, wide_tree, with_tree
 
+from segsvc.api import convert
 from segsvc.api.auth import hash_token
+from segsvc.api.decoding import RequestDecoder
+from segsvc.config import Limits
+from segsvc.engine import conditions as c
+from segsvc.engine.errors import InvalidArgument, Violation
 from segsvc.v1 import audiences_pb2, changes_pb2, people_pb2, segments_pb2
 
 S = segments_pb2
@@ -320,3 +327,71 @@ def test_keys_longer_than_storage_holds_are_refused_per_item(api: Stubs) -> None
     assert response.results[0].field == "people[0].id"
     lookup = people_pb2.GetPersonRequest(person=by_id(emoji_id))
     assert violation_fields(lambda: api.people.GetPerson(lookup)) == ["person"]
+
+
+# -- the wire counter agrees with the engine ------------------------------------------------------
+
+SMALL = Limits(max_tree_depth=3, max_tree_nodes=6)
+
+
+def shapes(depth: int = 6) -> st.SearchStrategy[c.Node]:
+    leaf = st.builds(c.TagCondition, st.sampled_from(("a", "b")))
+    if depth <= 1:
+        return leaf
+    children = st.lists(shapes(depth - 1), min_size=1, max_size=4).map(tuple)
+    return leaf | st.builds(c.Group, st.sampled_from(("all", "any")), children)
+
+
+def engine_verdict(tree: c.Node) -> list[Violation]:
+    context = c.ValidationContext(SMALL, lambda _: False, lambda _: frozenset())
+    try:
+        c.validate(tree, context)
+    except InvalidArgument as exc:
+        return exc.violations
+    return []
+
+
+def wire_verdict(payload: bytes) -> list[Violation]:
+    decoder = RequestDecoder.for_type(S.PreviewSegmentRequest.DESCRIPTOR, SMALL)
+    try:
+        decoder.decode(payload)
+    except InvalidArgument as exc:
+        return exc.violations
+    return []
+
+
+@settings(max_examples=300, deadline=None)
+@given(shapes())
+def test_the_wire_counter_refuses_what_the_engine_refuses_with_its_paths(tree: c.Node) -> None:
+    request = S.PreviewSegmentRequest(conditions=convert.condition_to_proto(tree))
+    engine, wire = engine_verdict(tree), wire_verdict(request.SerializeToString())
+    too_many = c.too_many_nodes("conditions", SMALL.max_tree_nodes)
+    if engine and engine[-1].description.startswith("the tree has"):
+        # The wire counter stops at the limit: the depth violations it found until then.
+        assert wire[-1] == too_many
+        assert set(wire[:-1]) <= set(engine)
+    else:
+        assert wire == engine
+
+
+def test_the_wire_counter_reads_what_protobuf_parses() -> None:
+    """A message field sent twice is merged (the children add up); of a oneof sent twice,
+    the last member wins (a deep group followed by a tag is a tag)."""
+    one_child = S.PreviewSegmentRequest(
+        conditions=convert.condition_to_proto(
+            c.Group("any", tuple(c.TagCondition("a") for _ in range(4)))
+        )
+    ).SerializeToString()
+    merged = S.PreviewSegmentRequest.FromString(one_child * 2)
+    assert len(merged.conditions.group.children) == 8
+    assert wire_verdict(one_child * 2) == [c.too_many_nodes("conditions", SMALL.max_tree_nodes)]
+
+    deep_then_tag = with_tree(S.PreviewSegmentRequest(), nested_tree(10)) + with_tree(
+        S.PreviewSegmentRequest(), _tag_leaf()
+    )
+    assert S.PreviewSegmentRequest.FromString(deep_then_tag).conditions.WhichOneof("node") == "tag"
+    assert wire_verdict(deep_then_tag) == []
+
+
+def _tag_leaf() -> bytes:
+    return C.Condition(tag=C.TagCondition(tag="a")).SerializeToString()

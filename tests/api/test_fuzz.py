@@ -59,7 +59,7 @@ def test_generated_messages_to_every_method(
     tally = Tally()
     with grpc.insecure_channel(server.address) as channel:
         seed_data(channel)
-        run_generated(channel, methods, GENERATED_PER_METHOD, tally)
+        run_generated(channel, methods, GENERATED_PER_METHOD, tally, fail_fast=True)
     assert set(tally.codes) == {m.name for m in methods}
     # Some generated requests get through validation (the fuzz reaches the engine).
     assert sum(codes["OK"] for codes in tally.codes.values()) > 0

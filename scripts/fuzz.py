@@ -382,7 +382,7 @@ def _generated_calls(
         tally.add(method, code, details)
         assert not (fail_fast and code in BAD_CODES), f"{method.name}: {code.name} {details}"
 
-    return one  # type: ignore[no-any-return]
+    return one
 
 
 def run_raw(

@@ -51,13 +51,13 @@ class Cursor:
         refusal = InvalidArgument(
             "not a cursor from a previous chunk: pass AudienceChunk.cursor unchanged", "cursor"
         )
+        # Bounded first, which also keeps the JSON too shallow for the parser's recursion.
         if len(text) > _MAX_CURSOR_CHARS:
             raise refusal
         try:
             document = json.loads(base64.urlsafe_b64decode(text.encode()))
             snapshot, after = document["snapshot"], document["after"]
-        # RecursionError: JSON nested thousands deep.
-        except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
+        except (ValueError, KeyError, TypeError, binascii.Error):
             raise refusal from None
         # An ordinal is a u32, -1 before the first; a snapshot id is what
         # Workspace.snapshot_audience made (hex). bool is an int to Python: refused too.

@@ -18,6 +18,9 @@ class Limits:
     max_batch_items: int = 10_000
     max_tree_depth: int = 12
     max_tree_nodes: int = 200
+    # A request carrying a condition tree (create, update, preview): within the node limit a
+    # definition is a few KiB; this is checked on the bytes, before anything is parsed.
+    max_definition_bytes: int = 1024 * 1024
     max_string_length: int = 4096
     max_attributes_per_person: int = 500
     max_tags_per_person: int = 1000

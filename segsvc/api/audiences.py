@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +17,16 @@ from segsvc.api import convert
 from segsvc.api.base import EngineServicer
 from segsvc.engine.engine import Engine
 from segsvc.engine.errors import InvalidArgument
+from segsvc.engine.workspace import MAX_U32
 from segsvc.v1 import audiences_pb2, audiences_pb2_grpc
 
 DEFAULT_CHUNK = 1000
 MAX_CHUNK = 10_000
 # Fields every member carries or may carry; any other requested field is an attribute.
 _ID_FIELDS = frozenset({"id", "email", "phone"})
+# A cursor is base64 of about 60 characters of JSON.
+_MAX_CURSOR_CHARS = 512
+_SNAPSHOT_ID = re.compile(r"[0-9a-f]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -41,17 +46,29 @@ class Cursor:
 
     @staticmethod
     def decode(text: str) -> Cursor:
+        """The cursor `encode` wrote; anything else (a cursor edited by hand, or garbage) is
+        INVALID_ARGUMENT at `cursor`, decided before the text reaches storage."""
+        refusal = InvalidArgument(
+            "not a cursor from a previous chunk: pass AudienceChunk.cursor unchanged", "cursor"
+        )
+        # Bounded first, which also keeps the JSON too shallow for the parser's recursion.
+        if len(text) > _MAX_CURSOR_CHARS:
+            raise refusal
         try:
             document = json.loads(base64.urlsafe_b64decode(text.encode()))
-            cursor = Cursor(str(document["snapshot"]), int(document["after"]))
+            snapshot, after = document["snapshot"], document["after"]
         except (ValueError, KeyError, TypeError, binascii.Error):
-            raise InvalidArgument(
-                "not a cursor from a previous chunk: pass AudienceChunk.cursor unchanged",
-                "cursor",
-            ) from None
-        if not cursor.snapshot or cursor.after < -1:
-            raise InvalidArgument("not a cursor from a previous chunk", "cursor")
-        return cursor
+            raise refusal from None
+        # An ordinal is a u32, -1 before the first; a snapshot id is what
+        # Workspace.snapshot_audience made (hex). bool is an int to Python: refused too.
+        if (
+            not isinstance(snapshot, str)
+            or not _SNAPSHOT_ID.fullmatch(snapshot)
+            or type(after) is not int
+            or not -1 <= after <= MAX_U32
+        ):
+            raise refusal
+        return Cursor(snapshot, after)
 
 
 class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServicer):

@@ -32,7 +32,7 @@ from segsvc.engine.model import (
     SegmentInfo,
 )
 from segsvc.engine.people import PersonUpsert
-from segsvc.engine.values import Kind, Timestamp, Value
+from segsvc.engine.values import Kind, Timestamp, Value, check_value
 from segsvc.v1 import (
     audiences_pb2,
     changes_pb2,
@@ -89,6 +89,16 @@ _VALUE_KINDS = "set one of string_value, number_value, bool_value or timestamp_v
 def timestamp_from_proto(msg: timestamp_pb2.Timestamp) -> Timestamp:
     # segsvc works in whole seconds: nanos are dropped, as the API documents.
     return Timestamp(msg.seconds)
+
+
+def optional_timestamp(owner: Any, field: str) -> Timestamp | None:
+    """`owner.field` in seconds, None when unset; INVALID_ARGUMENT at `field` outside the
+    years 1 to 9999 (the range google.protobuf.Timestamp documents)."""
+    if not owner.HasField(field):
+        return None
+    seconds = timestamp_from_proto(getattr(owner, field))
+    check_value(seconds, field, 0)
+    return seconds
 
 
 def timestamp_to_proto(seconds: int) -> timestamp_pb2.Timestamp:

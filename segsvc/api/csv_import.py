@@ -42,15 +42,9 @@ class CsvSettings:
                 f"{path}.delimiter",
             )
         if self.encoding:
-            try:
-                codecs.lookup(self.encoding)
-            except LookupError:
-                raise InvalidArgument(
-                    f"unknown encoding {self.encoding!r} (e.g. utf-8, cp1252, latin-1)",
-                    f"{path}.encoding",
-                ) from None
+            _check_encoding(self.encoding, f"{path}.encoding")
         column = self.column.strip()
-        if column.isdigit():
+        if _is_number(column):
             if int(column) < 1:
                 raise InvalidArgument("column numbers start at 1", f"{path}.column")
         elif column and not self.header:
@@ -181,7 +175,27 @@ def _column_number(column: str) -> int | None:
     column = column.strip()
     if not column:
         return 0
-    return int(column) - 1 if column.isdigit() else None
+    return int(column) - 1 if _is_number(column) else None
+
+
+def _is_number(column: str) -> bool:
+    # ASCII digits only: str.isdigit() also accepts "²" and "①", which int() refuses; such a
+    # column is a name.
+    return column.isascii() and column.isdigit()
+
+
+def _check_encoding(encoding: str, path: str) -> None:
+    """A text encoding Python knows. codecs.lookup also finds the str->str and bytes->bytes
+    codecs (rot13, base64, zlib, hex, bz2 ...), whose decoders do not give text; bytes.decode
+    refuses those with LookupError (given at least one byte: b"" is not even looked up)."""
+    try:
+        b"a".decode(encoding, "replace")
+    except UnicodeError:
+        pass  # a text encoding that takes no error handler (idna): its own errors come later
+    except (LookupError, ValueError):  # ValueError: a name with NUL in it
+        raise InvalidArgument(
+            f"unknown text encoding {encoding!r} (e.g. utf-8, utf-16, cp1252, latin-1)", path
+        ) from None
 
 
 def _column_named(name: str, header: list[str]) -> int:
@@ -236,10 +250,16 @@ def _decode_declared(chunks: Iterable[bytes], encoding: str) -> Iterator[str]:
             yield decoder.decode(chunk)
             offset += len(chunk)
         yield decoder.decode(b"", final=True)
-    except UnicodeDecodeError as exc:
+    except UnicodeError as exc:
+        # Some decoders raise a plain UnicodeError, without a position: utf-16 and utf-32
+        # when the file does not start with a byte order mark, punycode, idna.
+        if isinstance(exc, UnicodeDecodeError):
+            why = f"{exc.reason} near byte {offset + exc.start}"
+        else:
+            why = f"{exc}, in the chunk from byte {offset}"
         raise InvalidArgument(
-            f"the file is not valid {encoding} (near byte {offset + exc.start}); "
-            "set options.encoding to the file's encoding",
+            f"the file is not valid {encoding}: {why}; set options.encoding to the file's "
+            "encoding (utf-16-le or utf-16-be for UTF-16 without a byte order mark)",
             "options.encoding",
         ) from None
 

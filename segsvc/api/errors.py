@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import grpc
@@ -19,7 +19,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from segsvc.api.interception import Behaviour, StreamBehaviour, rewrap
+from segsvc.api.interception import Behaviour, HandlerInterceptor, StreamBehaviour, rewrap
 from segsvc.engine import errors
 
 log = logging.getLogger(__name__)
@@ -42,25 +42,18 @@ _MAX_MESSAGE_CHARS = 1500
 _MAX_DETAILS_BYTES = 3000
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class ErrorInterceptor(HandlerInterceptor):
     """Maps exceptions raised by any handler (streams included) to status codes."""
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-
+    def wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], call: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         def unary(behaviour: Behaviour) -> Behaviour:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     return behaviour(request, context)
                 except Exception as exc:
-                    abort_for(exc, context, method)
+                    abort_for(exc, context, call.method)
 
             return run
 
@@ -69,7 +62,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     yield from behaviour(request, context)
                 except Exception as exc:
-                    abort_for(exc, context, method)
+                    abort_for(exc, context, call.method)
 
             return run
 

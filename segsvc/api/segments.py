@@ -94,8 +94,8 @@ class SegmentsServicer(EngineServicer, segments_pb2_grpc.SegmentsServicer):
     ) -> segments_pb2.GetSegmentHistoryResponse:
         points = self._workspace().history(
             request.segment_id,
-            request.start.seconds if request.HasField("start") else None,
-            request.end.seconds if request.HasField("end") else None,
+            convert.optional_timestamp(request, "start"),
+            convert.optional_timestamp(request, "end"),
         )
         return segments_pb2.GetSegmentHistoryResponse(
             points=[

@@ -31,6 +31,7 @@ from segsvc.api.admission import StreamAdmission, stream_budget
 from segsvc.api.audiences import AudiencesServicer
 from segsvc.api.auth import AuthInterceptor, Token, TokensFileError, load_tokens
 from segsvc.api.changes import ChangesServicer
+from segsvc.api.decoding import DecodingInterceptor
 from segsvc.api.errors import ErrorInterceptor
 from segsvc.api.people import PeopleServicer
 from segsvc.api.segments import SegmentsServicer
@@ -231,9 +232,15 @@ def _start(
     max_bytes = config.limits.max_message_bytes
     inner = grpc.server(
         executor,
-        # The error interceptor is the outermost, so it also maps what auth and admission
-        # raise; admission comes after auth, so refused callers take no stream slot.
-        interceptors=[ErrorInterceptor(), auth, StreamAdmission(stream_budget(config.workers))],
+        # The error interceptor is the outermost, so it also maps what the others raise;
+        # admission comes after auth, so refused callers take no stream slot; requests are
+        # parsed innermost, so nobody unauthenticated or refused gets anything parsed.
+        interceptors=[
+            ErrorInterceptor(),
+            auth,
+            StreamAdmission(stream_budget(config.workers)),
+            DecodingInterceptor(config.limits),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.max_send_message_length", max_bytes),

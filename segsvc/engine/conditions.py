@@ -414,17 +414,31 @@ def validate(node: Node | None, ctx: ValidationContext, path: str = "conditions"
         raise InvalidArgument("a dynamic segment needs a condition tree", path)
     count = _walk(node, path, 1, ctx, violations)
     if count > ctx.limits.max_tree_nodes:
-        violations.append(
-            Violation(path, f"the tree has {count} nodes, more than {ctx.limits.max_tree_nodes}")
-        )
+        violations.append(too_many_nodes(path, ctx.limits.max_tree_nodes, count))
     if violations:
         raise InvalidArgument(violations)
+
+
+# The words of the two size limits, shared with segsvc/api/decoding.py, which applies them
+# to the wire bytes before a tree is parsed.
+
+
+def too_deep(here: str, max_depth: int) -> Violation:
+    """The violation of the node at `here` (path and kind) below the depth limit."""
+    return Violation(here, f"nested deeper than {max_depth} levels")
+
+
+def too_many_nodes(path: str, max_nodes: int, count: int | None = None) -> Violation:
+    """The violation of a tree at `path` with `count` nodes (None: not counted to the end)."""
+    if count is None:
+        return Violation(path, f"the tree has more than {max_nodes} nodes")
+    return Violation(path, f"the tree has {count} nodes, more than {max_nodes}")
 
 
 def _walk(node: Node, path: str, depth: int, ctx: ValidationContext, out: list[Violation]) -> int:
     here = f"{path}.{NODE_FIELD[type(node)]}"
     if depth > ctx.limits.max_tree_depth:
-        out.append(Violation(here, f"nested deeper than {ctx.limits.max_tree_depth} levels"))
+        out.append(too_deep(here, ctx.limits.max_tree_depth))
         return 1
     if isinstance(node, Group):
         if node.combinator not in ("all", "any"):
@@ -492,6 +506,16 @@ def _check_text(
 def _check_window(window: Window, path: str, out: list[Violation]) -> None:
     if window.within_last_seconds is not None and window.within_last_seconds <= 0:
         out.append(Violation(f"{path}.within_last_seconds", "must be at least 1 second"))
+    elif window.within_last_seconds is not None and window.within_last_seconds > MAX_DURATION:
+        out.append(
+            Violation(f"{path}.within_last_seconds", f"longer than the calendar ({MAX_DURATION} s)")
+        )
+    for name, edge in (("start", window.start), ("end", window.end)):
+        if edge is not None:
+            try:
+                values.check_value(edge, f"{path}.between.{name}", 0)
+            except InvalidArgument as exc:
+                out.extend(exc.violations)
     if (window.start is None) != (window.end is None):
         out.append(Violation(f"{path}.between", "give both start and end"))
     elif window.start is not None and window.end is not None and window.start > window.end:

@@ -98,9 +98,25 @@ EMAIL_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE_PUNCTUATION = re.compile(r"[\s().\-/]")
 
 
+# Ids and emails are parts of LMDB keys, which hold at most 511 bytes with the workspace's
+# prefix (up to 66 bytes): 256 characters of emoji would not fit.
+MAX_KEY_BYTES = 400
+
+
+def _too_many_bytes(text: str) -> bool:
+    # The length in characters first: a character is at most 4 bytes, and this runs per row
+    # of a bulk load.
+    return len(text) * 4 > MAX_KEY_BYTES and len(text.encode("utf-8", "replace")) > MAX_KEY_BYTES
+
+
 def normalize_email(raw: str, field: str) -> str:
     email = unicodedata.normalize("NFC", raw.strip()).casefold()
-    if len(email) > 254 or CONTROL_CHARACTERS.search(email) or not EMAIL_ADDRESS.match(email):
+    if (
+        len(email) > 254
+        or _too_many_bytes(email)
+        or CONTROL_CHARACTERS.search(email)
+        or not EMAIL_ADDRESS.match(email)
+    ):
         raise InvalidArgument(f"{raw!r} is not an email address (expected name@domain.tld)", field)
     return email
 
@@ -258,6 +274,8 @@ def check_key(raw: str, what: str, field: str, max_length: int = 256) -> str:
         raise InvalidArgument(f"{what} is empty", field)
     if len(raw) > max_length:
         raise InvalidArgument(f"{what} is longer than {max_length} characters", field)
+    if _too_many_bytes(raw):
+        raise InvalidArgument(f"{what} is longer than {MAX_KEY_BYTES} bytes in UTF-8", field)
     if CONTROL_CHARACTERS.search(raw):
         raise InvalidArgument(f"{what} {raw!r} contains control characters", field)
     return raw

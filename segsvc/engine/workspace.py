@@ -88,6 +88,9 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 _LOOKUP_CHAR = {"id": b"i", "email": b"e", "phone": b"p"}
+# The largest numbers storage keys hold: ordinals are u32, segment ids and sequences u64.
+MAX_U32 = 2**32 - 1
+MAX_U64 = 2**64 - 1
 # Events may be stamped a little ahead of the server's clock, not more.
 MAX_FUTURE_SKEW_SECONDS = 3600
 
@@ -732,7 +735,7 @@ class Workspace:
     ) -> tuple[list[SegmentInfo], str]:
         """Segments in id order after `page_token`; `archived` None lists both."""
         page_size = _page_size(page_size, 100, 1000)
-        after = _token(page_token)
+        after = _token(page_token, MAX_U64)
         needle = name_contains.casefold()
         with self._lock:
             rows: list[SegmentInfo] = []
@@ -751,21 +754,25 @@ class Workspace:
 
     def preview(self, definition: Node | None, sample_size: int = 10) -> tuple[int, list[str]]:
         sample_size = _page_size(sample_size, 10, 1000)
+        # A read: the lock is held only to validate and to take each leaf's bitmap (writes
+        # change the index and the kept bitmaps in place, so those are copied); the tree is
+        # combined after it is released.
         with self._lock:
             tree = self._validate_definition(definition, None)
             expr = compile_node(tree)
             now = self.clock.now()
             state = self.state
-
-            def leaf_bitmap(leaf: Leaf) -> BitMap:
+            taken: dict[Leaf, BitMap] = {}
+            for leaf in conditions.leaves_of(expr):
                 # Maintained leaves answer as of the last write or tick; time-dependent ones
                 # are answered as of now, like the segment would be on the next tick.
                 kept = state.leaves.get(leaf) if not isinstance(leaf, SegmentLeaf) else None
-                if kept is not None and not leaf.time_dependent:
-                    return kept
-                return state.fresh_leaf(leaf, now)
-
-            members = state.evaluate(expr, state.index.live, leaf_bitmap)
+                if kept is None or leaf.time_dependent:
+                    kept = state.fresh_leaf(leaf, now)
+                taken[leaf] = BitMap(kept)
+            universe = BitMap(state.index.live)
+        members = state.evaluate(expr, universe, taken.__getitem__)
+        with self._lock:
             ids = state.index.ids
             return len(members), [ids[o] or "" for o in members[:sample_size]]
 
@@ -796,10 +803,12 @@ class Workspace:
     def history(self, segment_id: int, start: int | None, end: int | None) -> list[tuple[int, int]]:
         with self._lock:
             self._segment(segment_id)
+        if end is not None and end < 0:
+            return []  # sizes are recorded at times after 1970
         base = self._prefix + u64(segment_id)
         with self.store.read() as txn:
-            lo = base + u64(max(start or 0, 0))
-            hi = base + u64(end + 1) if end is not None else None
+            lo = base + u64(min(max(start or 0, 0), MAX_U64))
+            hi = base + u64(min(end + 1, MAX_U64)) if end is not None else None
             return [
                 (read_u64(k, len(base)), read_u64(v)) for k, v in txn.scan("history", base, lo, hi)
             ]
@@ -884,7 +893,7 @@ class Workspace:
         self, segment_id: int, page_size: int = 1000, page_token: str = ""
     ) -> tuple[list[Member], str, int]:
         page_size = _page_size(page_size, 1000, self.limits.max_page_size)
-        after = _token(page_token) if page_token else -1
+        after = _token(page_token, MAX_U32) if page_token else -1
         with self._lock:
             self._segment(segment_id)
             members = self.state.segments[segment_id].members
@@ -993,6 +1002,8 @@ class Workspace:
     ) -> tuple[list[Change], int]:
         """Up to `limit` stored changes with seq > after_seq; returns them and the seq to
         continue after. OUT_OF_RANGE when after_seq is older than what is kept."""
+        if not 0 <= after_seq <= MAX_U64 - 2:  # the keys below are after_seq + 2
+            raise InvalidArgument("beyond any sequence number a change can have", "after_seq")
         p = self._prefix
         out: list[Change] = []
         last = after_seq
@@ -1290,9 +1301,11 @@ def _page_size(requested: int, default: int, maximum: int) -> int:
     return min(requested, maximum)
 
 
-def _token(token: str) -> int:
+def _token(token: str, maximum: int) -> int:
+    """The id or ordinal (at most `maximum`) a page token of a previous response holds.
+    ASCII digits only: str.isdigit() also accepts "²" and "①", which int() refuses."""
     if not token:
         return 0
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()) or len(token) > 20 or int(token) > maximum:
         raise InvalidArgument("not a page token from a previous response", "page_token")
     return int(token)

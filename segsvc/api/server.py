@@ -43,10 +43,10 @@ log = logging.getLogger(__name__)
 SEGSVC_SERVICES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
     for module, name in (
-        (people_pb2, "People"),
-        (segments_pb2, "Segments"),
-        (changes_pb2, "Changes"),
-        (audiences_pb2, "Audiences"),
+        (people_pb2, "PeopleService"),
+        (segments_pb2, "SegmentsService"),
+        (changes_pb2, "ChangesService"),
+        (audiences_pb2, "AudiencesService"),
     )
 )
 
@@ -166,11 +166,13 @@ def _start(
         ],
     )
     stopping = threading.Event()
-    people_pb2_grpc.add_PeopleServicer_to_server(PeopleServicer(engine), inner)
-    segments_pb2_grpc.add_SegmentsServicer_to_server(SegmentsServicer(engine), inner)
+    people_pb2_grpc.add_PeopleServiceServicer_to_server(PeopleServicer(engine), inner)
+    segments_pb2_grpc.add_SegmentsServiceServicer_to_server(SegmentsServicer(engine), inner)
     changes = ChangesServicer(engine, stopping, max_followers=max(1, config.workers // 2))
-    changes_pb2_grpc.add_ChangesServicer_to_server(changes, inner)
-    audiences_pb2_grpc.add_AudiencesServicer_to_server(AudiencesServicer(engine, stopping), inner)
+    changes_pb2_grpc.add_ChangesServiceServicer_to_server(changes, inner)
+    audiences_pb2_grpc.add_AudiencesServiceServicer_to_server(
+        AudiencesServicer(engine, stopping), inner
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
     reflection.enable_server_reflection(

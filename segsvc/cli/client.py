@@ -136,20 +136,20 @@ class Client:
         return self._channel
 
     @cached_property
-    def segments(self) -> segments_pb2_grpc.SegmentsStub:
-        return segments_pb2_grpc.SegmentsStub(self._open())
+    def segments(self) -> segments_pb2_grpc.SegmentsServiceStub:
+        return segments_pb2_grpc.SegmentsServiceStub(self._open())
 
     @cached_property
-    def people(self) -> people_pb2_grpc.PeopleStub:
-        return people_pb2_grpc.PeopleStub(self._open())
+    def people(self) -> people_pb2_grpc.PeopleServiceStub:
+        return people_pb2_grpc.PeopleServiceStub(self._open())
 
     @cached_property
-    def changes(self) -> changes_pb2_grpc.ChangesStub:
-        return changes_pb2_grpc.ChangesStub(self._open())
+    def changes(self) -> changes_pb2_grpc.ChangesServiceStub:
+        return changes_pb2_grpc.ChangesServiceStub(self._open())
 
     @cached_property
-    def audiences(self) -> audiences_pb2_grpc.AudiencesStub:
-        return audiences_pb2_grpc.AudiencesStub(self._open())
+    def audiences(self) -> audiences_pb2_grpc.AudiencesServiceStub:
+        return audiences_pb2_grpc.AudiencesServiceStub(self._open())
 
     def close(self) -> None:
         if self._channel is not None:

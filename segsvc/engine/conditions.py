@@ -470,7 +470,7 @@ def _check_text(
 
 def _check_window(window: Window, path: str, out: list[Violation]) -> None:
     if window.within_last_seconds is not None and window.within_last_seconds <= 0:
-        out.append(Violation(f"{path}.within_last_seconds", "must be at least 1 second"))
+        out.append(Violation(f"{path}.within_last", "must be at least 1 second"))
     if (window.start is None) != (window.end is None):
         out.append(Violation(f"{path}.between", "give both start and end"))
     elif window.start is not None and window.end is not None and window.start > window.end:
@@ -569,9 +569,11 @@ def _check_operator(
         return
     if op in ("within_last", "more_than_ago"):
         if node.seconds <= 0:
-            out.append(Violation(f"{here}.seconds", f"{op} needs a duration of at least 1 second"))
+            out.append(Violation(f"{here}.duration", f"{op} needs a duration of at least 1 second"))
         elif node.seconds > MAX_DURATION:
-            out.append(Violation(f"{here}.seconds", f"longer than the calendar ({MAX_DURATION} s)"))
+            out.append(
+                Violation(f"{here}.duration", f"longer than the calendar ({MAX_DURATION} s)")
+            )
         return
     if node.field in ("email", "phone") and op in ("equals", "not_equals", "one_of"):
         operands = (

@@ -40,7 +40,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_health_is_serving_then_not_serving_on_shutdown(api):
-    for service in ("", "segsvc.v1.Segments", "segsvc.v1.People"):
+    for service in ("", "segsvc.v1.SegmentsService", "segsvc.v1.PeopleService"):
         reply = api.health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == SERVING
     watch = api.health.Watch(health_pb2.HealthCheckRequest(service=""))
@@ -67,15 +67,21 @@ def test_reflection_lists_every_service(api):
     )
     names = {s.name for s in next(replies).list_services_response.service}
     assert {
-        "segsvc.v1.People",
-        "segsvc.v1.Segments",
-        "segsvc.v1.Changes",
-        "segsvc.v1.Audiences",
+        "segsvc.v1.PeopleService",
+        "segsvc.v1.SegmentsService",
+        "segsvc.v1.ChangesService",
+        "segsvc.v1.AudiencesService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     } <= names
     replies = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="segsvc.v1.Segments")])
+        iter(
+            [
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="segsvc.v1.SegmentsService"
+                )
+            ]
+        )
     )
     assert next(replies).file_descriptor_response.file_descriptor_proto
 
@@ -91,14 +97,17 @@ def test_restart_keeps_everything(api_servers):
     before_segments = api.segments.ListSegments(
         S.ListSegmentsRequest(archived=S.ARCHIVED_FILTER_ALL)
     )
-    before_person = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u3")))
+    before_person = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u3"))).person
 
     api = api_servers.restart(api)
     assert (
         api.segments.ListSegments(S.ListSegmentsRequest(archived=S.ARCHIVED_FILTER_ALL))
         == before_segments
     )
-    assert api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u3"))) == before_person
+    assert (
+        api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u3"))).person
+        == before_person
+    )
     assert members_of(api, pro) == {"u1", "u3"}
     assert members_of(api, vip) == {"u2", "u3"}
     assert stored_changes(api) == before_changes
@@ -174,7 +183,7 @@ def test_tokens_authenticate_and_authorize(secured):
 
     def create(name, metadata):
         request = S.CreateSegmentRequest(name=name, type=S.SEGMENT_TYPE_MANUAL)
-        return api.segments.CreateSegment(request, metadata=metadata)
+        return api.segments.CreateSegment(request, metadata=metadata).segment
 
     def names(metadata):
         page = api.segments.ListSegments(S.ListSegmentsRequest(), metadata=metadata)
@@ -194,7 +203,8 @@ def test_tokens_authenticate_and_authorize(secured):
     # Streams are guarded too.
     code, _ = status_of(
         lambda: api.people.StreamUpsertPeople(
-            iter([people_pb2.UpsertPeopleRequest(people=[person("u1")])]), metadata=_as("reader")
+            iter([people_pb2.StreamUpsertPeopleRequest(people=[person("u1")])]),
+            metadata=_as("reader"),
         )
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED

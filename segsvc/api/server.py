@@ -17,13 +17,13 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from segsvc.api.audiences import AudiencesServicer
 from segsvc.api.auth import AuthInterceptor, TokensFileError, load_tokens
 from segsvc.api.changes import ChangesServicer
 from segsvc.api.errors import ErrorInterceptor
 from segsvc.api.people import PeopleServicer
+from segsvc.api.reflection import enable_reflection
 from segsvc.api.segments import SegmentsServicer
 from segsvc.config import Config
 from segsvc.engine.engine import Engine
@@ -175,9 +175,7 @@ def _start(
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
-    reflection.enable_server_reflection(
-        (*SEGSVC_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), inner
-    )
+    enable_reflection(inner, (*SEGSVC_SERVICES, health.SERVICE_NAME))
     port = _bind(inner, config.listen, credentials)
     inner.start()
     # Ready: the engine finished loading before the server was built.

@@ -139,7 +139,14 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Imported only here: the client commands must not load the engine, LMDB and bitmaps.
-    from segsvc.api.server import serve as run_server
+    # Imported only here: the client commands must not load the engine, LMDB and bitmaps,
+    # and a client-only install (`pip install segsvc`) has none of them.
+    try:
+        from segsvc.api.server import serve as run_server
+    except ImportError as exc:
+        fail(
+            f"segsvc serve needs the server's dependencies ({exc.name} is missing): "
+            "pip install 'segsvc[server]'"
+        )
 
     run_server(config)

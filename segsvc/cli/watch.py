@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from segsvc.cli.client import Client
 from segsvc.cli.common import Session, pass_session, resolve_segments, segment_names
 from segsvc.cli.output import format_time, to_dict
+from segsvc.client import Client
 from segsvc.v1 import changes_pb2
 
 

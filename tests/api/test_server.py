@@ -24,6 +24,7 @@ from api_harness import (
     stored_changes,
     upsert,
 )
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_harness import Stubs
@@ -60,30 +61,40 @@ def _until_end(stream):
         return
 
 
-def test_reflection_lists_every_service(api):
-    stub = reflection_pb2_grpc.ServerReflectionStub(api.channel)
-    replies = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_lists_and_describes_every_service(api, version):
+    # v1 and v1alpha are the same messages on the wire: v1alpha's classes speak both.
+    info = api.channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
     )
-    names = {s.name for s in next(replies).list_services_response.service}
-    assert {
+
+    def ask(**request: str) -> reflection_pb2.ServerReflectionResponse:
+        return next(info(iter([reflection_pb2.ServerReflectionRequest(**request)])))
+
+    names = {s.name for s in ask(list_services="").list_services_response.service}
+    assert names == {
         "segsvc.v1.PeopleService",
         "segsvc.v1.SegmentsService",
         "segsvc.v1.ChangesService",
         "segsvc.v1.AudiencesService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
-    } <= names
-    replies = stub.ServerReflectionInfo(
-        iter(
-            [
-                reflection_pb2.ServerReflectionRequest(
-                    file_containing_symbol="segsvc.v1.SegmentsService"
-                )
-            ]
-        )
-    )
-    assert next(replies).file_descriptor_response.file_descriptor_proto
+        "grpc.reflection.v1.ServerReflection",
+    }
+    for name in names:
+        reply = ask(file_containing_symbol=name)
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in reply.file_descriptor_response.file_descriptor_proto
+        ]
+        package, _, service = name.rpartition(".")
+        assert any(
+            f.package == package and service in {s.name for s in f.service} for f in files
+        ), name
+    missing = ask(file_containing_symbol="segsvc.v1.NoSuchService")
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 def test_restart_keeps_everything(api_servers):

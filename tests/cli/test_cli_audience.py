@@ -13,7 +13,7 @@ import grpc
 import pytest
 from cli_harness import Cli
 
-from segsvc.cli import audience as audience_module
+import segsvc.client
 from segsvc.v1 import audiences_pb2, audiences_pb2_grpc, types_pb2
 
 
@@ -126,7 +126,7 @@ class _DroppingAudiences(audiences_pb2_grpc.AudiencesServiceServicer):
 
 @pytest.fixture
 def dropping(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cli, _DroppingAudiences]]:
-    monkeypatch.setattr(audience_module, "RECONNECT_DELAY", 0.0)
+    monkeypatch.setattr(segsvc.client, "RECONNECT_DELAY", 0.0)
     servicer = _DroppingAudiences(drops=2)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     audiences_pb2_grpc.add_AudiencesServiceServicer_to_server(servicer, server)

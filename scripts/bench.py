@@ -1153,7 +1153,7 @@ def bench_grpc(setup: Setup, report: Report, everyone: int, stream_events: int) 
         streamed = gen_data.live_events(stream_events, setup.people, now, stream="grpc")
         per_request = 1000
         event_requests = [
-            people_pb2.TrackEventsRequest(
+            people_pb2.StreamTrackEventsRequest(
                 events=[_event_to_proto(e) for e in streamed[i : i + per_request]]
             )
             for i in range(0, len(streamed), per_request)
@@ -1168,13 +1168,13 @@ def bench_grpc(setup: Setup, report: Report, everyone: int, stream_events: int) 
             ],
         )
         grpc.channel_ready_future(channel).result(timeout=30)
-        segments = segments_pb2_grpc.SegmentsStub(channel)
-        audiences = audiences_pb2_grpc.AudiencesStub(channel)
+        segments = segments_pb2_grpc.SegmentsServiceStub(channel)
+        audiences = audiences_pb2_grpc.AudiencesServiceStub(channel)
         samples = []
         for _ in range(5):
             for sid in dynamic:
                 t0 = time.perf_counter()
-                got = segments.GetSegment(segments_pb2.GetSegmentRequest(segment_id=sid))
+                got = segments.GetSegment(segments_pb2.GetSegmentRequest(segment_id=sid)).segment
                 samples.append(time.perf_counter() - t0)
                 if got.member_count != expected[sid]:
                     report.mismatches.append(
@@ -1236,7 +1236,7 @@ def bench_grpc(setup: Setup, report: Report, everyone: int, stream_events: int) 
             )
         )
         if streamed:
-            people_stub = people_pb2_grpc.PeopleStub(channel)
+            people_stub = people_pb2_grpc.PeopleServiceStub(channel)
             track_seconds, summary = timed(
                 lambda: people_stub.StreamTrackEvents(iter(event_requests))
             )
@@ -1400,12 +1400,15 @@ def bench_simple_load(report: Report, count: int, root: Path, per_request: int =
     engine.close(checkpoint=False)
     # Through gRPC.
     requests = {
-        v: [people_pb2.UpsertPeopleRequest(columns=people_columns_to_proto(c)) for c in batches]
+        v: [
+            people_pb2.StreamUpsertPeopleRequest(columns=people_columns_to_proto(c))
+            for c in batches
+        ]
         for v, batches in versions.items()
     }
     few = count // 5
     per_message = [
-        people_pb2.UpsertPeopleRequest(people=[_to_proto(u) for u in b])
+        people_pb2.StreamUpsertPeopleRequest(people=[_to_proto(u) for u in b])
         for b in gen_data.simple_people(few, chunk=1000)
     ]
     del versions, duck
@@ -1421,7 +1424,7 @@ def bench_simple_load(report: Report, count: int, root: Path, per_request: int =
                 f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 256 * 2**20)]
             )
             grpc.channel_ready_future(channel).result(timeout=30)
-            stub = people_pb2_grpc.PeopleStub(channel)
+            stub = people_pb2_grpc.PeopleServiceStub(channel)
             for name, reqs in phases:
                 grpc_seconds[name], summaries[name] = timed(
                     lambda r=reqs, s=stub: s.StreamUpsertPeople(iter(r))

@@ -56,7 +56,7 @@ _segsvc_install() {
     "$python" -m venv --clear "$venv"
   fi
   case $want in
-    server) what="segsvc and the server's dependencies" target="$repo" ;;
+    server) what="segsvc and the server's dependencies" target="$repo[server]" ;;
     dev) what="segsvc, its dependencies and the test tools (about 300 MB)" target="$repo[dev]" ;;
     *) echo "segsvc_bootstrap: want server or dev, not '$want'" >&2; exit 2 ;;
   esac

@@ -47,10 +47,10 @@ from segsvc.v1 import (  # noqa: E402
 )
 
 SERVICES = (
-    people_pb2.DESCRIPTOR.services_by_name["People"],
-    segments_pb2.DESCRIPTOR.services_by_name["Segments"],
-    changes_pb2.DESCRIPTOR.services_by_name["Changes"],
-    audiences_pb2.DESCRIPTOR.services_by_name["Audiences"],
+    people_pb2.DESCRIPTOR.services_by_name["PeopleService"],
+    segments_pb2.DESCRIPTOR.services_by_name["SegmentsService"],
+    changes_pb2.DESCRIPTOR.services_by_name["ChangesService"],
+    audiences_pb2.DESCRIPTOR.services_by_name["AudiencesService"],
 )
 # A server stream (a change feed that follows, a long audience) is cut after this long: what
 # matters is how it starts, and DEADLINE_EXCEEDED is the client's own doing.
@@ -427,19 +427,23 @@ def seed_data(channel: grpc.Channel) -> None:
             for i in range(1, 6)
         ]
     )
-    _unary(channel, "/segsvc.v1.People/UpsertPeople", people)
+    _unary(channel, "/segsvc.v1.PeopleService/UpsertPeople", people)
     event = people_pb2.Event(person=types_pb2.PersonRef(id="u1"), name="purchase")
-    _unary(channel, "/segsvc.v1.People/TrackEvents", people_pb2.TrackEventsRequest(events=[event]))
-    manual = segments_pb2.CreateSegmentRequest(name="manual", type=segments_pb2.SEGMENT_TYPE_MANUAL)
-    _unary(channel, "/segsvc.v1.Segments/CreateSegment", manual)
     _unary(
         channel,
-        "/segsvc.v1.Segments/AddMembers",
-        segments_pb2.MembersRequest(segment_id=1, people=[types_pb2.PersonRef(id="u1")]),
+        "/segsvc.v1.PeopleService/TrackEvents",
+        people_pb2.TrackEventsRequest(events=[event]),
+    )
+    manual = segments_pb2.CreateSegmentRequest(name="manual", type=segments_pb2.SEGMENT_TYPE_MANUAL)
+    _unary(channel, "/segsvc.v1.SegmentsService/CreateSegment", manual)
+    _unary(
+        channel,
+        "/segsvc.v1.SegmentsService/AddMembers",
+        segments_pb2.AddMembersRequest(segment_id=1, people=[types_pb2.PersonRef(id="u1")]),
     )
     vip = conditions_pb2.Condition(tag=conditions_pb2.TagCondition(tag="vip"))
     dynamic = segments_pb2.CreateSegmentRequest(name="dynamic", conditions=vip)
-    _unary(channel, "/segsvc.v1.Segments/CreateSegment", dynamic)
+    _unary(channel, "/segsvc.v1.SegmentsService/CreateSegment", dynamic)
 
 
 def _unary(channel: grpc.Channel, path: str, request: message.Message) -> None:
@@ -507,7 +511,7 @@ def huge_trees(server: ServerProcess, channel: grpc.Channel, rounds: int) -> Non
             started = time.perf_counter()
             _unary(
                 channel,
-                "/segsvc.v1.People/UpsertPeople",
+                "/segsvc.v1.PeopleService/UpsertPeople",
                 people_pb2.UpsertPeopleRequest(people=[upsert]),
             )
             write_seconds.append(time.perf_counter() - started)

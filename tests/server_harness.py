@@ -41,17 +41,17 @@ class Stubs:
     """A channel to a server and the segsvc stubs over it."""
 
     channel: grpc.Channel
-    people: people_pb2_grpc.PeopleStub = field(init=False)
-    segments: segments_pb2_grpc.SegmentsStub = field(init=False)
-    changes: changes_pb2_grpc.ChangesStub = field(init=False)
-    audiences: audiences_pb2_grpc.AudiencesStub = field(init=False)
+    people: people_pb2_grpc.PeopleServiceStub = field(init=False)
+    segments: segments_pb2_grpc.SegmentsServiceStub = field(init=False)
+    changes: changes_pb2_grpc.ChangesServiceStub = field(init=False)
+    audiences: audiences_pb2_grpc.AudiencesServiceStub = field(init=False)
     health: health_pb2_grpc.HealthStub = field(init=False)
 
     def __post_init__(self) -> None:
-        self.people = people_pb2_grpc.PeopleStub(self.channel)
-        self.segments = segments_pb2_grpc.SegmentsStub(self.channel)
-        self.changes = changes_pb2_grpc.ChangesStub(self.channel)
-        self.audiences = audiences_pb2_grpc.AudiencesStub(self.channel)
+        self.people = people_pb2_grpc.PeopleServiceStub(self.channel)
+        self.segments = segments_pb2_grpc.SegmentsServiceStub(self.channel)
+        self.changes = changes_pb2_grpc.ChangesServiceStub(self.channel)
+        self.audiences = audiences_pb2_grpc.AudiencesServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     @staticmethod

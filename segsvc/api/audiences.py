@@ -1,4 +1,4 @@
-"""segsvc.v1.Audiences: who a campaign reaches, counted, or streamed from a frozen snapshot in
+"""segsvc.v1.AudiencesService: who a campaign reaches, counted, or streamed from a frozen
 resumable chunks."""
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class Cursor:
         """The cursor `encode` wrote; anything else (a cursor edited by hand, or garbage) is
         INVALID_ARGUMENT at `cursor`, decided before the text reaches storage."""
         refusal = InvalidArgument(
-            "not a cursor from a previous chunk: pass AudienceChunk.cursor unchanged", "cursor"
+            "not a cursor from a previous chunk: pass ResolveAudienceResponse.cursor unchanged",
+            "cursor",
         )
         # Bounded first, which also keeps the JSON too shallow for the parser's recursion.
         if len(text) > _MAX_CURSOR_CHARS:
@@ -71,7 +72,7 @@ class Cursor:
         return Cursor(snapshot, after)
 
 
-class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServicer):
+class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServiceServicer):
     def __init__(self, engine: Engine, stopping: threading.Event) -> None:
         super().__init__(engine)
         # Set when the server begins to shut down: a stream ends with UNAVAILABLE between
@@ -86,7 +87,7 @@ class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServicer):
 
     def ResolveAudience(
         self, request: audiences_pb2.ResolveAudienceRequest, context: grpc.ServicerContext
-    ) -> Iterator[audiences_pb2.AudienceChunk]:
+    ) -> Iterator[audiences_pb2.ResolveAudienceResponse]:
         workspace = self._workspace()
         fields = _check_fields(list(request.fields))
         attribute_names = [f for f in fields if f not in _ID_FIELDS]
@@ -121,7 +122,7 @@ class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServicer):
                     member.attributes[name].CopyFrom(convert.value_to_proto(value))
                 members.append(member)
             cursor = Cursor(cursor.snapshot, next_after)
-            yield audiences_pb2.AudienceChunk(
+            yield audiences_pb2.ResolveAudienceResponse(
                 members=members, cursor=cursor.encode(), total=total, last=remaining == 0
             )
             if remaining == 0:

@@ -42,17 +42,17 @@ _RANK: dict[str, int] = {"read": 0, "write": 1, "admin": 2}
 # API later is protected until someone decides it is a read.
 READ_METHODS = frozenset(
     {
-        "/segsvc.v1.People/GetPerson",
-        "/segsvc.v1.Segments/GetSegment",
-        "/segsvc.v1.Segments/ListSegments",
-        "/segsvc.v1.Segments/PreviewSegment",
-        "/segsvc.v1.Segments/ExplainMembership",
-        "/segsvc.v1.Segments/GetSegmentHistory",
-        "/segsvc.v1.Segments/ListMembers",
-        "/segsvc.v1.Segments/CheckMembership",
-        "/segsvc.v1.Changes/WatchChanges",
-        "/segsvc.v1.Audiences/CountAudience",
-        "/segsvc.v1.Audiences/ResolveAudience",
+        "/segsvc.v1.PeopleService/GetPerson",
+        "/segsvc.v1.SegmentsService/GetSegment",
+        "/segsvc.v1.SegmentsService/ListSegments",
+        "/segsvc.v1.SegmentsService/PreviewSegment",
+        "/segsvc.v1.SegmentsService/ExplainMembership",
+        "/segsvc.v1.SegmentsService/GetSegmentHistory",
+        "/segsvc.v1.SegmentsService/ListMembers",
+        "/segsvc.v1.SegmentsService/CheckMembership",
+        "/segsvc.v1.ChangesService/WatchChanges",
+        "/segsvc.v1.AudiencesService/CountAudience",
+        "/segsvc.v1.AudiencesService/ResolveAudience",
     }
 )
 # Load balancers and grpcurl-style tools use these without credentials.

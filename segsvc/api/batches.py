@@ -93,7 +93,8 @@ def outcome_counts(results: Iterable[ItemResult]) -> Counter[str]:
 
 @dataclass
 class BulkTally(Generic[Message, Item]):
-    """A client stream of batches applied part by part, summed up for one BulkSummary.
+    """A client stream of batches applied part by part, summed up for the summary that ends
+    the stream.
 
     Each stream message may hold more items than the engine takes in one call; it is cut
     into parts of `part_size`. Every item is applied whole or not at all either way, so the

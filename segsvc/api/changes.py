@@ -1,4 +1,4 @@
-"""segsvc.v1.Changes: the change feed, replayed from storage and then followed live."""
+"""segsvc.v1.ChangesService: the change feed, replayed from storage and then followed live."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from segsvc.engine.engine import Engine
 from segsvc.v1 import changes_pb2, changes_pb2_grpc
 
 
-class ChangesServicer(EngineServicer, changes_pb2_grpc.ChangesServicer):
+class ChangesServicer(EngineServicer, changes_pb2_grpc.ChangesServiceServicer):
     def __init__(self, engine: Engine, stopping: threading.Event) -> None:
         super().__init__(engine)
         # Set when the server begins to shut down: followers end at once (UNAVAILABLE, so
@@ -24,7 +24,7 @@ class ChangesServicer(EngineServicer, changes_pb2_grpc.ChangesServicer):
 
     def WatchChanges(
         self, request: changes_pb2.WatchChangesRequest, context: grpc.ServicerContext
-    ) -> Iterator[changes_pb2.Change]:
+    ) -> Iterator[changes_pb2.WatchChangesResponse]:
         workspace = self._workspace()
         follow = not request.no_follow
 
@@ -37,11 +37,11 @@ class ChangesServicer(EngineServicer, changes_pb2_grpc.ChangesServicer):
         if follow:
             created = self._engine.wait_for_workspace(workspace.name, stop)
             workspace = created if created is not None else workspace
-        changes = workspace.watch(
-            after_seq, frozenset(request.segment_ids), stop=stop, follow=follow
-        )
-        for change in changes:
-            yield convert.change_to_proto(change)
+        runs = workspace.watch(after_seq, frozenset(request.segment_ids), stop=stop, follow=follow)
+        for run in runs:
+            yield changes_pb2.WatchChangesResponse(
+                changes=[convert.change_to_proto(change) for change in run]
+            )
         if self._stopping.is_set() and follow:
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,

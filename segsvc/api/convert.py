@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from segsvc.api.csv_import import CsvRow, CsvSettings
 from segsvc.engine import conditions as c
@@ -103,6 +103,14 @@ def optional_timestamp(owner: Any, field: str) -> Timestamp | None:
 
 def timestamp_to_proto(seconds: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=int(seconds))
+
+
+def _duration_seconds(msg: duration_pb2.Duration, path: str, out: list[Violation]) -> int:
+    """Whole seconds of a Duration; windows are exact to the second, so a fraction is an
+    error rather than something to round silently."""
+    if msg.nanos:
+        out.append(Violation(path, "give whole seconds (nanos must be 0)"))
+    return int(msg.seconds)
 
 
 def value_from_proto(msg: types_pb2.Value) -> Value | None:
@@ -404,7 +412,7 @@ def _node(msg: conditions_pb2.Condition, path: str, out: list[Violation]) -> c.N
             filters=tuple(f for f in filters if f is not None),
             count_operator=_count_operator(event.count_operator),
             count=event.count if event.HasField("count") else None,
-            window=_window(event),
+            window=_window(event, f"{here}.window", out),
         )
     if kind == "page_view":
         view = msg.page_view
@@ -415,7 +423,7 @@ def _node(msg: conditions_pb2.Condition, path: str, out: list[Violation]) -> c.N
             match=URL_MATCH_WORDS.get(view.match, "equals" if view.match == 0 else ""),
             count_operator=_count_operator(view.count_operator),
             count=view.count if view.HasField("count") else None,
-            window=_window(view),
+            window=_window(view, f"{here}.window", out),
         )
     if kind == "message":
         message = msg.message
@@ -425,7 +433,7 @@ def _node(msg: conditions_pb2.Condition, path: str, out: list[Violation]) -> c.N
             message_id=message.message_id,
             count_operator=_count_operator(message.count_operator),
             count=message.count if message.HasField("count") else None,
-            window=_window(message),
+            window=_window(message, f"{here}.window", out),
         )
     out.append(
         Violation(
@@ -452,7 +460,7 @@ def _attribute(
         value=value_from_proto(msg.value) if msg.HasField("value") else None,
         upper=value_from_proto(msg.upper) if msg.HasField("upper") else None,
         values=tuple(v for v in values if v is not None),
-        seconds=msg.seconds,
+        seconds=_duration_seconds(msg.duration, f"{here}.duration", out),
     )
 
 
@@ -461,13 +469,15 @@ def _count_operator(number: int) -> str:
     return COUNT_WORDS.get(number, "at_least" if number == 0 else "")
 
 
-def _window(owner: Any) -> c.Window:
+def _window(owner: Any, path: str, out: list[Violation]) -> c.Window:
     if not owner.HasField("window"):
         return c.Window()
     window = owner.window
     kind = window.WhichOneof("window")
-    if kind == "within_last_seconds":
-        return c.Window(within_last_seconds=window.within_last_seconds)
+    if kind == "within_last":
+        return c.Window(
+            within_last_seconds=_duration_seconds(window.within_last, f"{path}.within_last", out)
+        )
     if kind == "between":
         span = window.between
         return c.Window(
@@ -542,8 +552,9 @@ def _attribute_to_proto(node: c.AttributeCondition) -> conditions_pb2.AttributeC
     msg = conditions_pb2.AttributeCondition(
         operator=_number(conditions_pb2.Operator, "OPERATOR_", node.operator),
         values=[value_to_proto(v) for v in node.values],
-        seconds=node.seconds,
     )
+    if node.seconds:
+        msg.duration.seconds = node.seconds
     if node.field is not None:
         msg.field = _number(conditions_pb2.BuiltinField, "BUILTIN_FIELD_", node.field)
     elif node.attribute is not None:
@@ -558,7 +569,7 @@ def _attribute_to_proto(node: c.AttributeCondition) -> conditions_pb2.AttributeC
 def _window_to_proto(window: c.Window, into: conditions_pb2.TimeWindow) -> None:
     # An "ever" window stays unset, as the client would have sent it.
     if window.within_last_seconds is not None:
-        into.within_last_seconds = window.within_last_seconds
+        into.within_last.seconds = window.within_last_seconds
     elif window.start is not None or window.end is not None:
         if window.start is not None:
             into.between.start.CopyFrom(timestamp_to_proto(window.start))

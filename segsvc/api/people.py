@@ -1,4 +1,5 @@
-"""segsvc.v1.People: people and their events, one at a time, in batches and in bulk streams."""
+"""segsvc.v1.PeopleService: people and their events, one at a time, in batches and in bulk
+streams."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _event_key(msg: people_pb2.Event) -> str:
     return convert.person_ref_label(msg.person)
 
 
-class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServicer):
+class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServiceServicer):
     def UpsertPeople(
         self, request: people_pb2.UpsertPeopleRequest, context: grpc.ServicerContext
     ) -> people_pb2.UpsertPeopleResponse:
@@ -52,8 +53,8 @@ class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServicer):
         )
 
     def StreamUpsertPeople(
-        self, request_iterator: Iterator[people_pb2.UpsertPeopleRequest], context: Any
-    ) -> people_pb2.BulkSummary:
+        self, request_iterator: Iterator[people_pb2.StreamUpsertPeopleRequest], context: Any
+    ) -> people_pb2.StreamUpsertPeopleResponse:
         workspace = self._workspace()
         tally: BulkTally[people_pb2.PersonUpsert, PersonUpsert] = BulkTally(
             convert.person_upsert,
@@ -72,13 +73,21 @@ class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServicer):
                     workspace.upsert_columns,
                     part_size,
                 )
-        return _summary(tally)
+        return people_pb2.StreamUpsertPeopleResponse(
+            received=tally.received,
+            created=tally.counts["created"],
+            updated=tally.counts["updated"],
+            unchanged=tally.counts["unchanged"],
+            rejected=tally.counts["rejected"],
+            errors=convert.item_results_to_proto(tally.errors),
+        )
 
     def GetPerson(
         self, request: people_pb2.GetPersonRequest, context: grpc.ServicerContext
-    ) -> people_pb2.Person:
+    ) -> people_pb2.GetPersonResponse:
         key = convert.person_key(request.person, "person")
-        return convert.person_to_proto(self._workspace().get_person(key))
+        found = self._workspace().get_person(key)
+        return people_pb2.GetPersonResponse(person=convert.person_to_proto(found))
 
     def DeletePeople(
         self, request: people_pb2.DeletePeopleRequest, context: grpc.ServicerContext
@@ -105,8 +114,8 @@ class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServicer):
         )
 
     def StreamTrackEvents(
-        self, request_iterator: Iterator[people_pb2.TrackEventsRequest], context: Any
-    ) -> people_pb2.BulkSummary:
+        self, request_iterator: Iterator[people_pb2.StreamTrackEventsRequest], context: Any
+    ) -> people_pb2.StreamTrackEventsResponse:
         workspace = self._workspace()
         tally: BulkTally[people_pb2.Event, EventInput] = BulkTally(
             convert.event_input,
@@ -117,7 +126,12 @@ class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServicer):
         )
         for request in request_iterator:
             tally.apply(request.events, _tracker(workspace, request.create_missing_people))
-        return _summary(tally)
+        return people_pb2.StreamTrackEventsResponse(
+            received=tally.received,
+            tracked=tally.counts["tracked"],
+            rejected=tally.counts["rejected"],
+            errors=convert.item_results_to_proto(tally.errors),
+        )
 
 
 def _tracker(
@@ -127,15 +141,3 @@ def _tracker(
         return workspace.track_events(events, create_missing_people, path)
 
     return track
-
-
-def _summary(tally: BulkTally[Any, Any]) -> people_pb2.BulkSummary:
-    return people_pb2.BulkSummary(
-        received=tally.received,
-        created=tally.counts["created"],
-        updated=tally.counts["updated"],
-        unchanged=tally.counts["unchanged"],
-        rejected=tally.counts["rejected"],
-        tracked=tally.counts["tracked"],
-        errors=convert.item_results_to_proto(tally.errors),
-    )

@@ -1,7 +1,8 @@
-"""segsvc.v1.Segments: definitions, members, imports and questions about membership."""
+"""segsvc.v1.SegmentsService: definitions, members, imports and questions about membership."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,49 +13,51 @@ from segsvc.api.base import EngineServicer
 from segsvc.api.batches import decode_batch, outcome_counts
 from segsvc.api.csv_import import import_members, read_rows
 from segsvc.engine.errors import InvalidArgument, ResourceExhausted
+from segsvc.engine.model import ItemResult
 from segsvc.v1 import segments_pb2, segments_pb2_grpc
 
 
-class SegmentsServicer(EngineServicer, segments_pb2_grpc.SegmentsServicer):
+class SegmentsServicer(EngineServicer, segments_pb2_grpc.SegmentsServiceServicer):
     def CreateSegment(
         self, request: segments_pb2.CreateSegmentRequest, context: grpc.ServicerContext
-    ) -> segments_pb2.Segment:
+    ) -> segments_pb2.CreateSegmentResponse:
         definition = convert.optional_condition(request)
         dynamic = convert.segment_type(request.type, definition is not None)
         info = self._workspace().create_segment(
             request.name, request.description, dynamic, definition
         )
-        return convert.segment_to_proto(info)
+        return segments_pb2.CreateSegmentResponse(segment=convert.segment_to_proto(info))
 
     def GetSegment(
         self, request: segments_pb2.GetSegmentRequest, context: grpc.ServicerContext
-    ) -> segments_pb2.Segment:
-        return convert.segment_to_proto(self._workspace().get_segment(request.segment_id))
+    ) -> segments_pb2.GetSegmentResponse:
+        info = self._workspace().get_segment(request.segment_id)
+        return segments_pb2.GetSegmentResponse(segment=convert.segment_to_proto(info))
 
     def UpdateSegment(
         self, request: segments_pb2.UpdateSegmentRequest, context: grpc.ServicerContext
-    ) -> segments_pb2.Segment:
+    ) -> segments_pb2.UpdateSegmentResponse:
         info = self._workspace().update_segment(
             request.segment_id,
             request.name if request.HasField("name") else None,
             request.description if request.HasField("description") else None,
             convert.optional_condition(request),
         )
-        return convert.segment_to_proto(info)
+        return segments_pb2.UpdateSegmentResponse(segment=convert.segment_to_proto(info))
 
     def DeleteSegments(
         self, request: segments_pb2.DeleteSegmentsRequest, context: grpc.ServicerContext
-    ) -> segments_pb2.BulkSegmentsResponse:
+    ) -> segments_pb2.DeleteSegmentsResponse:
         results = self._workspace().delete_segments(list(request.segment_ids))
-        return segments_pb2.BulkSegmentsResponse(results=convert.item_results_to_proto(results))
+        return segments_pb2.DeleteSegmentsResponse(results=convert.item_results_to_proto(results))
 
     def ArchiveSegments(
         self, request: segments_pb2.ArchiveSegmentsRequest, context: grpc.ServicerContext
-    ) -> segments_pb2.BulkSegmentsResponse:
+    ) -> segments_pb2.ArchiveSegmentsResponse:
         results = self._workspace().archive_segments(
             list(request.segment_ids), archived=not request.unarchive
         )
-        return segments_pb2.BulkSegmentsResponse(results=convert.item_results_to_proto(results))
+        return segments_pb2.ArchiveSegmentsResponse(results=convert.item_results_to_proto(results))
 
     def ListSegments(
         self, request: segments_pb2.ListSegmentsRequest, context: grpc.ServicerContext
@@ -107,30 +110,35 @@ class SegmentsServicer(EngineServicer, segments_pb2_grpc.SegmentsServicer):
     # -- manual membership ---------------------------------------------------------------------
 
     def AddMembers(
-        self, request: segments_pb2.MembersRequest, context: grpc.ServicerContext
-    ) -> segments_pb2.MembersResponse:
-        return self._change_members(request, add=True)
+        self, request: segments_pb2.AddMembersRequest, context: grpc.ServicerContext
+    ) -> segments_pb2.AddMembersResponse:
+        results, counts = self._change_members(request, add=True)
+        return segments_pb2.AddMembersResponse(
+            results=convert.item_results_to_proto(results),
+            added=counts["added"],
+            unchanged=counts["already_member"],
+            rejected=counts["rejected"],
+        )
 
     def RemoveMembers(
-        self, request: segments_pb2.MembersRequest, context: grpc.ServicerContext
-    ) -> segments_pb2.MembersResponse:
-        return self._change_members(request, add=False)
+        self, request: segments_pb2.RemoveMembersRequest, context: grpc.ServicerContext
+    ) -> segments_pb2.RemoveMembersResponse:
+        results, counts = self._change_members(request, add=False)
+        return segments_pb2.RemoveMembersResponse(
+            results=convert.item_results_to_proto(results),
+            removed=counts["removed"],
+            unchanged=counts["not_a_member"],
+            rejected=counts["rejected"],
+        )
 
     def _change_members(
-        self, request: segments_pb2.MembersRequest, add: bool
-    ) -> segments_pb2.MembersResponse:
+        self, request: segments_pb2.AddMembersRequest | segments_pb2.RemoveMembersRequest, add: bool
+    ) -> tuple[list[ItemResult], Counter[str]]:
         batch = decode_batch(request.people, convert.person_key, convert.person_ref_label, "people")
         results = batch.merge(
             self._workspace().change_members(request.segment_id, batch.items, add, "people")
         )
-        counts = outcome_counts(results)
-        return segments_pb2.MembersResponse(
-            results=convert.item_results_to_proto(results),
-            added=counts["added"],
-            removed=counts["removed"],
-            unchanged=counts["already_member"] + counts["not_a_member"],
-            rejected=counts["rejected"],
-        )
+        return results, outcome_counts(results)
 
     def ImportMembers(
         self, request_iterator: Iterator[segments_pb2.ImportMembersRequest], context: Any

@@ -25,7 +25,6 @@ from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from segsvc.api.admission import StreamAdmission, stream_budget
 from segsvc.api.audiences import AudiencesServicer
@@ -34,6 +33,7 @@ from segsvc.api.changes import ChangesServicer
 from segsvc.api.decoding import DecodingInterceptor
 from segsvc.api.errors import ErrorInterceptor
 from segsvc.api.people import PeopleServicer
+from segsvc.api.reflection import enable_reflection
 from segsvc.api.segments import SegmentsServicer
 from segsvc.config import Config
 from segsvc.engine.engine import Engine
@@ -62,10 +62,10 @@ STOP_DEADLINE_SECONDS = 5.0
 SEGSVC_SERVICES = tuple(
     module.DESCRIPTOR.services_by_name[name].full_name
     for module, name in (
-        (people_pb2, "People"),
-        (segments_pb2, "Segments"),
-        (changes_pb2, "Changes"),
-        (audiences_pb2, "Audiences"),
+        (people_pb2, "PeopleService"),
+        (segments_pb2, "SegmentsService"),
+        (changes_pb2, "ChangesService"),
+        (audiences_pb2, "AudiencesService"),
     )
 )
 
@@ -249,15 +249,15 @@ def _start(
         ],
     )
     stopping = threading.Event()
-    people_pb2_grpc.add_PeopleServicer_to_server(PeopleServicer(engine), inner)
-    segments_pb2_grpc.add_SegmentsServicer_to_server(SegmentsServicer(engine), inner)
-    changes_pb2_grpc.add_ChangesServicer_to_server(ChangesServicer(engine, stopping), inner)
-    audiences_pb2_grpc.add_AudiencesServicer_to_server(AudiencesServicer(engine, stopping), inner)
+    people_pb2_grpc.add_PeopleServiceServicer_to_server(PeopleServicer(engine), inner)
+    segments_pb2_grpc.add_SegmentsServiceServicer_to_server(SegmentsServicer(engine), inner)
+    changes_pb2_grpc.add_ChangesServiceServicer_to_server(ChangesServicer(engine, stopping), inner)
+    audiences_pb2_grpc.add_AudiencesServiceServicer_to_server(
+        AudiencesServicer(engine, stopping), inner
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
-    reflection.enable_server_reflection(
-        (*SEGSVC_SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), inner
-    )
+    enable_reflection(inner, (*SEGSVC_SERVICES, health.SERVICE_NAME))
     port = _bind(inner, config.listen, credentials)
     inner.start()
     # Ready: the engine finished loading before the server was built.

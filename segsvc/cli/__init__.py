@@ -14,9 +14,9 @@ import click
 import grpc
 
 from segsvc.cli import audience, events, members, people, segments, serve, watch
-from segsvc.cli.client import Client, ClientSettings
 from segsvc.cli.common import Session
 from segsvc.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, Output, rpc_error_lines
+from segsvc.client import Client
 from segsvc.config import DEFAULT_LISTEN
 
 __all__ = ["main"]
@@ -88,7 +88,7 @@ def main(
       segsvc --server 10.0.0.5:50051 --token "$TOKEN" segments list
       segsvc --json members list "Trial users" | jq '.members[].id'
     """
-    client = Client(ClientSettings(server, token, workspace, tls, ca_cert))
+    client = Client(server, token=token, workspace=workspace, tls=tls, ca_cert=ca_cert)
     ctx.obj = Session(client, Output(json_mode))
     ctx.call_on_close(client.close)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,14 +13,10 @@ import grpc
 from segsvc.cli.common import Session, pass_session, resolve_segments
 from segsvc.cli.members import parse_fields
 from segsvc.cli.output import format_value
+from segsvc.client import MAX_RECONNECTS
 from segsvc.v1 import audiences_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Reconnect attempts in a row after UNAVAILABLE before giving up; any chunk received resets it.
-MAX_RECONNECTS = 5
-# Seconds before the first reconnect; doubled for each further one in a row.
-RECONNECT_DELAY = 0.2
 
 _CHANNELS = {
     "email": audiences_pb2.CHANNEL_EMAIL,
@@ -153,38 +148,24 @@ def export(session: Session, /, file: Path, fields: str, chunk_size: int, **sele
         chunk_size=chunk_size,
     )
     written = 0
-    failures = 0
+
+    def reconnecting(attempt: int, error: grpc.RpcError) -> None:
+        session.out.note(
+            f"connection lost after {written} people; reconnecting ({attempt}/{MAX_RECONNECTS})"
+        )
+
     with (
         file.open("w", newline="", encoding="utf-8") as sink,
         session.out.progress(f"exporting to {file.name}", unit="items") as bar,
     ):
         writer = csv.writer(sink)
         writer.writerow(columns)
-        done = False
-        while not done:
-            try:
-                for chunk in session.client.audiences.ResolveAudience(request):
-                    writer.writerows(_row(member, columns) for member in chunk.members)
-                    written += len(chunk.members)
-                    # Resume after this chunk from now on: it is in the file.
-                    request.cursor = chunk.cursor
-                    failures = 0
-                    bar.set_total(chunk.total)
-                    bar.update(written)
-                    if chunk.last:
-                        break
-                done = True
-            except grpc.RpcError as err:
-                if not isinstance(err, grpc.Call) or err.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                failures += 1
-                if failures > MAX_RECONNECTS:
-                    raise
-                session.out.note(
-                    f"connection lost after {written} people; reconnecting "
-                    f"({failures}/{MAX_RECONNECTS})"
-                )
-                time.sleep(RECONNECT_DELAY * 2 ** (failures - 1))
+        # A chunk is in the file before the next is asked for: a reconnect resumes after it.
+        for chunk in session.client.resolve_audience(request, on_reconnect=reconnecting):
+            writer.writerows(_row(member, columns) for member in chunk.members)
+            written += len(chunk.members)
+            bar.set_total(chunk.total)
+            bar.update(written)
     if session.out.json:
         session.out.document({"file": str(file), "people": written})
     else:

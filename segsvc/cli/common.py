@@ -9,8 +9,8 @@ from typing import Any, Literal, NoReturn, TypeVar
 
 import click
 
-from segsvc.cli.client import Client
 from segsvc.cli.output import EXIT_ERROR, Output
+from segsvc.client import Client
 from segsvc.v1 import segments_pb2, types_pb2
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,12 +93,7 @@ def iter_segments(
     request = segments_pb2.ListSegmentsRequest(
         name_contains=name_contains, type=segment_type, archived=archived, page_size=1000
     )
-    while True:
-        page = client.segments.ListSegments(request)
-        yield from page.segments
-        if not page.next_page_token:
-            return
-        request.page_token = page.next_page_token
+    return client.iter_segments(request)
 
 
 def resolve_segments(client: Client, args: Sequence[str]) -> list[int]:

@@ -42,8 +42,8 @@ def track(session: Session, file: Path, create_missing_people: bool) -> None:
       segsvc events track events.jsonl --create-missing-people
     """
 
-    def request(batch: list[people_pb2.Event]) -> people_pb2.TrackEventsRequest:
-        return people_pb2.TrackEventsRequest(
+    def request(batch: list[people_pb2.Event]) -> people_pb2.StreamTrackEventsRequest:
+        return people_pb2.StreamTrackEventsRequest(
             events=batch, create_missing_people=create_missing_people
         )
 

@@ -64,12 +64,18 @@ def members() -> None:
 
 
 def _change(session: Session, segment: str, keys: tuple[str, ...], by: str, add: bool) -> None:
-    request = segments_pb2.MembersRequest(
-        segment_id=resolve_segment(session.client, segment),
-        people=[person_ref(key, by) for key in keys],
-    )
+    segment_id = resolve_segment(session.client, segment)
+    people = [person_ref(key, by) for key in keys]
     stub = session.client.segments
-    response = stub.AddMembers(request) if add else stub.RemoveMembers(request)
+    response: segments_pb2.AddMembersResponse | segments_pb2.RemoveMembersResponse
+    if add:
+        response = stub.AddMembers(
+            segments_pb2.AddMembersRequest(segment_id=segment_id, people=people)
+        )
+    else:
+        response = stub.RemoveMembers(
+            segments_pb2.RemoveMembersRequest(segment_id=segment_id, people=people)
+        )
     counts = count_outcomes(response.results)
     finish(report_batch(session.out, to_dict(response), counts, item_rows(response.results)))
 

@@ -38,8 +38,8 @@ _INPUT = click.Path(exists=True, dir_okay=False, path_type=Path)
 _PEOPLE_COUNTS = ("created", "updated", "unchanged")
 
 
-def _request(batch: list[people_pb2.PersonUpsert]) -> people_pb2.UpsertPeopleRequest:
-    return people_pb2.UpsertPeopleRequest(people=batch)
+def _request(batch: list[people_pb2.PersonUpsert]) -> people_pb2.StreamUpsertPeopleRequest:
+    return people_pb2.StreamUpsertPeopleRequest(people=batch)
 
 
 @click.group()
@@ -60,7 +60,7 @@ def get(session: Session, key: str, by: str) -> None:
     """
     person = session.client.people.GetPerson(
         people_pb2.GetPersonRequest(person=person_ref(key, by))
-    )
+    ).person
     out = session.out
     if out.json:
         out.document(to_dict(person))

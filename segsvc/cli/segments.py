@@ -168,7 +168,7 @@ def create(
     else:
         request.type = segments_pb2.SEGMENT_TYPE_DYNAMIC
         request.conditions.CopyFrom(load_conditions(conditions))
-    show_segment(session.out, session.client.segments.CreateSegment(request))
+    show_segment(session.out, session.client.segments.CreateSegment(request).segment)
 
 
 @segments.command("show")
@@ -183,7 +183,7 @@ def show(session: Session, segment: str) -> None:
     """
     segment_id = resolve_segment(session.client, segment)
     request = segments_pb2.GetSegmentRequest(segment_id=segment_id)
-    show_segment(session.out, session.client.segments.GetSegment(request))
+    show_segment(session.out, session.client.segments.GetSegment(request).segment)
 
 
 @segments.command("update")
@@ -215,7 +215,7 @@ def update(
         request.description = description
     if conditions is not None:
         request.conditions.CopyFrom(load_conditions(conditions))
-    show_segment(session.out, session.client.segments.UpdateSegment(request))
+    show_segment(session.out, session.client.segments.UpdateSegment(request).segment)
 
 
 @segments.command("delete")
@@ -246,7 +246,10 @@ def _archive(session: Session, segment_args: tuple[str, ...], unarchive: bool) -
     _report(session, response)
 
 
-def _report(session: Session, response: segments_pb2.BulkSegmentsResponse) -> None:
+def _report(
+    session: Session,
+    response: segments_pb2.DeleteSegmentsResponse | segments_pb2.ArchiveSegmentsResponse,
+) -> None:
     rows = item_rows(response.results)
     counts = count_outcomes(response.results)
     finish(report_batch(session.out, to_dict(response), counts, rows))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -176,8 +176,12 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Imported only here: the client commands must not load the engine, LMDB and bitmaps.
-    from segsvc.api.server import serve as run_server
+    # Imported only here: the client commands must not load the engine, LMDB and bitmaps,
+    # and a client-only install (`pip install segsvc`) has none of them.
+    try:
+        from segsvc.api.server import serve as run_server
+    except ImportError as exc:
+        _missing_server_dependencies(exc)
 
     run_server(config)
 
@@ -186,9 +190,19 @@ def _default_region(value: str | None) -> str | None:
     if value is None or value.strip().lower() == "none":
         return None
     # Imported here, as the server below: client commands do not load phone metadata.
-    from segsvc.engine.values import check_region
+    try:
+        from segsvc.engine.values import check_region
+    except ImportError as exc:
+        _missing_server_dependencies(exc)
 
     try:
         return check_region(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _missing_server_dependencies(exc: ImportError) -> NoReturn:
+    raise StartRefused(
+        f"the server's dependencies are not installed ({exc.name} is missing): "
+        "pip install 'segsvc[server]'"
+    )

@@ -21,6 +21,10 @@ from segsvc.cli.readers import Record
 from segsvc.v1 import people_pb2
 
 Req = TypeVar("Req")
+# What a bulk method answers at the end of its stream.
+BulkSummary = TypeVar(
+    "BulkSummary", people_pb2.StreamUpsertPeopleResponse, people_pb2.StreamTrackEventsResponse
+)
 Resp = TypeVar("Resp")
 M = TypeVar("M", bound=Message)
 
@@ -116,7 +120,7 @@ class _LocalRejects:
 
 def bulk_load(
     session: Session,
-    method: grpc.StreamUnaryMultiCallable[Req, people_pb2.BulkSummary],
+    method: grpc.StreamUnaryMultiCallable[Req, BulkSummary],
     records: Iterable[Record[M]],
     build: Callable[[list[M]], Req],
     *,
@@ -129,7 +133,7 @@ def bulk_load(
     `batch_size`, then report the summary with every rejected line, the client's and the
     server's, by line number. Returns the exit code (1 if any line was rejected).
 
-    `counts` names the BulkSummary fields to show beside rows and rejected."""
+    `counts` names the summary's fields to show beside rows and rejected."""
     lines = _LineMap()
     local = _LocalRejects()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from segsvc.cli.client import Client
 from segsvc.cli.common import Session, pass_session, resolve_segments, segment_names
 from segsvc.cli.output import format_time, to_dict
+from segsvc.client import Client
 from segsvc.v1 import changes_pb2
 
 
@@ -79,11 +79,12 @@ def watch(
     label = None if out.json else _Labels(session.client)
     call = session.client.changes.WatchChanges(request)
     try:
-        for change in call:
-            if label is None:
-                out.json_line(to_dict(change))
-            else:
-                click.echo(_line(change, label(change.segment_id)))
+        for response in call:
+            for change in response.changes:
+                if label is None:
+                    out.json_line(to_dict(change))
+                else:
+                    click.echo(_line(change, label(change.segment_id)))
     except KeyboardInterrupt:
         # Stopping a tail is the normal way to end it: exit 0, not 130.
         call.cancel()  # type: ignore[no-untyped-call]  # unannotated in grpc-stubs

@@ -505,11 +505,9 @@ def _check_text(
 
 def _check_window(window: Window, path: str, out: list[Violation]) -> None:
     if window.within_last_seconds is not None and window.within_last_seconds <= 0:
-        out.append(Violation(f"{path}.within_last_seconds", "must be at least 1 second"))
+        out.append(Violation(f"{path}.within_last", "must be at least 1 second"))
     elif window.within_last_seconds is not None and window.within_last_seconds > MAX_DURATION:
-        out.append(
-            Violation(f"{path}.within_last_seconds", f"longer than the calendar ({MAX_DURATION} s)")
-        )
+        out.append(Violation(f"{path}.within_last", f"longer than the calendar ({MAX_DURATION} s)"))
     for name, edge in (("start", window.start), ("end", window.end)):
         if edge is not None:
             try:
@@ -614,9 +612,11 @@ def _check_operator(
         return
     if op in ("within_last", "more_than_ago"):
         if node.seconds <= 0:
-            out.append(Violation(f"{here}.seconds", f"{op} needs a duration of at least 1 second"))
+            out.append(Violation(f"{here}.duration", f"{op} needs a duration of at least 1 second"))
         elif node.seconds > MAX_DURATION:
-            out.append(Violation(f"{here}.seconds", f"longer than the calendar ({MAX_DURATION} s)"))
+            out.append(
+                Violation(f"{here}.duration", f"longer than the calendar ({MAX_DURATION} s)")
+            )
         return
     if node.field in ("email", "phone") and op in ("equals", "not_equals", "one_of"):
         operands = (

@@ -1052,15 +1052,15 @@ class Workspace:
         segment_ids: frozenset[int],
         stop: Callable[[], bool],
         follow: bool = True,
-    ) -> Iterator[Change]:
+    ) -> Iterator[list[Change]]:
         """The stored changes after `after_seq`, then live ones as they are committed, in
-        order, without gaps or repeats: the live part is read back from storage too, so the
-        switch from replay to live needs no hand-over."""
+        order, without gaps or repeats, a run at a time: the live part is read back from
+        storage too, so the switch from replay to live needs no hand-over."""
         cursor = after_seq
         while not stop():
             changes, cursor = self.read_changes(cursor, segment_ids)
             if changes:
-                yield from changes
+                yield changes
                 continue
             if not follow:
                 return

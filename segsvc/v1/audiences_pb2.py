@@ -25,17 +25,18 @@ _sym_db = _symbol_database.Default()
 from segsvc.v1 import types_pb2 as segsvc_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19segsvc/v1/audiences.proto\x12\tsegsvc.v1\x1a\x15segsvc/v1/types.proto\"\x9d\x01\n\x0c\x41udienceSpec\x12\x0f\n\x07include\x18\x01 \x03(\x04\x12\x0f\n\x07require\x18\x02 \x03(\x04\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\x04\x12\x1c\n\x14include_unsubscribed\x18\x04 \x01(\x08\x12#\n\x07\x63hannel\x18\x05 \x01(\x0e\x32\x12.segsvc.v1.Channel\x12\x17\n\x0f\x64\x65vice_platform\x18\x06 \x01(\t\"A\n\x14\x43ountAudienceRequest\x12)\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x17.segsvc.v1.AudienceSpec\"&\n\x15\x43ountAudienceResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"w\n\x16ResolveAudienceRequest\x12)\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x17.segsvc.v1.AudienceSpec\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"\xbe\x01\n\x0e\x41udienceMember\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12=\n\nattributes\x18\x04 \x03(\x0b\x32).segsvc.v1.AudienceMember.AttributesEntry\x1a\x43\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.segsvc.v1.Value:\x02\x38\x01\"h\n\rAudienceChunk\x12*\n\x07members\x18\x01 \x03(\x0b\x32\x19.segsvc.v1.AudienceMember\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x0c\n\x04last\x18\x04 \x01(\x08*\\\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rCHANNEL_EMAIL\x10\x01\x12\x11\n\rCHANNEL_PHONE\x10\x02\x12\x12\n\x0e\x43HANNEL_DEVICE\x10\x03\x32\xb1\x01\n\tAudiences\x12R\n\rCountAudience\x12\x1f.segsvc.v1.CountAudienceRequest\x1a .segsvc.v1.CountAudienceResponse\x12P\n\x0fResolveAudience\x12!.segsvc.v1.ResolveAudienceRequest\x1a\x18.segsvc.v1.AudienceChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19segsvc/v1/audiences.proto\x12\tsegsvc.v1\x1a\x15segsvc/v1/types.proto\"\x9d\x01\n\x0c\x41udienceSpec\x12\x0f\n\x07include\x18\x01 \x03(\x04\x12\x0f\n\x07require\x18\x02 \x03(\x04\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\x04\x12\x1c\n\x14include_unsubscribed\x18\x04 \x01(\x08\x12#\n\x07\x63hannel\x18\x05 \x01(\x0e\x32\x12.segsvc.v1.Channel\x12\x17\n\x0f\x64\x65vice_platform\x18\x06 \x01(\t\"A\n\x14\x43ountAudienceRequest\x12)\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x17.segsvc.v1.AudienceSpec\"&\n\x15\x43ountAudienceResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"w\n\x16ResolveAudienceRequest\x12)\n\x08\x61udience\x18\x01 \x01(\x0b\x32\x17.segsvc.v1.AudienceSpec\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"\xbe\x01\n\x0e\x41udienceMember\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12=\n\nattributes\x18\x04 \x03(\x0b\x32).segsvc.v1.AudienceMember.AttributesEntry\x1a\x43\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.segsvc.v1.Value:\x02\x38\x01\"r\n\x17ResolveAudienceResponse\x12*\n\x07members\x18\x01 \x03(\x0b\x32\x19.segsvc.v1.AudienceMember\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x0c\n\x04last\x18\x04 \x01(\x08*\\\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rCHANNEL_EMAIL\x10\x01\x12\x11\n\rCHANNEL_PHONE\x10\x02\x12\x12\n\x0e\x43HANNEL_DEVICE\x10\x03\x32\xc2\x01\n\x10\x41udiencesService\x12R\n\rCountAudience\x12\x1f.segsvc.v1.CountAudienceRequest\x1a .segsvc.v1.CountAudienceResponse\x12Z\n\x0fResolveAudience\x12!.segsvc.v1.ResolveAudienceRequest\x1a\".segsvc.v1.ResolveAudienceResponse0\x01\x42\x43\n\rcom.segsvc.v1B\x0e\x41udiencesProtoP\x01Z segsvc/gen/go/segsvc/v1;segsvcv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'segsvc.v1.audiences_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rcom.segsvc.v1B\016AudiencesProtoP\001Z segsvc/gen/go/segsvc/v1;segsvcv1'
   _globals['_AUDIENCEMEMBER_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_AUDIENCEMEMBER_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_CHANNEL']._serialized_start=750
-  _globals['_CHANNEL']._serialized_end=842
+  _globals['_CHANNEL']._serialized_start=760
+  _globals['_CHANNEL']._serialized_end=852
   _globals['_AUDIENCESPEC']._serialized_start=64
   _globals['_AUDIENCESPEC']._serialized_end=221
   _globals['_COUNTAUDIENCEREQUEST']._serialized_start=223
@@ -48,8 +49,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDIENCEMEMBER']._serialized_end=642
   _globals['_AUDIENCEMEMBER_ATTRIBUTESENTRY']._serialized_start=575
   _globals['_AUDIENCEMEMBER_ATTRIBUTESENTRY']._serialized_end=642
-  _globals['_AUDIENCECHUNK']._serialized_start=644
-  _globals['_AUDIENCECHUNK']._serialized_end=748
-  _globals['_AUDIENCES']._serialized_start=845
-  _globals['_AUDIENCES']._serialized_end=1022
+  _globals['_RESOLVEAUDIENCERESPONSE']._serialized_start=644
+  _globals['_RESOLVEAUDIENCERESPONSE']._serialized_end=758
+  _globals['_AUDIENCESSERVICE']._serialized_start=855
+  _globals['_AUDIENCESSERVICE']._serialized_end=1049
 # @@protoc_insertion_point(module_scope)

@@ -35,7 +35,8 @@ class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.Value
     CHANNEL_DEVICE: _Channel.ValueType  # 3
     """has a device (of `device_platform` when set)"""
 
-class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper): ...
+class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper):
+    """Who can be reached on which channel."""
 
 CHANNEL_UNSPECIFIED: Channel.ValueType  # 0
 """anyone"""
@@ -62,13 +63,21 @@ class AudienceSpec(_message.Message):
     include_unsubscribed: _builtins.bool
     """Keep people who opted out (transactional messages)."""
     channel: Global___Channel.ValueType
+    """Only people reachable on this channel."""
     device_platform: _builtins.str
+    """With CHANNEL_DEVICE: only people with a device of this platform."""
     @_builtins.property
-    def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def include(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Segments whose members are in the audience (at least one)."""
+
     @_builtins.property
-    def require(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def require(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Segments every member must also be in (campaign filters)."""
+
     @_builtins.property
-    def exclude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def exclude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Segments whose members are left out."""
+
     def __init__(
         self,
         *,
@@ -89,6 +98,8 @@ Global___AudienceSpec: _TypeAlias = AudienceSpec  # noqa: Y015
 
 @_typing.final
 class CountAudienceRequest(_message.Message):
+    """The audience to count."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AUDIENCE_FIELD_NUMBER: _builtins.int
@@ -109,6 +120,8 @@ Global___CountAudienceRequest: _TypeAlias = CountAudienceRequest  # noqa: Y015
 
 @_typing.final
 class CountAudienceResponse(_message.Message):
+    """The audience's size now."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     COUNT_FIELD_NUMBER: _builtins.int
@@ -128,6 +141,8 @@ Global___CountAudienceResponse: _TypeAlias = CountAudienceResponse  # noqa: Y015
 
 @_typing.final
 class ResolveAudienceRequest(_message.Message):
+    """A new audience (`audience`), or the continuation of one (`cursor`)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AUDIENCE_FIELD_NUMBER: _builtins.int
@@ -162,6 +177,8 @@ Global___ResolveAudienceRequest: _TypeAlias = ResolveAudienceRequest  # noqa: Y0
 
 @_typing.final
 class AudienceMember(_message.Message):
+    """One person of the audience, with the fields asked for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -193,7 +210,9 @@ class AudienceMember(_message.Message):
     email: _builtins.str
     phone: _builtins.str
     @_builtins.property
-    def attributes(self) -> _containers.MessageMap[_builtins.str, _types_pb2.Value]: ...
+    def attributes(self) -> _containers.MessageMap[_builtins.str, _types_pb2.Value]:
+        """The attributes named in `fields` that the person has."""
+
     def __init__(
         self,
         *,
@@ -211,7 +230,9 @@ class AudienceMember(_message.Message):
 Global___AudienceMember: _TypeAlias = AudienceMember  # noqa: Y015
 
 @_typing.final
-class AudienceChunk(_message.Message):
+class ResolveAudienceResponse(_message.Message):
+    """One chunk of the audience, in a stable order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERS_FIELD_NUMBER: _builtins.int
@@ -219,10 +240,11 @@ class AudienceChunk(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
-    """Pass back to continue after this chunk."""
+    """Pass back unchanged to continue after this chunk (opaque)."""
     total: _builtins.int
     """Size of the whole snapshot."""
     last: _builtins.bool
+    """No chunk follows."""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___AudienceMember]: ...
     def __init__(
@@ -239,4 +261,4 @@ class AudienceChunk(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AudienceChunk: _TypeAlias = AudienceChunk  # noqa: Y015
+Global___ResolveAudienceResponse: _TypeAlias = ResolveAudienceResponse  # noqa: Y015

@@ -25,8 +25,10 @@ if _version_not_supported:
     )
 
 
-class AudiencesStub:
+class AudiencesServiceStub:
     """Campaign audiences: who a send reaches, each person once.
+
+    The workspace is the `workspace` request header (see PeopleService).
     """
 
     def __init__(self, channel):
@@ -36,36 +38,40 @@ class AudiencesStub:
             channel: A grpc.Channel.
         """
         self.CountAudience = channel.unary_unary(
-                '/segsvc.v1.Audiences/CountAudience',
+                '/segsvc.v1.AudiencesService/CountAudience',
                 request_serializer=segsvc_dot_v1_dot_audiences__pb2.CountAudienceRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_audiences__pb2.CountAudienceResponse.FromString,
                 _registered_method=True)
         self.ResolveAudience = channel.unary_stream(
-                '/segsvc.v1.Audiences/ResolveAudience',
+                '/segsvc.v1.AudiencesService/ResolveAudience',
                 request_serializer=segsvc_dot_v1_dot_audiences__pb2.ResolveAudienceRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_audiences__pb2.AudienceChunk.FromString,
+                response_deserializer=segsvc_dot_v1_dot_audiences__pb2.ResolveAudienceResponse.FromString,
                 _registered_method=True)
 
 
-class AudiencesServicer:
+class AudiencesServiceServicer:
     """Campaign audiences: who a send reaches, each person once.
+
+    The workspace is the `workspace` request header (see PeopleService).
     """
 
     def CountAudience(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """How many people the audience holds now.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResolveAudience(self, request, context):
-        """Streams the audience from a frozen snapshot in chunks; each chunk's cursor resumes after it.
+        """Streams the audience from a frozen snapshot in chunks; each chunk's cursor resumes after
+        it, on this server or after a restart, so nobody is sent twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_AudiencesServicer_to_server(servicer, server):
+def add_AudiencesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CountAudience': grpc.unary_unary_rpc_method_handler(
                     servicer.CountAudience,
@@ -75,18 +81,20 @@ def add_AudiencesServicer_to_server(servicer, server):
             'ResolveAudience': grpc.unary_stream_rpc_method_handler(
                     servicer.ResolveAudience,
                     request_deserializer=segsvc_dot_v1_dot_audiences__pb2.ResolveAudienceRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_audiences__pb2.AudienceChunk.SerializeToString,
+                    response_serializer=segsvc_dot_v1_dot_audiences__pb2.ResolveAudienceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'segsvc.v1.Audiences', rpc_method_handlers)
+            'segsvc.v1.AudiencesService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('segsvc.v1.Audiences', rpc_method_handlers)
+    server.add_registered_method_handlers('segsvc.v1.AudiencesService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Audiences:
+class AudiencesService:
     """Campaign audiences: who a send reaches, each person once.
+
+    The workspace is the `workspace` request header (see PeopleService).
     """
 
     @staticmethod
@@ -103,7 +111,7 @@ class Audiences:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Audiences/CountAudience',
+            '/segsvc.v1.AudiencesService/CountAudience',
             segsvc_dot_v1_dot_audiences__pb2.CountAudienceRequest.SerializeToString,
             segsvc_dot_v1_dot_audiences__pb2.CountAudienceResponse.FromString,
             options,
@@ -130,9 +138,9 @@ class Audiences:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/segsvc.v1.Audiences/ResolveAudience',
+            '/segsvc.v1.AudiencesService/ResolveAudience',
             segsvc_dot_v1_dot_audiences__pb2.ResolveAudienceRequest.SerializeToString,
-            segsvc_dot_v1_dot_audiences__pb2.AudienceChunk.FromString,
+            segsvc_dot_v1_dot_audiences__pb2.ResolveAudienceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,42 +26,60 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class AudiencesStub:
-    """Campaign audiences: who a send reaches, each person once."""
+class AudiencesServiceStub:
+    """Campaign audiences: who a send reaches, each person once.
+
+    The workspace is the `workspace` request header (see PeopleService).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> AudiencesAsyncStub: ...
+    def __new__(cls, channel: _aio.Channel) -> AudiencesServiceAsyncStub: ...
     CountAudience: _grpc.UnaryUnaryMultiCallable[_audiences_pb2.CountAudienceRequest, _audiences_pb2.CountAudienceResponse]
-    ResolveAudience: _grpc.UnaryStreamMultiCallable[_audiences_pb2.ResolveAudienceRequest, _audiences_pb2.AudienceChunk]
-    """Streams the audience from a frozen snapshot in chunks; each chunk's cursor resumes after it."""
+    """How many people the audience holds now."""
+    ResolveAudience: _grpc.UnaryStreamMultiCallable[_audiences_pb2.ResolveAudienceRequest, _audiences_pb2.ResolveAudienceResponse]
+    """Streams the audience from a frozen snapshot in chunks; each chunk's cursor resumes after
+    it, on this server or after a restart, so nobody is sent twice.
+    """
 
 @_typing.type_check_only
-class AudiencesAsyncStub(AudiencesStub):
-    """Campaign audiences: who a send reaches, each person once."""
+class AudiencesServiceAsyncStub(AudiencesServiceStub):
+    """Campaign audiences: who a send reaches, each person once.
+
+    The workspace is the `workspace` request header (see PeopleService).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CountAudience: _aio.UnaryUnaryMultiCallable[_audiences_pb2.CountAudienceRequest, _audiences_pb2.CountAudienceResponse]  # type: ignore[assignment]
-    ResolveAudience: _aio.UnaryStreamMultiCallable[_audiences_pb2.ResolveAudienceRequest, _audiences_pb2.AudienceChunk]  # type: ignore[assignment]
-    """Streams the audience from a frozen snapshot in chunks; each chunk's cursor resumes after it."""
+    """How many people the audience holds now."""
+    ResolveAudience: _aio.UnaryStreamMultiCallable[_audiences_pb2.ResolveAudienceRequest, _audiences_pb2.ResolveAudienceResponse]  # type: ignore[assignment]
+    """Streams the audience from a frozen snapshot in chunks; each chunk's cursor resumes after
+    it, on this server or after a restart, so nobody is sent twice.
+    """
 
-class AudiencesServicer(metaclass=_abc_1.ABCMeta):
-    """Campaign audiences: who a send reaches, each person once."""
+class AudiencesServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Campaign audiences: who a send reaches, each person once.
+
+    The workspace is the `workspace` request header (see PeopleService).
+    """
 
     @_abc_1.abstractmethod
     def CountAudience(
         self,
         request: _audiences_pb2.CountAudienceRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_audiences_pb2.CountAudienceResponse, _abc.Awaitable[_audiences_pb2.CountAudienceResponse]]: ...
+    ) -> _typing.Union[_audiences_pb2.CountAudienceResponse, _abc.Awaitable[_audiences_pb2.CountAudienceResponse]]:
+        """How many people the audience holds now."""
 
     @_abc_1.abstractmethod
     def ResolveAudience(
         self,
         request: _audiences_pb2.ResolveAudienceRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_audiences_pb2.AudienceChunk], _abc.AsyncIterator[_audiences_pb2.AudienceChunk]]:
-        """Streams the audience from a frozen snapshot in chunks; each chunk's cursor resumes after it."""
+    ) -> _typing.Union[_abc.Iterator[_audiences_pb2.ResolveAudienceResponse], _abc.AsyncIterator[_audiences_pb2.ResolveAudienceResponse]]:
+        """Streams the audience from a frozen snapshot in chunks; each chunk's cursor resumes after
+        it, on this server or after a restart, so nobody is sent twice.
+        """
 
-def add_AudiencesServicer_to_server(servicer: AudiencesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_AudiencesServiceServicer_to_server(servicer: AudiencesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,21 +25,24 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17segsvc/v1/changes.proto\x12\tsegsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n\x06\x43hange\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nsegment_id\x18\x02 \x01(\x04\x12\x11\n\tperson_id\x18\x03 \x01(\t\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.segsvc.v1.ChangeKind\x12%\n\x05\x63\x61use\x18\x05 \x01(\x0e\x32\x16.segsvc.v1.ChangeCause\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x13WatchChangesRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x10\n\x08\x66rom_now\x18\x02 \x01(\x08\x12\x13\n\x0bsegment_ids\x18\x03 \x03(\x04\x12\x11\n\tno_follow\x18\x04 \x01(\x08*Z\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HANGE_KIND_ENTERED\x10\x01\x12\x16\n\x12\x43HANGE_KIND_EXITED\x10\x02*\xa9\x01\n\x0b\x43hangeCause\x12\x1c\n\x18\x43HANGE_CAUSE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANGE_CAUSE_DATA\x10\x01\x12\x1b\n\x17\x43HANGE_CAUSE_DEFINITION\x10\x02\x12\x17\n\x13\x43HANGE_CAUSE_MANUAL\x10\x03\x12\x15\n\x11\x43HANGE_CAUSE_TIME\x10\x04\x12\x18\n\x14\x43HANGE_CAUSE_DELETED\x10\x05\x32N\n\x07\x43hanges\x12\x43\n\x0cWatchChanges\x12\x1e.segsvc.v1.WatchChangesRequest\x1a\x11.segsvc.v1.Change0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17segsvc/v1/changes.proto\x12\tsegsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n\x06\x43hange\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x12\n\nsegment_id\x18\x02 \x01(\x04\x12\x11\n\tperson_id\x18\x03 \x01(\t\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.segsvc.v1.ChangeKind\x12%\n\x05\x63\x61use\x18\x05 \x01(\x0e\x32\x16.segsvc.v1.ChangeCause\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x13WatchChangesRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x10\n\x08\x66rom_now\x18\x02 \x01(\x08\x12\x13\n\x0bsegment_ids\x18\x03 \x03(\x04\x12\x11\n\tno_follow\x18\x04 \x01(\x08\":\n\x14WatchChangesResponse\x12\"\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x11.segsvc.v1.Change*Z\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HANGE_KIND_ENTERED\x10\x01\x12\x16\n\x12\x43HANGE_KIND_EXITED\x10\x02*\xa9\x01\n\x0b\x43hangeCause\x12\x1c\n\x18\x43HANGE_CAUSE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANGE_CAUSE_DATA\x10\x01\x12\x1b\n\x17\x43HANGE_CAUSE_DEFINITION\x10\x02\x12\x17\n\x13\x43HANGE_CAUSE_MANUAL\x10\x03\x12\x15\n\x11\x43HANGE_CAUSE_TIME\x10\x04\x12\x18\n\x14\x43HANGE_CAUSE_DELETED\x10\x05\x32\x63\n\x0e\x43hangesService\x12Q\n\x0cWatchChanges\x12\x1e.segsvc.v1.WatchChangesRequest\x1a\x1f.segsvc.v1.WatchChangesResponse0\x01\x42\x41\n\rcom.segsvc.v1B\x0c\x43hangesProtoP\x01Z segsvc/gen/go/segsvc/v1;segsvcv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'segsvc.v1.changes_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_CHANGEKIND']._serialized_start=350
-  _globals['_CHANGEKIND']._serialized_end=440
-  _globals['_CHANGECAUSE']._serialized_start=443
-  _globals['_CHANGECAUSE']._serialized_end=612
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rcom.segsvc.v1B\014ChangesProtoP\001Z segsvc/gen/go/segsvc/v1;segsvcv1'
+  _globals['_CHANGEKIND']._serialized_start=410
+  _globals['_CHANGEKIND']._serialized_end=500
+  _globals['_CHANGECAUSE']._serialized_start=503
+  _globals['_CHANGECAUSE']._serialized_end=672
   _globals['_CHANGE']._serialized_start=72
   _globals['_CHANGE']._serialized_end=248
   _globals['_WATCHCHANGESREQUEST']._serialized_start=250
   _globals['_WATCHCHANGESREQUEST']._serialized_end=348
-  _globals['_CHANGES']._serialized_start=614
-  _globals['_CHANGES']._serialized_end=692
+  _globals['_WATCHCHANGESRESPONSE']._serialized_start=350
+  _globals['_WATCHCHANGESRESPONSE']._serialized_end=408
+  _globals['_CHANGESSERVICE']._serialized_start=674
+  _globals['_CHANGESSERVICE']._serialized_end=773
 # @@protoc_insertion_point(module_scope)

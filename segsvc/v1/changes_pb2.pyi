@@ -30,7 +30,8 @@ class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind
     CHANGE_KIND_ENTERED: _ChangeKind.ValueType  # 1
     CHANGE_KIND_EXITED: _ChangeKind.ValueType  # 2
 
-class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper): ...
+class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
+    """Whether the person entered or left the segment."""
 
 CHANGE_KIND_UNSPECIFIED: ChangeKind.ValueType  # 0
 CHANGE_KIND_ENTERED: ChangeKind.ValueType  # 1
@@ -57,7 +58,8 @@ class _ChangeCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeCau
     CHANGE_CAUSE_DELETED: _ChangeCause.ValueType  # 5
     """The person or the segment was deleted."""
 
-class ChangeCause(_ChangeCause, metaclass=_ChangeCauseEnumTypeWrapper): ...
+class ChangeCause(_ChangeCause, metaclass=_ChangeCauseEnumTypeWrapper):
+    """Why the membership changed."""
 
 CHANGE_CAUSE_UNSPECIFIED: ChangeCause.ValueType  # 0
 CHANGE_CAUSE_DATA: ChangeCause.ValueType  # 1
@@ -76,6 +78,8 @@ Global___ChangeCause: _TypeAlias = ChangeCause  # noqa: Y015
 
 @_typing.final
 class Change(_message.Message):
+    """One person entering or leaving one segment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQ_FIELD_NUMBER: _builtins.int
@@ -85,8 +89,10 @@ class Change(_message.Message):
     CAUSE_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
+    """The change's position in the workspace's feed: increasing, without gaps."""
     segment_id: _builtins.int
     person_id: _builtins.str
+    """The person's external id."""
     kind: Global___ChangeKind.ValueType
     cause: Global___ChangeCause.ValueType
     @_builtins.property
@@ -111,6 +117,8 @@ Global___Change: _TypeAlias = Change  # noqa: Y015
 
 @_typing.final
 class WatchChangesRequest(_message.Message):
+    """Where to start, and which segments to follow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
@@ -142,3 +150,25 @@ class WatchChangesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchChangesRequest: _TypeAlias = WatchChangesRequest  # noqa: Y015
+
+@_typing.final
+class WatchChangesResponse(_message.Message):
+    """The next changes of the feed, in order (one or more)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___Change] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchChangesResponse: _TypeAlias = WatchChangesResponse  # noqa: Y015

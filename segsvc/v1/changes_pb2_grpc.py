@@ -25,8 +25,10 @@ if _version_not_supported:
     )
 
 
-class ChangesStub:
+class ChangesServiceStub:
     """The durable, resumable feed of segment enters and exits.
+
+    The workspace is the `workspace` request header (see PeopleService).
     """
 
     def __init__(self, channel):
@@ -36,42 +38,47 @@ class ChangesStub:
             channel: A grpc.Channel.
         """
         self.WatchChanges = channel.unary_stream(
-                '/segsvc.v1.Changes/WatchChanges',
+                '/segsvc.v1.ChangesService/WatchChanges',
                 request_serializer=segsvc_dot_v1_dot_changes__pb2.WatchChangesRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_changes__pb2.Change.FromString,
+                response_deserializer=segsvc_dot_v1_dot_changes__pb2.WatchChangesResponse.FromString,
                 _registered_method=True)
 
 
-class ChangesServicer:
+class ChangesServiceServicer:
     """The durable, resumable feed of segment enters and exits.
+
+    The workspace is the `workspace` request header (see PeopleService).
     """
 
     def WatchChanges(self, request, context):
         """Replays the stored changes after `after_seq`, then follows live ones (unless `no_follow`).
-        A start before the retained range is OUT_OF_RANGE.
+        A start before the retained range is OUT_OF_RANGE. Changes arrive in order of `seq`,
+        each exactly once; resume after the last `seq` received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_ChangesServicer_to_server(servicer, server):
+def add_ChangesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'WatchChanges': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchChanges,
                     request_deserializer=segsvc_dot_v1_dot_changes__pb2.WatchChangesRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_changes__pb2.Change.SerializeToString,
+                    response_serializer=segsvc_dot_v1_dot_changes__pb2.WatchChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'segsvc.v1.Changes', rpc_method_handlers)
+            'segsvc.v1.ChangesService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('segsvc.v1.Changes', rpc_method_handlers)
+    server.add_registered_method_handlers('segsvc.v1.ChangesService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Changes:
+class ChangesService:
     """The durable, resumable feed of segment enters and exits.
+
+    The workspace is the `workspace` request header (see PeopleService).
     """
 
     @staticmethod
@@ -88,9 +95,9 @@ class Changes:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/segsvc.v1.Changes/WatchChanges',
+            '/segsvc.v1.ChangesService/WatchChanges',
             segsvc_dot_v1_dot_changes__pb2.WatchChangesRequest.SerializeToString,
-            segsvc_dot_v1_dot_changes__pb2.Change.FromString,
+            segsvc_dot_v1_dot_changes__pb2.WatchChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,39 +26,51 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class ChangesStub:
-    """The durable, resumable feed of segment enters and exits."""
+class ChangesServiceStub:
+    """The durable, resumable feed of segment enters and exits.
+
+    The workspace is the `workspace` request header (see PeopleService).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> ChangesAsyncStub: ...
-    WatchChanges: _grpc.UnaryStreamMultiCallable[_changes_pb2.WatchChangesRequest, _changes_pb2.Change]
+    def __new__(cls, channel: _aio.Channel) -> ChangesServiceAsyncStub: ...
+    WatchChanges: _grpc.UnaryStreamMultiCallable[_changes_pb2.WatchChangesRequest, _changes_pb2.WatchChangesResponse]
     """Replays the stored changes after `after_seq`, then follows live ones (unless `no_follow`).
-    A start before the retained range is OUT_OF_RANGE.
+    A start before the retained range is OUT_OF_RANGE. Changes arrive in order of `seq`,
+    each exactly once; resume after the last `seq` received.
     """
 
 @_typing.type_check_only
-class ChangesAsyncStub(ChangesStub):
-    """The durable, resumable feed of segment enters and exits."""
+class ChangesServiceAsyncStub(ChangesServiceStub):
+    """The durable, resumable feed of segment enters and exits.
 
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    WatchChanges: _aio.UnaryStreamMultiCallable[_changes_pb2.WatchChangesRequest, _changes_pb2.Change]  # type: ignore[assignment]
-    """Replays the stored changes after `after_seq`, then follows live ones (unless `no_follow`).
-    A start before the retained range is OUT_OF_RANGE.
+    The workspace is the `workspace` request header (see PeopleService).
     """
 
-class ChangesServicer(metaclass=_abc_1.ABCMeta):
-    """The durable, resumable feed of segment enters and exits."""
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    WatchChanges: _aio.UnaryStreamMultiCallable[_changes_pb2.WatchChangesRequest, _changes_pb2.WatchChangesResponse]  # type: ignore[assignment]
+    """Replays the stored changes after `after_seq`, then follows live ones (unless `no_follow`).
+    A start before the retained range is OUT_OF_RANGE. Changes arrive in order of `seq`,
+    each exactly once; resume after the last `seq` received.
+    """
+
+class ChangesServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The durable, resumable feed of segment enters and exits.
+
+    The workspace is the `workspace` request header (see PeopleService).
+    """
 
     @_abc_1.abstractmethod
     def WatchChanges(
         self,
         request: _changes_pb2.WatchChangesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_changes_pb2.Change], _abc.AsyncIterator[_changes_pb2.Change]]:
+    ) -> _typing.Union[_abc.Iterator[_changes_pb2.WatchChangesResponse], _abc.AsyncIterator[_changes_pb2.WatchChangesResponse]]:
         """Replays the stored changes after `after_seq`, then follows live ones (unless `no_follow`).
-        A start before the retained range is OUT_OF_RANGE.
+        A start before the retained range is OUT_OF_RANGE. Changes arrive in order of `seq`,
+        each exactly once; resume after the last `seq` received.
         """
 
-def add_ChangesServicer_to_server(servicer: ChangesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_ChangesServiceServicer_to_server(servicer: ChangesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,49 +22,51 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from segsvc.v1 import types_pb2 as segsvc_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asegsvc/v1/conditions.proto\x12\tsegsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15segsvc/v1/types.proto\"\xff\x02\n\tCondition\x12!\n\x05group\x18\x01 \x01(\x0b\x32\x10.segsvc.v1.GroupH\x00\x12\x32\n\tattribute\x18\x02 \x01(\x0b\x32\x1d.segsvc.v1.AttributeConditionH\x00\x12&\n\x03tag\x18\x03 \x01(\x0b\x32\x17.segsvc.v1.TagConditionH\x00\x12,\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32\x1a.segsvc.v1.DeviceConditionH\x00\x12.\n\x07segment\x18\x05 \x01(\x0b\x32\x1b.segsvc.v1.SegmentConditionH\x00\x12*\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x19.segsvc.v1.EventConditionH\x00\x12\x31\n\tpage_view\x18\x07 \x01(\x0b\x32\x1c.segsvc.v1.PageViewConditionH\x00\x12.\n\x07message\x18\x08 \x01(\x0b\x32\x1b.segsvc.v1.MessageConditionH\x00\x42\x06\n\x04node\"j\n\x05Group\x12)\n\ncombinator\x18\x01 \x01(\x0e\x32\x15.segsvc.v1.Combinator\x12&\n\x08\x63hildren\x18\x02 \x03(\x0b\x32\x14.segsvc.v1.Condition\x12\x0e\n\x06negate\x18\x03 \x01(\x08\"\xf9\x01\n\x12\x41ttributeCondition\x12\x13\n\tattribute\x18\x01 \x01(\tH\x00\x12(\n\x05\x66ield\x18\x02 \x01(\x0e\x32\x17.segsvc.v1.BuiltinFieldH\x00\x12%\n\x08operator\x18\x03 \x01(\x0e\x32\x13.segsvc.v1.Operator\x12\x1f\n\x05value\x18\x04 \x01(\x0b\x32\x10.segsvc.v1.Value\x12\x1f\n\x05upper\x18\x05 \x01(\x0b\x32\x10.segsvc.v1.Value\x12 \n\x06values\x18\x06 \x03(\x0b\x32\x10.segsvc.v1.Value\x12\x0f\n\x07seconds\x18\x07 \x01(\x04\x42\x08\n\x06target\"+\n\x0cTagCondition\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x0e\n\x06negate\x18\x02 \x01(\x08\"3\n\x0f\x44\x65viceCondition\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\x0e\n\x06negate\x18\x02 \x01(\x08\"6\n\x10SegmentCondition\x12\x12\n\nsegment_id\x18\x01 \x01(\x04\x12\x0e\n\x06negate\x18\x02 \x01(\x08\"^\n\nTimeWindow\x12\x1d\n\x13within_last_seconds\x18\x01 \x01(\x04H\x00\x12\'\n\x07\x62\x65tween\x18\x02 \x01(\x0b\x32\x14.segsvc.v1.TimeRangeH\x00\x42\x08\n\x06window\"_\n\tTimeRange\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc5\x01\n\x0e\x45ventCondition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x1d.segsvc.v1.AttributeCondition\x12\x30\n\x0e\x63ount_operator\x18\x03 \x01(\x0e\x32\x18.segsvc.v1.CountOperator\x12\x12\n\x05\x63ount\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12%\n\x06window\x18\x05 \x01(\x0b\x32\x15.segsvc.v1.TimeWindowB\x08\n\x06_count\"\xbb\x01\n\x11PageViewCondition\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\"\n\x05match\x18\x02 \x01(\x0e\x32\x13.segsvc.v1.UrlMatch\x12\x30\n\x0e\x63ount_operator\x18\x03 \x01(\x0e\x32\x18.segsvc.v1.CountOperator\x12\x12\n\x05\x63ount\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12%\n\x06window\x18\x05 \x01(\x0b\x32\x15.segsvc.v1.TimeWindowB\x08\n\x06_count\"\xdc\x01\n\x10MessageCondition\x12(\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x18.segsvc.v1.MessageAction\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x30\n\x0e\x63ount_operator\x18\x04 \x01(\x0e\x32\x18.segsvc.v1.CountOperator\x12\x12\n\x05\x63ount\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12%\n\x06window\x18\x06 \x01(\x0b\x32\x15.segsvc.v1.TimeWindowB\x08\n\x06_count*P\n\nCombinator\x12\x1a\n\x16\x43OMBINATOR_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43OMBINATOR_ALL\x10\x01\x12\x12\n\x0e\x43OMBINATOR_ANY\x10\x02*\xb3\x01\n\x0c\x42uiltinField\x12\x1d\n\x19\x42UILTIN_FIELD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42UILTIN_FIELD_ID\x10\x01\x12\x17\n\x13\x42UILTIN_FIELD_EMAIL\x10\x02\x12\x17\n\x13\x42UILTIN_FIELD_PHONE\x10\x03\x12\x1c\n\x18\x42UILTIN_FIELD_CREATED_AT\x10\x04\x12\x1e\n\x1a\x42UILTIN_FIELD_UNSUBSCRIBED\x10\x05*\xce\x04\n\x08Operator\x12\x18\n\x14OPERATOR_UNSPECIFIED\x10\x00\x12\x13\n\x0fOPERATOR_EQUALS\x10\x01\x12\x17\n\x13OPERATOR_NOT_EQUALS\x10\x02\x12\x13\n\x0fOPERATOR_ONE_OF\x10\x03\x12\x15\n\x11OPERATOR_CONTAINS\x10\x04\x12\x19\n\x15OPERATOR_NOT_CONTAINS\x10\x05\x12\x18\n\x14OPERATOR_STARTS_WITH\x10\x06\x12\x16\n\x12OPERATOR_ENDS_WITH\x10\x07\x12\x13\n\x0fOPERATOR_EXISTS\x10\x08\x12\x17\n\x13OPERATOR_NOT_EXISTS\x10\t\x12\x19\n\x15OPERATOR_GREATER_THAN\x10\n\x12\x1d\n\x19OPERATOR_GREATER_OR_EQUAL\x10\x0b\x12\x16\n\x12OPERATOR_LESS_THAN\x10\x0c\x12\x1a\n\x16OPERATOR_LESS_OR_EQUAL\x10\r\x12\x14\n\x10OPERATOR_BETWEEN\x10\x0e\x12\x14\n\x10OPERATOR_IS_TRUE\x10\x0f\x12\x15\n\x11OPERATOR_IS_FALSE\x10\x10\x12\x13\n\x0fOPERATOR_BEFORE\x10\x11\x12\x12\n\x0eOPERATOR_AFTER\x10\x12\x12\x18\n\x14OPERATOR_WITHIN_LAST\x10\x13\x12\x1a\n\x16OPERATOR_MORE_THAN_AGO\x10\x14\x12\x1e\n\x1aOPERATOR_ANNIVERSARY_TODAY\x10\x15\x12#\n\x1fOPERATOR_ANNIVERSARY_THIS_MONTH\x10\x16*\x84\x01\n\rCountOperator\x12\x1e\n\x1a\x43OUNT_OPERATOR_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43OUNT_OPERATOR_AT_LEAST\x10\x01\x12\x1a\n\x16\x43OUNT_OPERATOR_AT_MOST\x10\x02\x12\x1a\n\x16\x43OUNT_OPERATOR_EXACTLY\x10\x03*n\n\x08UrlMatch\x12\x19\n\x15URL_MATCH_UNSPECIFIED\x10\x00\x12\x14\n\x10URL_MATCH_EQUALS\x10\x01\x12\x16\n\x12URL_MATCH_CONTAINS\x10\x02\x12\x19\n\x15URL_MATCH_STARTS_WITH\x10\x03*\x9d\x01\n\rMessageAction\x12\x1e\n\x1aMESSAGE_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_ACTION_SENT\x10\x01\x12\x1c\n\x18MESSAGE_ACTION_DELIVERED\x10\x02\x12\x19\n\x15MESSAGE_ACTION_OPENED\x10\x03\x12\x1a\n\x16MESSAGE_ACTION_CLICKED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asegsvc/v1/conditions.proto\x12\tsegsvc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15segsvc/v1/types.proto\"\xff\x02\n\tCondition\x12!\n\x05group\x18\x01 \x01(\x0b\x32\x10.segsvc.v1.GroupH\x00\x12\x32\n\tattribute\x18\x02 \x01(\x0b\x32\x1d.segsvc.v1.AttributeConditionH\x00\x12&\n\x03tag\x18\x03 \x01(\x0b\x32\x17.segsvc.v1.TagConditionH\x00\x12,\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32\x1a.segsvc.v1.DeviceConditionH\x00\x12.\n\x07segment\x18\x05 \x01(\x0b\x32\x1b.segsvc.v1.SegmentConditionH\x00\x12*\n\x05\x65vent\x18\x06 \x01(\x0b\x32\x19.segsvc.v1.EventConditionH\x00\x12\x31\n\tpage_view\x18\x07 \x01(\x0b\x32\x1c.segsvc.v1.PageViewConditionH\x00\x12.\n\x07message\x18\x08 \x01(\x0b\x32\x1b.segsvc.v1.MessageConditionH\x00\x42\x06\n\x04node\"j\n\x05Group\x12)\n\ncombinator\x18\x01 \x01(\x0e\x32\x15.segsvc.v1.Combinator\x12&\n\x08\x63hildren\x18\x02 \x03(\x0b\x32\x14.segsvc.v1.Condition\x12\x0e\n\x06negate\x18\x03 \x01(\x08\"\xa4\x02\n\x12\x41ttributeCondition\x12\x13\n\tattribute\x18\x01 \x01(\tH\x00\x12(\n\x05\x66ield\x18\x02 \x01(\x0e\x32\x17.segsvc.v1.BuiltinFieldH\x00\x12%\n\x08operator\x18\x03 \x01(\x0e\x32\x13.segsvc.v1.Operator\x12\x1f\n\x05value\x18\x04 \x01(\x0b\x32\x10.segsvc.v1.Value\x12\x1f\n\x05upper\x18\x05 \x01(\x0b\x32\x10.segsvc.v1.Value\x12 \n\x06values\x18\x06 \x03(\x0b\x32\x10.segsvc.v1.Value\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\n\x06targetJ\x04\x08\x07\x10\x08R\x07seconds\"+\n\x0cTagCondition\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x0e\n\x06negate\x18\x02 \x01(\x08\"3\n\x0f\x44\x65viceCondition\x12\x10\n\x08platform\x18\x01 \x01(\t\x12\x0e\n\x06negate\x18\x02 \x01(\x08\"6\n\x10SegmentCondition\x12\x12\n\nsegment_id\x18\x01 \x01(\x04\x12\x0e\n\x06negate\x18\x02 \x01(\x08\"\x8c\x01\n\nTimeWindow\x12\x30\n\x0bwithin_last\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\'\n\x07\x62\x65tween\x18\x02 \x01(\x0b\x32\x14.segsvc.v1.TimeRangeH\x00\x42\x08\n\x06windowJ\x04\x08\x01\x10\x02R\x13within_last_seconds\"_\n\tTimeRange\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc5\x01\n\x0e\x45ventCondition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x1d.segsvc.v1.AttributeCondition\x12\x30\n\x0e\x63ount_operator\x18\x03 \x01(\x0e\x32\x18.segsvc.v1.CountOperator\x12\x12\n\x05\x63ount\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12%\n\x06window\x18\x05 \x01(\x0b\x32\x15.segsvc.v1.TimeWindowB\x08\n\x06_count\"\xbb\x01\n\x11PageViewCondition\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\"\n\x05match\x18\x02 \x01(\x0e\x32\x13.segsvc.v1.UrlMatch\x12\x30\n\x0e\x63ount_operator\x18\x03 \x01(\x0e\x32\x18.segsvc.v1.CountOperator\x12\x12\n\x05\x63ount\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12%\n\x06window\x18\x05 \x01(\x0b\x32\x15.segsvc.v1.TimeWindowB\x08\n\x06_count\"\xdc\x01\n\x10MessageCondition\x12(\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x18.segsvc.v1.MessageAction\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x30\n\x0e\x63ount_operator\x18\x04 \x01(\x0e\x32\x18.segsvc.v1.CountOperator\x12\x12\n\x05\x63ount\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12%\n\x06window\x18\x06 \x01(\x0b\x32\x15.segsvc.v1.TimeWindowB\x08\n\x06_count*P\n\nCombinator\x12\x1a\n\x16\x43OMBINATOR_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43OMBINATOR_ALL\x10\x01\x12\x12\n\x0e\x43OMBINATOR_ANY\x10\x02*\xb3\x01\n\x0c\x42uiltinField\x12\x1d\n\x19\x42UILTIN_FIELD_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42UILTIN_FIELD_ID\x10\x01\x12\x17\n\x13\x42UILTIN_FIELD_EMAIL\x10\x02\x12\x17\n\x13\x42UILTIN_FIELD_PHONE\x10\x03\x12\x1c\n\x18\x42UILTIN_FIELD_CREATED_AT\x10\x04\x12\x1e\n\x1a\x42UILTIN_FIELD_UNSUBSCRIBED\x10\x05*\xce\x04\n\x08Operator\x12\x18\n\x14OPERATOR_UNSPECIFIED\x10\x00\x12\x13\n\x0fOPERATOR_EQUALS\x10\x01\x12\x17\n\x13OPERATOR_NOT_EQUALS\x10\x02\x12\x13\n\x0fOPERATOR_ONE_OF\x10\x03\x12\x15\n\x11OPERATOR_CONTAINS\x10\x04\x12\x19\n\x15OPERATOR_NOT_CONTAINS\x10\x05\x12\x18\n\x14OPERATOR_STARTS_WITH\x10\x06\x12\x16\n\x12OPERATOR_ENDS_WITH\x10\x07\x12\x13\n\x0fOPERATOR_EXISTS\x10\x08\x12\x17\n\x13OPERATOR_NOT_EXISTS\x10\t\x12\x19\n\x15OPERATOR_GREATER_THAN\x10\n\x12\x1d\n\x19OPERATOR_GREATER_OR_EQUAL\x10\x0b\x12\x16\n\x12OPERATOR_LESS_THAN\x10\x0c\x12\x1a\n\x16OPERATOR_LESS_OR_EQUAL\x10\r\x12\x14\n\x10OPERATOR_BETWEEN\x10\x0e\x12\x14\n\x10OPERATOR_IS_TRUE\x10\x0f\x12\x15\n\x11OPERATOR_IS_FALSE\x10\x10\x12\x13\n\x0fOPERATOR_BEFORE\x10\x11\x12\x12\n\x0eOPERATOR_AFTER\x10\x12\x12\x18\n\x14OPERATOR_WITHIN_LAST\x10\x13\x12\x1a\n\x16OPERATOR_MORE_THAN_AGO\x10\x14\x12\x1e\n\x1aOPERATOR_ANNIVERSARY_TODAY\x10\x15\x12#\n\x1fOPERATOR_ANNIVERSARY_THIS_MONTH\x10\x16*\x84\x01\n\rCountOperator\x12\x1e\n\x1a\x43OUNT_OPERATOR_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43OUNT_OPERATOR_AT_LEAST\x10\x01\x12\x1a\n\x16\x43OUNT_OPERATOR_AT_MOST\x10\x02\x12\x1a\n\x16\x43OUNT_OPERATOR_EXACTLY\x10\x03*n\n\x08UrlMatch\x12\x19\n\x15URL_MATCH_UNSPECIFIED\x10\x00\x12\x14\n\x10URL_MATCH_EQUALS\x10\x01\x12\x16\n\x12URL_MATCH_CONTAINS\x10\x02\x12\x19\n\x15URL_MATCH_STARTS_WITH\x10\x03*\x9d\x01\n\rMessageAction\x12\x1e\n\x1aMESSAGE_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_ACTION_SENT\x10\x01\x12\x1c\n\x18MESSAGE_ACTION_DELIVERED\x10\x02\x12\x19\n\x15MESSAGE_ACTION_OPENED\x10\x03\x12\x1a\n\x16MESSAGE_ACTION_CLICKED\x10\x04\x42\x44\n\rcom.segsvc.v1B\x0f\x43onditionsProtoP\x01Z segsvc/gen/go/segsvc/v1;segsvcv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'segsvc.v1.conditions_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
-  _globals['_COMBINATOR']._serialized_start=1803
-  _globals['_COMBINATOR']._serialized_end=1883
-  _globals['_BUILTINFIELD']._serialized_start=1886
-  _globals['_BUILTINFIELD']._serialized_end=2065
-  _globals['_OPERATOR']._serialized_start=2068
-  _globals['_OPERATOR']._serialized_end=2658
-  _globals['_COUNTOPERATOR']._serialized_start=2661
-  _globals['_COUNTOPERATOR']._serialized_end=2793
-  _globals['_URLMATCH']._serialized_start=2795
-  _globals['_URLMATCH']._serialized_end=2905
-  _globals['_MESSAGEACTION']._serialized_start=2908
-  _globals['_MESSAGEACTION']._serialized_end=3065
-  _globals['_CONDITION']._serialized_start=98
-  _globals['_CONDITION']._serialized_end=481
-  _globals['_GROUP']._serialized_start=483
-  _globals['_GROUP']._serialized_end=589
-  _globals['_ATTRIBUTECONDITION']._serialized_start=592
-  _globals['_ATTRIBUTECONDITION']._serialized_end=841
-  _globals['_TAGCONDITION']._serialized_start=843
-  _globals['_TAGCONDITION']._serialized_end=886
-  _globals['_DEVICECONDITION']._serialized_start=888
-  _globals['_DEVICECONDITION']._serialized_end=939
-  _globals['_SEGMENTCONDITION']._serialized_start=941
-  _globals['_SEGMENTCONDITION']._serialized_end=995
-  _globals['_TIMEWINDOW']._serialized_start=997
-  _globals['_TIMEWINDOW']._serialized_end=1091
-  _globals['_TIMERANGE']._serialized_start=1093
-  _globals['_TIMERANGE']._serialized_end=1188
-  _globals['_EVENTCONDITION']._serialized_start=1191
-  _globals['_EVENTCONDITION']._serialized_end=1388
-  _globals['_PAGEVIEWCONDITION']._serialized_start=1391
-  _globals['_PAGEVIEWCONDITION']._serialized_end=1578
-  _globals['_MESSAGECONDITION']._serialized_start=1581
-  _globals['_MESSAGECONDITION']._serialized_end=1801
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rcom.segsvc.v1B\017ConditionsProtoP\001Z segsvc/gen/go/segsvc/v1;segsvcv1'
+  _globals['_COMBINATOR']._serialized_start=1925
+  _globals['_COMBINATOR']._serialized_end=2005
+  _globals['_BUILTINFIELD']._serialized_start=2008
+  _globals['_BUILTINFIELD']._serialized_end=2187
+  _globals['_OPERATOR']._serialized_start=2190
+  _globals['_OPERATOR']._serialized_end=2780
+  _globals['_COUNTOPERATOR']._serialized_start=2783
+  _globals['_COUNTOPERATOR']._serialized_end=2915
+  _globals['_URLMATCH']._serialized_start=2917
+  _globals['_URLMATCH']._serialized_end=3027
+  _globals['_MESSAGEACTION']._serialized_start=3030
+  _globals['_MESSAGEACTION']._serialized_end=3187
+  _globals['_CONDITION']._serialized_start=130
+  _globals['_CONDITION']._serialized_end=513
+  _globals['_GROUP']._serialized_start=515
+  _globals['_GROUP']._serialized_end=621
+  _globals['_ATTRIBUTECONDITION']._serialized_start=624
+  _globals['_ATTRIBUTECONDITION']._serialized_end=916
+  _globals['_TAGCONDITION']._serialized_start=918
+  _globals['_TAGCONDITION']._serialized_end=961
+  _globals['_DEVICECONDITION']._serialized_start=963
+  _globals['_DEVICECONDITION']._serialized_end=1014
+  _globals['_SEGMENTCONDITION']._serialized_start=1016
+  _globals['_SEGMENTCONDITION']._serialized_end=1070
+  _globals['_TIMEWINDOW']._serialized_start=1073
+  _globals['_TIMEWINDOW']._serialized_end=1213
+  _globals['_TIMERANGE']._serialized_start=1215
+  _globals['_TIMERANGE']._serialized_end=1310
+  _globals['_EVENTCONDITION']._serialized_start=1313
+  _globals['_EVENTCONDITION']._serialized_end=1510
+  _globals['_PAGEVIEWCONDITION']._serialized_start=1513
+  _globals['_PAGEVIEWCONDITION']._serialized_end=1700
+  _globals['_MESSAGECONDITION']._serialized_start=1703
+  _globals['_MESSAGECONDITION']._serialized_end=1923
 # @@protoc_insertion_point(module_scope)

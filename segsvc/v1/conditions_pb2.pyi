@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -94,9 +95,9 @@ class _OperatorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operator.Val
     """Timestamps only. before X: t < X; after X: t > X."""
     OPERATOR_AFTER: _Operator.ValueType  # 18
     OPERATOR_WITHIN_LAST: _Operator.ValueType  # 19
-    """Timestamps only: now - seconds <= t <= now."""
+    """Timestamps only: now - duration <= t <= now."""
     OPERATOR_MORE_THAN_AGO: _Operator.ValueType  # 20
-    """Timestamps only: t < now - seconds."""
+    """Timestamps only: t < now - duration."""
     OPERATOR_ANNIVERSARY_TODAY: _Operator.ValueType  # 21
     """Timestamps only: month and day equal today's (UTC); 29 February falls on 28 February
     in other years.
@@ -104,7 +105,10 @@ class _OperatorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operator.Val
     OPERATOR_ANNIVERSARY_THIS_MONTH: _Operator.ValueType  # 22
     """Timestamps only: the month equals this month (UTC)."""
 
-class Operator(_Operator, metaclass=_OperatorEnumTypeWrapper): ...
+class Operator(_Operator, metaclass=_OperatorEnumTypeWrapper):
+    """Comparison operators of attribute conditions and event property filters. A comparison
+    matches only values of its own type; contains, starts with and ends with ignore case.
+    """
 
 OPERATOR_UNSPECIFIED: Operator.ValueType  # 0
 OPERATOR_EQUALS: Operator.ValueType  # 1
@@ -128,9 +132,9 @@ OPERATOR_BEFORE: Operator.ValueType  # 17
 """Timestamps only. before X: t < X; after X: t > X."""
 OPERATOR_AFTER: Operator.ValueType  # 18
 OPERATOR_WITHIN_LAST: Operator.ValueType  # 19
-"""Timestamps only: now - seconds <= t <= now."""
+"""Timestamps only: now - duration <= t <= now."""
 OPERATOR_MORE_THAN_AGO: Operator.ValueType  # 20
-"""Timestamps only: t < now - seconds."""
+"""Timestamps only: t < now - duration."""
 OPERATOR_ANNIVERSARY_TODAY: Operator.ValueType  # 21
 """Timestamps only: month and day equal today's (UTC); 29 February falls on 28 February
 in other years.
@@ -151,7 +155,8 @@ class _CountOperatorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CountOp
     COUNT_OPERATOR_AT_MOST: _CountOperator.ValueType  # 2
     COUNT_OPERATOR_EXACTLY: _CountOperator.ValueType  # 3
 
-class CountOperator(_CountOperator, metaclass=_CountOperatorEnumTypeWrapper): ...
+class CountOperator(_CountOperator, metaclass=_CountOperatorEnumTypeWrapper):
+    """How an event count is compared with `count`."""
 
 COUNT_OPERATOR_UNSPECIFIED: CountOperator.ValueType  # 0
 """at least"""
@@ -171,7 +176,8 @@ class _UrlMatchEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UrlMatch.Val
     URL_MATCH_CONTAINS: _UrlMatch.ValueType  # 2
     URL_MATCH_STARTS_WITH: _UrlMatch.ValueType  # 3
 
-class UrlMatch(_UrlMatch, metaclass=_UrlMatchEnumTypeWrapper): ...
+class UrlMatch(_UrlMatch, metaclass=_UrlMatchEnumTypeWrapper):
+    """How a page view's url is compared (ignoring case for contains and starts with)."""
 
 URL_MATCH_UNSPECIFIED: UrlMatch.ValueType  # 0
 URL_MATCH_EQUALS: UrlMatch.ValueType  # 1
@@ -191,7 +197,8 @@ class _MessageActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     MESSAGE_ACTION_OPENED: _MessageAction.ValueType  # 3
     MESSAGE_ACTION_CLICKED: _MessageAction.ValueType  # 4
 
-class MessageAction(_MessageAction, metaclass=_MessageActionEnumTypeWrapper): ...
+class MessageAction(_MessageAction, metaclass=_MessageActionEnumTypeWrapper):
+    """What happened to a message."""
 
 MESSAGE_ACTION_UNSPECIFIED: MessageAction.ValueType  # 0
 MESSAGE_ACTION_SENT: MessageAction.ValueType  # 1
@@ -254,6 +261,8 @@ Global___Condition: _TypeAlias = Condition  # noqa: Y015
 
 @_typing.final
 class Group(_message.Message):
+    """Children combined with ALL or ANY, optionally negated."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     COMBINATOR_FIELD_NUMBER: _builtins.int
@@ -263,7 +272,9 @@ class Group(_message.Message):
     negate: _builtins.bool
     """Match the people the group does not match (complement within live people)."""
     @_builtins.property
-    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___Condition]: ...
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___Condition]:
+        """At least one."""
+
     def __init__(
         self,
         *,
@@ -291,12 +302,10 @@ class AttributeCondition(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     UPPER_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
-    SECONDS_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
     attribute: _builtins.str
     field: Global___BuiltinField.ValueType
     operator: Global___Operator.ValueType
-    seconds: _builtins.int
-    """The duration of WITHIN_LAST and MORE_THAN_AGO, in seconds."""
     @_builtins.property
     def value(self) -> _types_pb2.Value:
         """The operand of EQUALS, NOT_EQUALS, CONTAINS, ..., the lower bound of BETWEEN."""
@@ -309,6 +318,10 @@ class AttributeCondition(_message.Message):
     def values(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Value]:
         """The operands of ONE_OF."""
 
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """The duration of WITHIN_LAST and MORE_THAN_AGO: positive, whole seconds."""
+
     def __init__(
         self,
         *,
@@ -318,11 +331,11 @@ class AttributeCondition(_message.Message):
         value: _types_pb2.Value | None = ...,
         upper: _types_pb2.Value | None = ...,
         values: _abc.Iterable[_types_pb2.Value] | None = ...,
-        seconds: _builtins.int = ...,
+        duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute", "field", b"field", "target", b"target", "upper", b"upper", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute", "duration", b"duration", "field", b"field", "target", b"target", "upper", b"upper", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute", "field", b"field", "operator", b"operator", "seconds", b"seconds", "target", b"target", "upper", b"upper", "value", b"value", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute", "duration", b"duration", "field", b"field", "operator", b"operator", "target", b"target", "upper", b"upper", "value", b"value", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["attribute", "field"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -332,6 +345,8 @@ Global___AttributeCondition: _TypeAlias = AttributeCondition  # noqa: Y015
 
 @_typing.final
 class TagCondition(_message.Message):
+    """The person has (or has not) a tag."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TAG_FIELD_NUMBER: _builtins.int
@@ -355,6 +370,8 @@ Global___TagCondition: _TypeAlias = TagCondition  # noqa: Y015
 
 @_typing.final
 class DeviceCondition(_message.Message):
+    """The person has (or has not) a device."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PLATFORM_FIELD_NUMBER: _builtins.int
@@ -379,6 +396,8 @@ Global___DeviceCondition: _TypeAlias = DeviceCondition  # noqa: Y015
 
 @_typing.final
 class SegmentCondition(_message.Message):
+    """The person is (or is not) a member of another segment (cycles are refused)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
@@ -406,10 +425,12 @@ class TimeWindow(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    WITHIN_LAST_SECONDS_FIELD_NUMBER: _builtins.int
+    WITHIN_LAST_FIELD_NUMBER: _builtins.int
     BETWEEN_FIELD_NUMBER: _builtins.int
-    within_last_seconds: _builtins.int
-    """now - seconds <= t <= now."""
+    @_builtins.property
+    def within_last(self) -> _duration_pb2.Duration:
+        """now - duration <= t <= now: positive, whole seconds."""
+
     @_builtins.property
     def between(self) -> Global___TimeRange:
         """Inclusive at both ends."""
@@ -417,14 +438,14 @@ class TimeWindow(_message.Message):
     def __init__(
         self,
         *,
-        within_last_seconds: _builtins.int = ...,
+        within_last: _duration_pb2.Duration | None = ...,
         between: Global___TimeRange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["between", b"between", "window", b"window", "within_last_seconds", b"within_last_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["between", b"between", "window", b"window", "within_last", b"within_last"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["between", b"between", "window", b"window", "within_last_seconds", b"within_last_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["between", b"between", "window", b"window", "within_last", b"within_last"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_window: _TypeAlias = _typing.Literal["within_last_seconds", "between"]  # noqa: Y015
+    _WhichOneofReturnType_window: _TypeAlias = _typing.Literal["within_last", "between"]  # noqa: Y015
     _WhichOneofArgType_window: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_window) -> _WhichOneofReturnType_window | None: ...
 
@@ -432,6 +453,8 @@ Global___TimeWindow: _TypeAlias = TimeWindow  # noqa: Y015
 
 @_typing.final
 class TimeRange(_message.Message):
+    """From `start` to `end`, inclusive."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     START_FIELD_NUMBER: _builtins.int

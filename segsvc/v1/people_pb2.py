@@ -26,13 +26,14 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from segsvc.v1 import types_pb2 as segsvc_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16segsvc/v1/people.proto\x12\tsegsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15segsvc/v1/types.proto\"&\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\"\xeb\x02\n\x06Person\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cunsubscribed\x18\x06 \x01(\x08\x12\x35\n\nattributes\x18\x07 \x03(\x0b\x32!.segsvc.v1.Person.AttributesEntry\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12\"\n\x07\x64\x65vices\x18\t \x03(\x0b\x32\x11.segsvc.v1.Device\x12\x13\n\x0bsegment_ids\x18\n \x03(\x04\x1a\x43\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.segsvc.v1.Value:\x02\x38\x01\"\xc6\x03\n\x0cPersonUpsert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\x05\x65mail\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05phone\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0cunsubscribed\x18\x04 \x01(\x08H\x02\x88\x01\x01\x12;\n\nattributes\x18\x05 \x03(\x0b\x32\'.segsvc.v1.PersonUpsert.AttributesEntry\x12\x19\n\x11remove_attributes\x18\x06 \x03(\t\x12\x10\n\x08\x61\x64\x64_tags\x18\x07 \x03(\t\x12\x13\n\x0bremove_tags\x18\x08 \x03(\t\x12\"\n\x07\x64\x65vices\x18\t \x03(\x0b\x32\x11.segsvc.v1.Device\x12\x19\n\x11remove_device_ids\x18\n \x03(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07replace\x18\x0c \x01(\x08\x1a\x43\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.segsvc.v1.Value:\x02\x38\x01\x42\x08\n\x06_emailB\x08\n\x06_phoneB\x0f\n\r_unsubscribed\"i\n\x13UpsertPeopleRequest\x12\'\n\x06people\x18\x01 \x03(\x0b\x32\x17.segsvc.v1.PersonUpsert\x12)\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\x18.segsvc.v1.PeopleColumns\"\x9d\x02\n\rPeopleColumns\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\'\n\x06\x65mails\x18\x02 \x01(\x0b\x32\x17.segsvc.v1.StringColumn\x12\'\n\x06phones\x18\x03 \x01(\x0b\x32\x17.segsvc.v1.StringColumn\x12+\n\x0cunsubscribed\x18\x04 \x01(\x0b\x32\x15.segsvc.v1.BoolColumn\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.segsvc.v1.TimestampColumn\x12.\n\nattributes\x18\x06 \x03(\x0b\x32\x1a.segsvc.v1.AttributeColumn\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x12\n\ntag_counts\x18\x08 \x03(\r\"-\n\x0cStringColumn\x12\x0e\n\x06values\x18\x01 \x03(\t\x12\r\n\x05valid\x18\x02 \x01(\x0c\"-\n\x0cNumberColumn\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\r\n\x05valid\x18\x02 \x01(\x0c\"+\n\nBoolColumn\x12\x0e\n\x06values\x18\x01 \x03(\x08\x12\r\n\x05valid\x18\x02 \x01(\x0c\"1\n\x0fTimestampColumn\x12\x0f\n\x07seconds\x18\x01 \x03(\x03\x12\r\n\x05valid\x18\x02 \x01(\x0c\"\xdb\x01\n\x0f\x41ttributeColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x07strings\x18\x02 \x01(\x0b\x32\x17.segsvc.v1.StringColumnH\x00\x12*\n\x07numbers\x18\x03 \x01(\x0b\x32\x17.segsvc.v1.NumberColumnH\x00\x12&\n\x05\x62ools\x18\x04 \x01(\x0b\x32\x15.segsvc.v1.BoolColumnH\x00\x12\x30\n\ntimestamps\x18\x05 \x01(\x0b\x32\x1a.segsvc.v1.TimestampColumnH\x00\x42\x08\n\x06values\"\x85\x01\n\x14UpsertPeopleResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.segsvc.v1.ItemResult\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x04\x12\x0f\n\x07updated\x18\x03 \x01(\x04\x12\x11\n\tunchanged\x18\x04 \x01(\x04\x12\x10\n\x08rejected\x18\x05 \x01(\x04\"\x9e\x01\n\x0b\x42ulkSummary\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x04\x12\x0f\n\x07updated\x18\x03 \x01(\x04\x12\x11\n\tunchanged\x18\x04 \x01(\x04\x12\x10\n\x08rejected\x18\x05 \x01(\x04\x12%\n\x06\x65rrors\x18\x06 \x03(\x0b\x32\x15.segsvc.v1.ItemResult\x12\x0f\n\x07tracked\x18\x07 \x01(\x04\"8\n\x10GetPersonRequest\x12$\n\x06person\x18\x01 \x01(\x0b\x32\x14.segsvc.v1.PersonRef\";\n\x13\x44\x65letePeopleRequest\x12$\n\x06people\x18\x01 \x03(\x0b\x32\x14.segsvc.v1.PersonRef\"O\n\x14\x44\x65letePeopleResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.segsvc.v1.ItemResult\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x04\"\xe5\x01\n\x05\x45vent\x12$\n\x06person\x18\x01 \x01(\x0b\x32\x14.segsvc.v1.PersonRef\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\nproperties\x18\x04 \x03(\x0b\x32 .segsvc.v1.Event.PropertiesEntry\x1a\x43\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.segsvc.v1.Value:\x02\x38\x01\"U\n\x12TrackEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.segsvc.v1.Event\x12\x1d\n\x15\x63reate_missing_people\x18\x02 \x01(\x08\"`\n\x13TrackEventsResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.segsvc.v1.ItemResult\x12\x0f\n\x07tracked\x18\x02 \x01(\x04\x12\x10\n\x08rejected\x18\x03 \x01(\x04\x32\xd3\x03\n\x06People\x12O\n\x0cUpsertPeople\x12\x1e.segsvc.v1.UpsertPeopleRequest\x1a\x1f.segsvc.v1.UpsertPeopleResponse\x12N\n\x12StreamUpsertPeople\x12\x1e.segsvc.v1.UpsertPeopleRequest\x1a\x16.segsvc.v1.BulkSummary(\x01\x12;\n\tGetPerson\x12\x1b.segsvc.v1.GetPersonRequest\x1a\x11.segsvc.v1.Person\x12O\n\x0c\x44\x65letePeople\x12\x1e.segsvc.v1.DeletePeopleRequest\x1a\x1f.segsvc.v1.DeletePeopleResponse\x12L\n\x0bTrackEvents\x12\x1d.segsvc.v1.TrackEventsRequest\x1a\x1e.segsvc.v1.TrackEventsResponse\x12L\n\x11StreamTrackEvents\x12\x1d.segsvc.v1.TrackEventsRequest\x1a\x16.segsvc.v1.BulkSummary(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16segsvc/v1/people.proto\x12\tsegsvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15segsvc/v1/types.proto\"&\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\"\xeb\x02\n\x06Person\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cunsubscribed\x18\x06 \x01(\x08\x12\x35\n\nattributes\x18\x07 \x03(\x0b\x32!.segsvc.v1.Person.AttributesEntry\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12\"\n\x07\x64\x65vices\x18\t \x03(\x0b\x32\x11.segsvc.v1.Device\x12\x13\n\x0bsegment_ids\x18\n \x03(\x04\x1a\x43\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.segsvc.v1.Value:\x02\x38\x01\"\xc6\x03\n\x0cPersonUpsert\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\x05\x65mail\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05phone\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0cunsubscribed\x18\x04 \x01(\x08H\x02\x88\x01\x01\x12;\n\nattributes\x18\x05 \x03(\x0b\x32\'.segsvc.v1.PersonUpsert.AttributesEntry\x12\x19\n\x11remove_attributes\x18\x06 \x03(\t\x12\x10\n\x08\x61\x64\x64_tags\x18\x07 \x03(\t\x12\x13\n\x0bremove_tags\x18\x08 \x03(\t\x12\"\n\x07\x64\x65vices\x18\t \x03(\x0b\x32\x11.segsvc.v1.Device\x12\x19\n\x11remove_device_ids\x18\n \x03(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07replace\x18\x0c \x01(\x08\x1a\x43\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.segsvc.v1.Value:\x02\x38\x01\x42\x08\n\x06_emailB\x08\n\x06_phoneB\x0f\n\r_unsubscribed\"i\n\x13UpsertPeopleRequest\x12\'\n\x06people\x18\x01 \x03(\x0b\x32\x17.segsvc.v1.PersonUpsert\x12)\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\x18.segsvc.v1.PeopleColumns\"o\n\x19StreamUpsertPeopleRequest\x12\'\n\x06people\x18\x01 \x03(\x0b\x32\x17.segsvc.v1.PersonUpsert\x12)\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\x18.segsvc.v1.PeopleColumns\"\x9d\x02\n\rPeopleColumns\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\'\n\x06\x65mails\x18\x02 \x01(\x0b\x32\x17.segsvc.v1.StringColumn\x12\'\n\x06phones\x18\x03 \x01(\x0b\x32\x17.segsvc.v1.StringColumn\x12+\n\x0cunsubscribed\x18\x04 \x01(\x0b\x32\x15.segsvc.v1.BoolColumn\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.segsvc.v1.TimestampColumn\x12.\n\nattributes\x18\x06 \x03(\x0b\x32\x1a.segsvc.v1.AttributeColumn\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x12\n\ntag_counts\x18\x08 \x03(\r\"-\n\x0cStringColumn\x12\x0e\n\x06values\x18\x01 \x03(\t\x12\r\n\x05valid\x18\x02 \x01(\x0c\"-\n\x0cNumberColumn\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\r\n\x05valid\x18\x02 \x01(\x0c\"+\n\nBoolColumn\x12\x0e\n\x06values\x18\x01 \x03(\x08\x12\r\n\x05valid\x18\x02 \x01(\x0c\"1\n\x0fTimestampColumn\x12\x0f\n\x07seconds\x18\x01 \x03(\x03\x12\r\n\x05valid\x18\x02 \x01(\x0c\"\xdb\x01\n\x0f\x41ttributeColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x07strings\x18\x02 \x01(\x0b\x32\x17.segsvc.v1.StringColumnH\x00\x12*\n\x07numbers\x18\x03 \x01(\x0b\x32\x17.segsvc.v1.NumberColumnH\x00\x12&\n\x05\x62ools\x18\x04 \x01(\x0b\x32\x15.segsvc.v1.BoolColumnH\x00\x12\x30\n\ntimestamps\x18\x05 \x01(\x0b\x32\x1a.segsvc.v1.TimestampColumnH\x00\x42\x08\n\x06values\"\x85\x01\n\x14UpsertPeopleResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.segsvc.v1.ItemResult\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x04\x12\x0f\n\x07updated\x18\x03 \x01(\x04\x12\x11\n\tunchanged\x18\x04 \x01(\x04\x12\x10\n\x08rejected\x18\x05 \x01(\x04\"\x9c\x01\n\x1aStreamUpsertPeopleResponse\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x04\x12\x0f\n\x07updated\x18\x03 \x01(\x04\x12\x11\n\tunchanged\x18\x04 \x01(\x04\x12\x10\n\x08rejected\x18\x05 \x01(\x04\x12%\n\x06\x65rrors\x18\x06 \x03(\x0b\x32\x15.segsvc.v1.ItemResult\"8\n\x10GetPersonRequest\x12$\n\x06person\x18\x01 \x01(\x0b\x32\x14.segsvc.v1.PersonRef\"6\n\x11GetPersonResponse\x12!\n\x06person\x18\x01 \x01(\x0b\x32\x11.segsvc.v1.Person\";\n\x13\x44\x65letePeopleRequest\x12$\n\x06people\x18\x01 \x03(\x0b\x32\x14.segsvc.v1.PersonRef\"O\n\x14\x44\x65letePeopleResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.segsvc.v1.ItemResult\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x04\"\xe5\x01\n\x05\x45vent\x12$\n\x06person\x18\x01 \x01(\x0b\x32\x14.segsvc.v1.PersonRef\x12\x0c\n\x04name\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\nproperties\x18\x04 \x03(\x0b\x32 .segsvc.v1.Event.PropertiesEntry\x1a\x43\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.segsvc.v1.Value:\x02\x38\x01\"U\n\x12TrackEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.segsvc.v1.Event\x12\x1d\n\x15\x63reate_missing_people\x18\x02 \x01(\x08\"[\n\x18StreamTrackEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.segsvc.v1.Event\x12\x1d\n\x15\x63reate_missing_people\x18\x02 \x01(\x08\"`\n\x13TrackEventsResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.segsvc.v1.ItemResult\x12\x0f\n\x07tracked\x18\x02 \x01(\x04\x12\x10\n\x08rejected\x18\x03 \x01(\x04\"w\n\x19StreamTrackEventsResponse\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x0f\n\x07tracked\x18\x02 \x01(\x04\x12\x10\n\x08rejected\x18\x03 \x01(\x04\x12%\n\x06\x65rrors\x18\x04 \x03(\x0b\x32\x15.segsvc.v1.ItemResult2\x8e\x04\n\rPeopleService\x12O\n\x0cUpsertPeople\x12\x1e.segsvc.v1.UpsertPeopleRequest\x1a\x1f.segsvc.v1.UpsertPeopleResponse\x12\x63\n\x12StreamUpsertPeople\x12$.segsvc.v1.StreamUpsertPeopleRequest\x1a%.segsvc.v1.StreamUpsertPeopleResponse(\x01\x12\x46\n\tGetPerson\x12\x1b.segsvc.v1.GetPersonRequest\x1a\x1c.segsvc.v1.GetPersonResponse\x12O\n\x0c\x44\x65letePeople\x12\x1e.segsvc.v1.DeletePeopleRequest\x1a\x1f.segsvc.v1.DeletePeopleResponse\x12L\n\x0bTrackEvents\x12\x1d.segsvc.v1.TrackEventsRequest\x1a\x1e.segsvc.v1.TrackEventsResponse\x12`\n\x11StreamTrackEvents\x12#.segsvc.v1.StreamTrackEventsRequest\x1a$.segsvc.v1.StreamTrackEventsResponse(\x01\x42@\n\rcom.segsvc.v1B\x0bPeopleProtoP\x01Z segsvc/gen/go/segsvc/v1;segsvcv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'segsvc.v1.people_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\rcom.segsvc.v1B\013PeopleProtoP\001Z segsvc/gen/go/segsvc/v1;segsvcv1'
   _globals['_PERSON_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_PERSON_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_PERSONUPSERT_ATTRIBUTESENTRY']._loaded_options = None
@@ -51,36 +52,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PERSONUPSERT_ATTRIBUTESENTRY']._serialized_end=497
   _globals['_UPSERTPEOPLEREQUEST']._serialized_start=956
   _globals['_UPSERTPEOPLEREQUEST']._serialized_end=1061
-  _globals['_PEOPLECOLUMNS']._serialized_start=1064
-  _globals['_PEOPLECOLUMNS']._serialized_end=1349
-  _globals['_STRINGCOLUMN']._serialized_start=1351
-  _globals['_STRINGCOLUMN']._serialized_end=1396
-  _globals['_NUMBERCOLUMN']._serialized_start=1398
-  _globals['_NUMBERCOLUMN']._serialized_end=1443
-  _globals['_BOOLCOLUMN']._serialized_start=1445
-  _globals['_BOOLCOLUMN']._serialized_end=1488
-  _globals['_TIMESTAMPCOLUMN']._serialized_start=1490
-  _globals['_TIMESTAMPCOLUMN']._serialized_end=1539
-  _globals['_ATTRIBUTECOLUMN']._serialized_start=1542
-  _globals['_ATTRIBUTECOLUMN']._serialized_end=1761
-  _globals['_UPSERTPEOPLERESPONSE']._serialized_start=1764
-  _globals['_UPSERTPEOPLERESPONSE']._serialized_end=1897
-  _globals['_BULKSUMMARY']._serialized_start=1900
-  _globals['_BULKSUMMARY']._serialized_end=2058
-  _globals['_GETPERSONREQUEST']._serialized_start=2060
-  _globals['_GETPERSONREQUEST']._serialized_end=2116
-  _globals['_DELETEPEOPLEREQUEST']._serialized_start=2118
-  _globals['_DELETEPEOPLEREQUEST']._serialized_end=2177
-  _globals['_DELETEPEOPLERESPONSE']._serialized_start=2179
-  _globals['_DELETEPEOPLERESPONSE']._serialized_end=2258
-  _globals['_EVENT']._serialized_start=2261
-  _globals['_EVENT']._serialized_end=2490
-  _globals['_EVENT_PROPERTIESENTRY']._serialized_start=2423
-  _globals['_EVENT_PROPERTIESENTRY']._serialized_end=2490
-  _globals['_TRACKEVENTSREQUEST']._serialized_start=2492
-  _globals['_TRACKEVENTSREQUEST']._serialized_end=2577
-  _globals['_TRACKEVENTSRESPONSE']._serialized_start=2579
-  _globals['_TRACKEVENTSRESPONSE']._serialized_end=2675
-  _globals['_PEOPLE']._serialized_start=2678
-  _globals['_PEOPLE']._serialized_end=3145
+  _globals['_STREAMUPSERTPEOPLEREQUEST']._serialized_start=1063
+  _globals['_STREAMUPSERTPEOPLEREQUEST']._serialized_end=1174
+  _globals['_PEOPLECOLUMNS']._serialized_start=1177
+  _globals['_PEOPLECOLUMNS']._serialized_end=1462
+  _globals['_STRINGCOLUMN']._serialized_start=1464
+  _globals['_STRINGCOLUMN']._serialized_end=1509
+  _globals['_NUMBERCOLUMN']._serialized_start=1511
+  _globals['_NUMBERCOLUMN']._serialized_end=1556
+  _globals['_BOOLCOLUMN']._serialized_start=1558
+  _globals['_BOOLCOLUMN']._serialized_end=1601
+  _globals['_TIMESTAMPCOLUMN']._serialized_start=1603
+  _globals['_TIMESTAMPCOLUMN']._serialized_end=1652
+  _globals['_ATTRIBUTECOLUMN']._serialized_start=1655
+  _globals['_ATTRIBUTECOLUMN']._serialized_end=1874
+  _globals['_UPSERTPEOPLERESPONSE']._serialized_start=1877
+  _globals['_UPSERTPEOPLERESPONSE']._serialized_end=2010
+  _globals['_STREAMUPSERTPEOPLERESPONSE']._serialized_start=2013
+  _globals['_STREAMUPSERTPEOPLERESPONSE']._serialized_end=2169
+  _globals['_GETPERSONREQUEST']._serialized_start=2171
+  _globals['_GETPERSONREQUEST']._serialized_end=2227
+  _globals['_GETPERSONRESPONSE']._serialized_start=2229
+  _globals['_GETPERSONRESPONSE']._serialized_end=2283
+  _globals['_DELETEPEOPLEREQUEST']._serialized_start=2285
+  _globals['_DELETEPEOPLEREQUEST']._serialized_end=2344
+  _globals['_DELETEPEOPLERESPONSE']._serialized_start=2346
+  _globals['_DELETEPEOPLERESPONSE']._serialized_end=2425
+  _globals['_EVENT']._serialized_start=2428
+  _globals['_EVENT']._serialized_end=2657
+  _globals['_EVENT_PROPERTIESENTRY']._serialized_start=2590
+  _globals['_EVENT_PROPERTIESENTRY']._serialized_end=2657
+  _globals['_TRACKEVENTSREQUEST']._serialized_start=2659
+  _globals['_TRACKEVENTSREQUEST']._serialized_end=2744
+  _globals['_STREAMTRACKEVENTSREQUEST']._serialized_start=2746
+  _globals['_STREAMTRACKEVENTSREQUEST']._serialized_end=2837
+  _globals['_TRACKEVENTSRESPONSE']._serialized_start=2839
+  _globals['_TRACKEVENTSRESPONSE']._serialized_end=2935
+  _globals['_STREAMTRACKEVENTSRESPONSE']._serialized_start=2937
+  _globals['_STREAMTRACKEVENTSRESPONSE']._serialized_end=3056
+  _globals['_PEOPLESERVICE']._serialized_start=3059
+  _globals['_PEOPLESERVICE']._serialized_end=3585
 # @@protoc_insertion_point(module_scope)

@@ -22,11 +22,14 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Device(_message.Message):
+    """A device a person can be messaged on (push)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     PLATFORM_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Unique per person; an upsert with the same id updates the device."""
     platform: _builtins.str
     """ios, android, web, ... compared exactly."""
     def __init__(
@@ -45,6 +48,8 @@ Global___Device: _TypeAlias = Device  # noqa: Y015
 
 @_typing.final
 class Person(_message.Message):
+    """A person as stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -79,9 +84,13 @@ class Person(_message.Message):
     DEVICES_FIELD_NUMBER: _builtins.int
     SEGMENT_IDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The external id, unique in the workspace."""
     email: _builtins.str
+    """Trimmed and case-folded; empty when the person has none."""
     phone: _builtins.str
+    """E.164; empty when the person has none."""
     unsubscribed: _builtins.bool
+    """Opted out of marketing messages: audiences leave them out unless asked not to."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -227,6 +236,8 @@ Global___PersonUpsert: _TypeAlias = PersonUpsert  # noqa: Y015
 
 @_typing.final
 class UpsertPeopleRequest(_message.Message):
+    """A batch of people to create or update (at most 10,000 items)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PEOPLE_FIELD_NUMBER: _builtins.int
@@ -253,6 +264,34 @@ class UpsertPeopleRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpsertPeopleRequest: _TypeAlias = UpsertPeopleRequest  # noqa: Y015
+
+@_typing.final
+class StreamUpsertPeopleRequest(_message.Message):
+    """One message of a bulk load: people one by one, or (faster) as columns; both as in
+    UpsertPeopleRequest. Item indexes count across the whole stream.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEOPLE_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def people(self) -> _containers.RepeatedCompositeFieldContainer[Global___PersonUpsert]: ...
+    @_builtins.property
+    def columns(self) -> Global___PeopleColumns: ...
+    def __init__(
+        self,
+        *,
+        people: _abc.Iterable[Global___PersonUpsert] | None = ...,
+        columns: Global___PeopleColumns | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "people", b"people"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamUpsertPeopleRequest: _TypeAlias = StreamUpsertPeopleRequest  # noqa: Y015
 
 @_typing.final
 class PeopleColumns(_message.Message):
@@ -333,6 +372,10 @@ Global___PeopleColumns: _TypeAlias = PeopleColumns  # noqa: Y015
 
 @_typing.final
 class StringColumn(_message.Message):
+    """Column types: `values` has one slot per row; `valid` marks the rows that carry a value
+    (see PeopleColumns).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VALUES_FIELD_NUMBER: _builtins.int
@@ -356,6 +399,8 @@ Global___StringColumn: _TypeAlias = StringColumn  # noqa: Y015
 
 @_typing.final
 class NumberColumn(_message.Message):
+    """Numbers (64-bit floats), one slot per row."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VALUES_FIELD_NUMBER: _builtins.int
@@ -379,6 +424,8 @@ Global___NumberColumn: _TypeAlias = NumberColumn  # noqa: Y015
 
 @_typing.final
 class BoolColumn(_message.Message):
+    """Booleans, one slot per row."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VALUES_FIELD_NUMBER: _builtins.int
@@ -402,7 +449,7 @@ Global___BoolColumn: _TypeAlias = BoolColumn  # noqa: Y015
 
 @_typing.final
 class TimestampColumn(_message.Message):
-    """UTC seconds."""
+    """Timestamps as UTC seconds, one slot per row."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -427,6 +474,8 @@ Global___TimestampColumn: _TypeAlias = TimestampColumn  # noqa: Y015
 
 @_typing.final
 class AttributeColumn(_message.Message):
+    """One attribute's values for every row, of one type."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -435,6 +484,7 @@ class AttributeColumn(_message.Message):
     BOOLS_FIELD_NUMBER: _builtins.int
     TIMESTAMPS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The attribute's name."""
     @_builtins.property
     def strings(self) -> Global___StringColumn: ...
     @_builtins.property
@@ -464,6 +514,8 @@ Global___AttributeColumn: _TypeAlias = AttributeColumn  # noqa: Y015
 
 @_typing.final
 class UpsertPeopleResponse(_message.Message):
+    """One result per item, in request order, and the counts of each outcome."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
@@ -495,8 +547,8 @@ class UpsertPeopleResponse(_message.Message):
 Global___UpsertPeopleResponse: _TypeAlias = UpsertPeopleResponse  # noqa: Y015
 
 @_typing.final
-class BulkSummary(_message.Message):
-    """The end of a bulk stream."""
+class StreamUpsertPeopleResponse(_message.Message):
+    """The end of a bulk load: counts over the whole stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -506,16 +558,17 @@ class BulkSummary(_message.Message):
     UNCHANGED_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
-    TRACKED_FIELD_NUMBER: _builtins.int
     received: _builtins.int
+    """Items received (people and column rows)."""
     created: _builtins.int
     updated: _builtins.int
     unchanged: _builtins.int
     rejected: _builtins.int
-    tracked: _builtins.int
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ItemResult]:
-        """Only the rejected items, with their index across the whole stream."""
+        """Only the rejected items (at most 10,000 listed; `rejected` stays exact), with their index
+        across the whole stream.
+        """
 
     def __init__(
         self,
@@ -526,18 +579,19 @@ class BulkSummary(_message.Message):
         unchanged: _builtins.int = ...,
         rejected: _builtins.int = ...,
         errors: _abc.Iterable[_types_pb2.ItemResult] | None = ...,
-        tracked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "errors", b"errors", "received", b"received", "rejected", b"rejected", "tracked", b"tracked", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "errors", b"errors", "received", b"received", "rejected", b"rejected", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___BulkSummary: _TypeAlias = BulkSummary  # noqa: Y015
+Global___StreamUpsertPeopleResponse: _TypeAlias = StreamUpsertPeopleResponse  # noqa: Y015
 
 @_typing.final
 class GetPersonRequest(_message.Message):
+    """Which person to return."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PERSON_FIELD_NUMBER: _builtins.int
@@ -557,7 +611,31 @@ class GetPersonRequest(_message.Message):
 Global___GetPersonRequest: _TypeAlias = GetPersonRequest  # noqa: Y015
 
 @_typing.final
+class GetPersonResponse(_message.Message):
+    """The person, with `segment_ids` filled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def person(self) -> Global___Person: ...
+    def __init__(
+        self,
+        *,
+        person: Global___Person | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["person", b"person"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["person", b"person"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPersonResponse: _TypeAlias = GetPersonResponse  # noqa: Y015
+
+@_typing.final
 class DeletePeopleRequest(_message.Message):
+    """The people to delete (at most 10,000)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PEOPLE_FIELD_NUMBER: _builtins.int
@@ -578,6 +656,8 @@ Global___DeletePeopleRequest: _TypeAlias = DeletePeopleRequest  # noqa: Y015
 
 @_typing.final
 class DeletePeopleResponse(_message.Message):
+    """One result per item, in request order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
@@ -601,6 +681,8 @@ Global___DeletePeopleResponse: _TypeAlias = DeletePeopleResponse  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
+    """Something a person did, at a time, with properties."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -657,6 +739,8 @@ Global___Event: _TypeAlias = Event  # noqa: Y015
 
 @_typing.final
 class TrackEventsRequest(_message.Message):
+    """A batch of events (at most 10,000)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
@@ -680,7 +764,36 @@ class TrackEventsRequest(_message.Message):
 Global___TrackEventsRequest: _TypeAlias = TrackEventsRequest  # noqa: Y015
 
 @_typing.final
+class StreamTrackEventsRequest(_message.Message):
+    """One message of a bulk event load, as TrackEventsRequest; item indexes count across the
+    whole stream.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    CREATE_MISSING_PEOPLE_FIELD_NUMBER: _builtins.int
+    create_missing_people: _builtins.bool
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+        create_missing_people: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_missing_people", b"create_missing_people", "events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamTrackEventsRequest: _TypeAlias = StreamTrackEventsRequest  # noqa: Y015
+
+@_typing.final
 class TrackEventsResponse(_message.Message):
+    """One result per item, in request order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
@@ -704,3 +817,39 @@ class TrackEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrackEventsResponse: _TypeAlias = TrackEventsResponse  # noqa: Y015
+
+@_typing.final
+class StreamTrackEventsResponse(_message.Message):
+    """The end of a bulk event load: counts over the whole stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    TRACKED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    received: _builtins.int
+    """Events received."""
+    tracked: _builtins.int
+    rejected: _builtins.int
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ItemResult]:
+        """Only the rejected events (at most 10,000 listed; `rejected` stays exact), with their
+        index across the whole stream.
+        """
+
+    def __init__(
+        self,
+        *,
+        received: _builtins.int = ...,
+        tracked: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+        errors: _abc.Iterable[_types_pb2.ItemResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "received", b"received", "rejected", b"rejected", "tracked", b"tracked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamTrackEventsResponse: _TypeAlias = StreamTrackEventsResponse  # noqa: Y015

@@ -25,8 +25,12 @@ if _version_not_supported:
     )
 
 
-class PeopleStub:
+class PeopleServiceStub:
     """People and their events.
+
+    Every call works in one workspace: the `workspace` request header (gRPC metadata) names it,
+    `default` when absent; with bearer tokens the token's workspace applies, and only an admin
+    token may name another. Only writes create a workspace; reads of an unknown one see it empty.
     """
 
     def __init__(self, channel):
@@ -36,39 +40,43 @@ class PeopleStub:
             channel: A grpc.Channel.
         """
         self.UpsertPeople = channel.unary_unary(
-                '/segsvc.v1.People/UpsertPeople',
+                '/segsvc.v1.PeopleService/UpsertPeople',
                 request_serializer=segsvc_dot_v1_dot_people__pb2.UpsertPeopleRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_people__pb2.UpsertPeopleResponse.FromString,
                 _registered_method=True)
         self.StreamUpsertPeople = channel.stream_unary(
-                '/segsvc.v1.People/StreamUpsertPeople',
-                request_serializer=segsvc_dot_v1_dot_people__pb2.UpsertPeopleRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_people__pb2.BulkSummary.FromString,
+                '/segsvc.v1.PeopleService/StreamUpsertPeople',
+                request_serializer=segsvc_dot_v1_dot_people__pb2.StreamUpsertPeopleRequest.SerializeToString,
+                response_deserializer=segsvc_dot_v1_dot_people__pb2.StreamUpsertPeopleResponse.FromString,
                 _registered_method=True)
         self.GetPerson = channel.unary_unary(
-                '/segsvc.v1.People/GetPerson',
+                '/segsvc.v1.PeopleService/GetPerson',
                 request_serializer=segsvc_dot_v1_dot_people__pb2.GetPersonRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_people__pb2.Person.FromString,
+                response_deserializer=segsvc_dot_v1_dot_people__pb2.GetPersonResponse.FromString,
                 _registered_method=True)
         self.DeletePeople = channel.unary_unary(
-                '/segsvc.v1.People/DeletePeople',
+                '/segsvc.v1.PeopleService/DeletePeople',
                 request_serializer=segsvc_dot_v1_dot_people__pb2.DeletePeopleRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_people__pb2.DeletePeopleResponse.FromString,
                 _registered_method=True)
         self.TrackEvents = channel.unary_unary(
-                '/segsvc.v1.People/TrackEvents',
+                '/segsvc.v1.PeopleService/TrackEvents',
                 request_serializer=segsvc_dot_v1_dot_people__pb2.TrackEventsRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_people__pb2.TrackEventsResponse.FromString,
                 _registered_method=True)
         self.StreamTrackEvents = channel.stream_unary(
-                '/segsvc.v1.People/StreamTrackEvents',
-                request_serializer=segsvc_dot_v1_dot_people__pb2.TrackEventsRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_people__pb2.BulkSummary.FromString,
+                '/segsvc.v1.PeopleService/StreamTrackEvents',
+                request_serializer=segsvc_dot_v1_dot_people__pb2.StreamTrackEventsRequest.SerializeToString,
+                response_deserializer=segsvc_dot_v1_dot_people__pb2.StreamTrackEventsResponse.FromString,
                 _registered_method=True)
 
 
-class PeopleServicer:
+class PeopleServiceServicer:
     """People and their events.
+
+    Every call works in one workspace: the `workspace` request header (gRPC metadata) names it,
+    `default` when absent; with bearer tokens the token's workspace applies, and only an admin
+    token may name another. Only writes create a workspace; reads of an unknown one see it empty.
     """
 
     def UpsertPeople(self, request, context):
@@ -117,7 +125,7 @@ class PeopleServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_PeopleServicer_to_server(servicer, server):
+def add_PeopleServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'UpsertPeople': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertPeople,
@@ -126,13 +134,13 @@ def add_PeopleServicer_to_server(servicer, server):
             ),
             'StreamUpsertPeople': grpc.stream_unary_rpc_method_handler(
                     servicer.StreamUpsertPeople,
-                    request_deserializer=segsvc_dot_v1_dot_people__pb2.UpsertPeopleRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_people__pb2.BulkSummary.SerializeToString,
+                    request_deserializer=segsvc_dot_v1_dot_people__pb2.StreamUpsertPeopleRequest.FromString,
+                    response_serializer=segsvc_dot_v1_dot_people__pb2.StreamUpsertPeopleResponse.SerializeToString,
             ),
             'GetPerson': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPerson,
                     request_deserializer=segsvc_dot_v1_dot_people__pb2.GetPersonRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_people__pb2.Person.SerializeToString,
+                    response_serializer=segsvc_dot_v1_dot_people__pb2.GetPersonResponse.SerializeToString,
             ),
             'DeletePeople': grpc.unary_unary_rpc_method_handler(
                     servicer.DeletePeople,
@@ -146,19 +154,23 @@ def add_PeopleServicer_to_server(servicer, server):
             ),
             'StreamTrackEvents': grpc.stream_unary_rpc_method_handler(
                     servicer.StreamTrackEvents,
-                    request_deserializer=segsvc_dot_v1_dot_people__pb2.TrackEventsRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_people__pb2.BulkSummary.SerializeToString,
+                    request_deserializer=segsvc_dot_v1_dot_people__pb2.StreamTrackEventsRequest.FromString,
+                    response_serializer=segsvc_dot_v1_dot_people__pb2.StreamTrackEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'segsvc.v1.People', rpc_method_handlers)
+            'segsvc.v1.PeopleService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('segsvc.v1.People', rpc_method_handlers)
+    server.add_registered_method_handlers('segsvc.v1.PeopleService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class People:
+class PeopleService:
     """People and their events.
+
+    Every call works in one workspace: the `workspace` request header (gRPC metadata) names it,
+    `default` when absent; with bearer tokens the token's workspace applies, and only an admin
+    token may name another. Only writes create a workspace; reads of an unknown one see it empty.
     """
 
     @staticmethod
@@ -175,7 +187,7 @@ class People:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.People/UpsertPeople',
+            '/segsvc.v1.PeopleService/UpsertPeople',
             segsvc_dot_v1_dot_people__pb2.UpsertPeopleRequest.SerializeToString,
             segsvc_dot_v1_dot_people__pb2.UpsertPeopleResponse.FromString,
             options,
@@ -202,9 +214,9 @@ class People:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/segsvc.v1.People/StreamUpsertPeople',
-            segsvc_dot_v1_dot_people__pb2.UpsertPeopleRequest.SerializeToString,
-            segsvc_dot_v1_dot_people__pb2.BulkSummary.FromString,
+            '/segsvc.v1.PeopleService/StreamUpsertPeople',
+            segsvc_dot_v1_dot_people__pb2.StreamUpsertPeopleRequest.SerializeToString,
+            segsvc_dot_v1_dot_people__pb2.StreamUpsertPeopleResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -229,9 +241,9 @@ class People:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.People/GetPerson',
+            '/segsvc.v1.PeopleService/GetPerson',
             segsvc_dot_v1_dot_people__pb2.GetPersonRequest.SerializeToString,
-            segsvc_dot_v1_dot_people__pb2.Person.FromString,
+            segsvc_dot_v1_dot_people__pb2.GetPersonResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -256,7 +268,7 @@ class People:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.People/DeletePeople',
+            '/segsvc.v1.PeopleService/DeletePeople',
             segsvc_dot_v1_dot_people__pb2.DeletePeopleRequest.SerializeToString,
             segsvc_dot_v1_dot_people__pb2.DeletePeopleResponse.FromString,
             options,
@@ -283,7 +295,7 @@ class People:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.People/TrackEvents',
+            '/segsvc.v1.PeopleService/TrackEvents',
             segsvc_dot_v1_dot_people__pb2.TrackEventsRequest.SerializeToString,
             segsvc_dot_v1_dot_people__pb2.TrackEventsResponse.FromString,
             options,
@@ -310,9 +322,9 @@ class People:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/segsvc.v1.People/StreamTrackEvents',
-            segsvc_dot_v1_dot_people__pb2.TrackEventsRequest.SerializeToString,
-            segsvc_dot_v1_dot_people__pb2.BulkSummary.FromString,
+            '/segsvc.v1.PeopleService/StreamTrackEvents',
+            segsvc_dot_v1_dot_people__pb2.StreamTrackEventsRequest.SerializeToString,
+            segsvc_dot_v1_dot_people__pb2.StreamTrackEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

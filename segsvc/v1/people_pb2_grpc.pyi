@@ -26,22 +26,27 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class PeopleStub:
-    """People and their events."""
+class PeopleServiceStub:
+    """People and their events.
+
+    Every call works in one workspace: the `workspace` request header (gRPC metadata) names it,
+    `default` when absent; with bearer tokens the token's workspace applies, and only an admin
+    token may name another. Only writes create a workspace; reads of an unknown one see it empty.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> PeopleAsyncStub: ...
+    def __new__(cls, channel: _aio.Channel) -> PeopleServiceAsyncStub: ...
     UpsertPeople: _grpc.UnaryUnaryMultiCallable[_people_pb2.UpsertPeopleRequest, _people_pb2.UpsertPeopleResponse]
     """Creates or updates people. Each item is applied whole or not at all; the response has
     one result per item, in request order.
     """
-    StreamUpsertPeople: _grpc.StreamUnaryMultiCallable[_people_pb2.UpsertPeopleRequest, _people_pb2.BulkSummary]
+    StreamUpsertPeople: _grpc.StreamUnaryMultiCallable[_people_pb2.StreamUpsertPeopleRequest, _people_pb2.StreamUpsertPeopleResponse]
     """Bulk load: stream batches of people, get one summary with the rejected rows at the end.
     Send them as `columns` (one column per field) for the fast path: at least 100k people/s.
     """
-    GetPerson: _grpc.UnaryUnaryMultiCallable[_people_pb2.GetPersonRequest, _people_pb2.Person]
+    GetPerson: _grpc.UnaryUnaryMultiCallable[_people_pb2.GetPersonRequest, _people_pb2.GetPersonResponse]
     """One person by id, email or phone, with the segments they are in."""
     DeletePeople: _grpc.UnaryUnaryMultiCallable[_people_pb2.DeletePeopleRequest, _people_pb2.DeletePeopleResponse]
     """Deletes people: they leave every segment (EXITED, cause DELETED) and nothing of them
@@ -49,23 +54,28 @@ class PeopleStub:
     """
     TrackEvents: _grpc.UnaryUnaryMultiCallable[_people_pb2.TrackEventsRequest, _people_pb2.TrackEventsResponse]
     """Records events (page views and message activity are events too)."""
-    StreamTrackEvents: _grpc.StreamUnaryMultiCallable[_people_pb2.TrackEventsRequest, _people_pb2.BulkSummary]
+    StreamTrackEvents: _grpc.StreamUnaryMultiCallable[_people_pb2.StreamTrackEventsRequest, _people_pb2.StreamTrackEventsResponse]
     """Bulk load of events; one summary at the end."""
 
 @_typing.type_check_only
-class PeopleAsyncStub(PeopleStub):
-    """People and their events."""
+class PeopleServiceAsyncStub(PeopleServiceStub):
+    """People and their events.
+
+    Every call works in one workspace: the `workspace` request header (gRPC metadata) names it,
+    `default` when absent; with bearer tokens the token's workspace applies, and only an admin
+    token may name another. Only writes create a workspace; reads of an unknown one see it empty.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     UpsertPeople: _aio.UnaryUnaryMultiCallable[_people_pb2.UpsertPeopleRequest, _people_pb2.UpsertPeopleResponse]  # type: ignore[assignment]
     """Creates or updates people. Each item is applied whole or not at all; the response has
     one result per item, in request order.
     """
-    StreamUpsertPeople: _aio.StreamUnaryMultiCallable[_people_pb2.UpsertPeopleRequest, _people_pb2.BulkSummary]  # type: ignore[assignment]
+    StreamUpsertPeople: _aio.StreamUnaryMultiCallable[_people_pb2.StreamUpsertPeopleRequest, _people_pb2.StreamUpsertPeopleResponse]  # type: ignore[assignment]
     """Bulk load: stream batches of people, get one summary with the rejected rows at the end.
     Send them as `columns` (one column per field) for the fast path: at least 100k people/s.
     """
-    GetPerson: _aio.UnaryUnaryMultiCallable[_people_pb2.GetPersonRequest, _people_pb2.Person]  # type: ignore[assignment]
+    GetPerson: _aio.UnaryUnaryMultiCallable[_people_pb2.GetPersonRequest, _people_pb2.GetPersonResponse]  # type: ignore[assignment]
     """One person by id, email or phone, with the segments they are in."""
     DeletePeople: _aio.UnaryUnaryMultiCallable[_people_pb2.DeletePeopleRequest, _people_pb2.DeletePeopleResponse]  # type: ignore[assignment]
     """Deletes people: they leave every segment (EXITED, cause DELETED) and nothing of them
@@ -73,11 +83,16 @@ class PeopleAsyncStub(PeopleStub):
     """
     TrackEvents: _aio.UnaryUnaryMultiCallable[_people_pb2.TrackEventsRequest, _people_pb2.TrackEventsResponse]  # type: ignore[assignment]
     """Records events (page views and message activity are events too)."""
-    StreamTrackEvents: _aio.StreamUnaryMultiCallable[_people_pb2.TrackEventsRequest, _people_pb2.BulkSummary]  # type: ignore[assignment]
+    StreamTrackEvents: _aio.StreamUnaryMultiCallable[_people_pb2.StreamTrackEventsRequest, _people_pb2.StreamTrackEventsResponse]  # type: ignore[assignment]
     """Bulk load of events; one summary at the end."""
 
-class PeopleServicer(metaclass=_abc_1.ABCMeta):
-    """People and their events."""
+class PeopleServiceServicer(metaclass=_abc_1.ABCMeta):
+    """People and their events.
+
+    Every call works in one workspace: the `workspace` request header (gRPC metadata) names it,
+    `default` when absent; with bearer tokens the token's workspace applies, and only an admin
+    token may name another. Only writes create a workspace; reads of an unknown one see it empty.
+    """
 
     @_abc_1.abstractmethod
     def UpsertPeople(
@@ -92,9 +107,9 @@ class PeopleServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def StreamUpsertPeople(
         self,
-        request_iterator: _MaybeAsyncIterator[_people_pb2.UpsertPeopleRequest],
+        request_iterator: _MaybeAsyncIterator[_people_pb2.StreamUpsertPeopleRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_people_pb2.BulkSummary, _abc.Awaitable[_people_pb2.BulkSummary]]:
+    ) -> _typing.Union[_people_pb2.StreamUpsertPeopleResponse, _abc.Awaitable[_people_pb2.StreamUpsertPeopleResponse]]:
         """Bulk load: stream batches of people, get one summary with the rejected rows at the end.
         Send them as `columns` (one column per field) for the fast path: at least 100k people/s.
         """
@@ -104,7 +119,7 @@ class PeopleServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _people_pb2.GetPersonRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_people_pb2.Person, _abc.Awaitable[_people_pb2.Person]]:
+    ) -> _typing.Union[_people_pb2.GetPersonResponse, _abc.Awaitable[_people_pb2.GetPersonResponse]]:
         """One person by id, email or phone, with the segments they are in."""
 
     @_abc_1.abstractmethod
@@ -128,9 +143,9 @@ class PeopleServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def StreamTrackEvents(
         self,
-        request_iterator: _MaybeAsyncIterator[_people_pb2.TrackEventsRequest],
+        request_iterator: _MaybeAsyncIterator[_people_pb2.StreamTrackEventsRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_people_pb2.BulkSummary, _abc.Awaitable[_people_pb2.BulkSummary]]:
+    ) -> _typing.Union[_people_pb2.StreamTrackEventsResponse, _abc.Awaitable[_people_pb2.StreamTrackEventsResponse]]:
         """Bulk load of events; one summary at the end."""
 
-def add_PeopleServicer_to_server(servicer: PeopleServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_PeopleServiceServicer_to_server(servicer: PeopleServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

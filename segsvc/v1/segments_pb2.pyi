@@ -34,7 +34,8 @@ class _SegmentTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SegmentTy
     SEGMENT_TYPE_DYNAMIC: _SegmentType.ValueType  # 2
     """Members are exactly the people matching `conditions`, at every moment."""
 
-class SegmentType(_SegmentType, metaclass=_SegmentTypeEnumTypeWrapper): ...
+class SegmentType(_SegmentType, metaclass=_SegmentTypeEnumTypeWrapper):
+    """How a segment's members are decided."""
 
 SEGMENT_TYPE_UNSPECIFIED: SegmentType.ValueType  # 0
 SEGMENT_TYPE_MANUAL: SegmentType.ValueType  # 1
@@ -55,7 +56,8 @@ class _ArchivedFilterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Archiv
     ARCHIVED_FILTER_ARCHIVED: _ArchivedFilter.ValueType  # 2
     ARCHIVED_FILTER_ALL: _ArchivedFilter.ValueType  # 3
 
-class ArchivedFilter(_ArchivedFilter, metaclass=_ArchivedFilterEnumTypeWrapper): ...
+class ArchivedFilter(_ArchivedFilter, metaclass=_ArchivedFilterEnumTypeWrapper):
+    """Which segments ListSegments returns by archived state."""
 
 ARCHIVED_FILTER_UNSPECIFIED: ArchivedFilter.ValueType  # 0
 """Active segments only."""
@@ -76,7 +78,8 @@ class _LookupKeyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LookupKey.V
     LOOKUP_KEY_EMAIL: _LookupKey.ValueType  # 2
     LOOKUP_KEY_PHONE: _LookupKey.ValueType  # 3
 
-class LookupKey(_LookupKey, metaclass=_LookupKeyEnumTypeWrapper): ...
+class LookupKey(_LookupKey, metaclass=_LookupKeyEnumTypeWrapper):
+    """Which unique key a CSV column holds."""
 
 LOOKUP_KEY_UNSPECIFIED: LookupKey.ValueType  # 0
 """id"""
@@ -87,6 +90,8 @@ Global___LookupKey: _TypeAlias = LookupKey  # noqa: Y015
 
 @_typing.final
 class SegmentSummary(_message.Message):
+    """A segment named by id and name."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -109,6 +114,8 @@ Global___SegmentSummary: _TypeAlias = SegmentSummary  # noqa: Y015
 
 @_typing.final
 class Segment(_message.Message):
+    """A segment as stored, with its live member count."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -169,6 +176,8 @@ Global___Segment: _TypeAlias = Segment  # noqa: Y015
 
 @_typing.final
 class CreateSegmentRequest(_message.Message):
+    """The segment to create."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -176,10 +185,14 @@ class CreateSegmentRequest(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     CONDITIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Unique in the workspace (case-sensitive), at most 256 characters."""
     description: _builtins.str
     type: Global___SegmentType.ValueType
+    """Required."""
     @_builtins.property
-    def conditions(self) -> _conditions_pb2.Condition: ...
+    def conditions(self) -> _conditions_pb2.Condition:
+        """Dynamic segments only: the condition tree (at most 12 levels deep and 200 nodes)."""
+
     def __init__(
         self,
         *,
@@ -197,7 +210,31 @@ class CreateSegmentRequest(_message.Message):
 Global___CreateSegmentRequest: _TypeAlias = CreateSegmentRequest  # noqa: Y015
 
 @_typing.final
+class CreateSegmentResponse(_message.Message):
+    """The created segment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def segment(self) -> Global___Segment: ...
+    def __init__(
+        self,
+        *,
+        segment: Global___Segment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSegmentResponse: _TypeAlias = CreateSegmentResponse  # noqa: Y015
+
+@_typing.final
 class GetSegmentRequest(_message.Message):
+    """Which segment to return."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
@@ -216,7 +253,33 @@ class GetSegmentRequest(_message.Message):
 Global___GetSegmentRequest: _TypeAlias = GetSegmentRequest  # noqa: Y015
 
 @_typing.final
+class GetSegmentResponse(_message.Message):
+    """The segment, with its conditions and references."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def segment(self) -> Global___Segment: ...
+    def __init__(
+        self,
+        *,
+        segment: Global___Segment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSegmentResponse: _TypeAlias = GetSegmentResponse  # noqa: Y015
+
+@_typing.final
 class UpdateSegmentRequest(_message.Message):
+    """A partial update: fields left unset keep their value. (Three fields, each with an obvious
+    "unset" form, so proto3 `optional` says it more simply than a FieldMask would.)
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
@@ -254,7 +317,31 @@ class UpdateSegmentRequest(_message.Message):
 Global___UpdateSegmentRequest: _TypeAlias = UpdateSegmentRequest  # noqa: Y015
 
 @_typing.final
+class UpdateSegmentResponse(_message.Message):
+    """The segment as updated."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def segment(self) -> Global___Segment: ...
+    def __init__(
+        self,
+        *,
+        segment: Global___Segment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSegmentResponse: _TypeAlias = UpdateSegmentResponse  # noqa: Y015
+
+@_typing.final
 class DeleteSegmentsRequest(_message.Message):
+    """The segments to delete (at most 10,000)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_IDS_FIELD_NUMBER: _builtins.int
@@ -274,7 +361,31 @@ class DeleteSegmentsRequest(_message.Message):
 Global___DeleteSegmentsRequest: _TypeAlias = DeleteSegmentsRequest  # noqa: Y015
 
 @_typing.final
+class DeleteSegmentsResponse(_message.Message):
+    """One result per segment, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ItemResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[_types_pb2.ItemResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSegmentsResponse: _TypeAlias = DeleteSegmentsResponse  # noqa: Y015
+
+@_typing.final
 class ArchiveSegmentsRequest(_message.Message):
+    """The segments to archive or bring back (at most 10,000)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_IDS_FIELD_NUMBER: _builtins.int
@@ -298,7 +409,9 @@ class ArchiveSegmentsRequest(_message.Message):
 Global___ArchiveSegmentsRequest: _TypeAlias = ArchiveSegmentsRequest  # noqa: Y015
 
 @_typing.final
-class BulkSegmentsResponse(_message.Message):
+class ArchiveSegmentsResponse(_message.Message):
+    """One result per segment, in request order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
@@ -315,10 +428,12 @@ class BulkSegmentsResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___BulkSegmentsResponse: _TypeAlias = BulkSegmentsResponse  # noqa: Y015
+Global___ArchiveSegmentsResponse: _TypeAlias = ArchiveSegmentsResponse  # noqa: Y015
 
 @_typing.final
 class ListSegmentsRequest(_message.Message):
+    """Filters and paging for ListSegments."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_CONTAINS_FIELD_NUMBER: _builtins.int
@@ -334,6 +449,7 @@ class ListSegmentsRequest(_message.Message):
     page_size: _builtins.int
     """At most 1000; default 100."""
     page_token: _builtins.str
+    """The `next_page_token` of the previous page (opaque); empty: the first page."""
     def __init__(
         self,
         *,
@@ -353,6 +469,8 @@ Global___ListSegmentsRequest: _TypeAlias = ListSegmentsRequest  # noqa: Y015
 
 @_typing.final
 class ListSegmentsResponse(_message.Message):
+    """One page of segments."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENTS_FIELD_NUMBER: _builtins.int
@@ -379,6 +497,8 @@ Global___ListSegmentsResponse: _TypeAlias = ListSegmentsResponse  # noqa: Y015
 
 @_typing.final
 class PreviewSegmentRequest(_message.Message):
+    """An unsaved condition tree to try."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONDITIONS_FIELD_NUMBER: _builtins.int
@@ -403,13 +523,17 @@ Global___PreviewSegmentRequest: _TypeAlias = PreviewSegmentRequest  # noqa: Y015
 
 @_typing.final
 class PreviewSegmentResponse(_message.Message):
+    """How many people the tree matches now, and some of their ids."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     COUNT_FIELD_NUMBER: _builtins.int
     SAMPLE_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     @_builtins.property
-    def sample(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def sample(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Person ids, at most `sample_size`."""
+
     def __init__(
         self,
         *,
@@ -426,6 +550,8 @@ Global___PreviewSegmentResponse: _TypeAlias = PreviewSegmentResponse  # noqa: Y0
 
 @_typing.final
 class ExplainMembershipRequest(_message.Message):
+    """The person and the dynamic segment to explain."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PERSON_FIELD_NUMBER: _builtins.int
@@ -449,6 +575,8 @@ Global___ExplainMembershipRequest: _TypeAlias = ExplainMembershipRequest  # noqa
 
 @_typing.final
 class ExplainNode(_message.Message):
+    """One node of the segment's tree, evaluated for the person."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATH_FIELD_NUMBER: _builtins.int
@@ -480,6 +608,8 @@ Global___ExplainNode: _TypeAlias = ExplainNode  # noqa: Y015
 
 @_typing.final
 class ExplainMembershipResponse(_message.Message):
+    """Whether the person is a member, and why: the tree with a truth value per node."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBER_FIELD_NUMBER: _builtins.int
@@ -503,6 +633,8 @@ Global___ExplainMembershipResponse: _TypeAlias = ExplainMembershipResponse  # no
 
 @_typing.final
 class GetSegmentHistoryRequest(_message.Message):
+    """The segment and the time range."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
@@ -532,6 +664,8 @@ Global___GetSegmentHistoryRequest: _TypeAlias = GetSegmentHistoryRequest  # noqa
 
 @_typing.final
 class SizePoint(_message.Message):
+    """The member count from a time on."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AT_FIELD_NUMBER: _builtins.int
@@ -555,6 +689,8 @@ Global___SizePoint: _TypeAlias = SizePoint  # noqa: Y015
 
 @_typing.final
 class GetSegmentHistoryResponse(_message.Message):
+    """The size history, oldest first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POINTS_FIELD_NUMBER: _builtins.int
@@ -574,7 +710,9 @@ class GetSegmentHistoryResponse(_message.Message):
 Global___GetSegmentHistoryResponse: _TypeAlias = GetSegmentHistoryResponse  # noqa: Y015
 
 @_typing.final
-class MembersRequest(_message.Message):
+class AddMembersRequest(_message.Message):
+    """People to add to a manual segment (at most 10,000)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
@@ -594,20 +732,21 @@ class MembersRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MembersRequest: _TypeAlias = MembersRequest  # noqa: Y015
+Global___AddMembersRequest: _TypeAlias = AddMembersRequest  # noqa: Y015
 
 @_typing.final
-class MembersResponse(_message.Message):
+class AddMembersResponse(_message.Message):
+    """One result per person, in request order, and the counts."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     ADDED_FIELD_NUMBER: _builtins.int
-    REMOVED_FIELD_NUMBER: _builtins.int
     UNCHANGED_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     added: _builtins.int
-    removed: _builtins.int
     unchanged: _builtins.int
+    """Already members before the call."""
     rejected: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ItemResult]: ...
@@ -616,20 +755,78 @@ class MembersResponse(_message.Message):
         *,
         results: _abc.Iterable[_types_pb2.ItemResult] | None = ...,
         added: _builtins.int = ...,
+        unchanged: _builtins.int = ...,
+        rejected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "rejected", b"rejected", "results", b"results", "unchanged", b"unchanged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddMembersResponse: _TypeAlias = AddMembersResponse  # noqa: Y015
+
+@_typing.final
+class RemoveMembersRequest(_message.Message):
+    """People to remove from a manual segment (at most 10,000)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    PEOPLE_FIELD_NUMBER: _builtins.int
+    segment_id: _builtins.int
+    @_builtins.property
+    def people(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.PersonRef]: ...
+    def __init__(
+        self,
+        *,
+        segment_id: _builtins.int = ...,
+        people: _abc.Iterable[_types_pb2.PersonRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["people", b"people", "segment_id", b"segment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveMembersRequest: _TypeAlias = RemoveMembersRequest  # noqa: Y015
+
+@_typing.final
+class RemoveMembersResponse(_message.Message):
+    """One result per person, in request order, and the counts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.int
+    unchanged: _builtins.int
+    """Not members before the call."""
+    rejected: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ItemResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[_types_pb2.ItemResult] | None = ...,
         removed: _builtins.int = ...,
         unchanged: _builtins.int = ...,
         rejected: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "rejected", b"rejected", "removed", b"removed", "results", b"results", "unchanged", b"unchanged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rejected", b"rejected", "removed", b"removed", "results", b"results", "unchanged", b"unchanged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MembersResponse: _TypeAlias = MembersResponse  # noqa: Y015
+Global___RemoveMembersResponse: _TypeAlias = RemoveMembersResponse  # noqa: Y015
 
 @_typing.final
 class ImportOptions(_message.Message):
+    """How to read the CSV of an ImportMembers call."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
@@ -669,11 +866,14 @@ Global___ImportOptions: _TypeAlias = ImportOptions  # noqa: Y015
 
 @_typing.final
 class ImportMembersRequest(_message.Message):
+    """First message: the options; then the file, in chunks of any size."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OPTIONS_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    """The next bytes of the file."""
     @_builtins.property
     def options(self) -> Global___ImportOptions: ...
     def __init__(
@@ -694,6 +894,8 @@ Global___ImportMembersRequest: _TypeAlias = ImportMembersRequest  # noqa: Y015
 
 @_typing.final
 class RejectedRow(_message.Message):
+    """A CSV row that was not added, and why."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LINE_FIELD_NUMBER: _builtins.int
@@ -720,6 +922,8 @@ Global___RejectedRow: _TypeAlias = RejectedRow  # noqa: Y015
 
 @_typing.final
 class ImportMembersResponse(_message.Message):
+    """What the import did, row by row counted."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ROWS_FIELD_NUMBER: _builtins.int
@@ -754,6 +958,8 @@ Global___ImportMembersResponse: _TypeAlias = ImportMembersResponse  # noqa: Y015
 
 @_typing.final
 class ClearSegmentRequest(_message.Message):
+    """The manual segment to empty."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
@@ -773,6 +979,8 @@ Global___ClearSegmentRequest: _TypeAlias = ClearSegmentRequest  # noqa: Y015
 
 @_typing.final
 class ClearSegmentResponse(_message.Message):
+    """How many members were removed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REMOVED_FIELD_NUMBER: _builtins.int
@@ -792,6 +1000,8 @@ Global___ClearSegmentResponse: _TypeAlias = ClearSegmentResponse  # noqa: Y015
 
 @_typing.final
 class ListMembersRequest(_message.Message):
+    """The segment and the page to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
@@ -801,6 +1011,7 @@ class ListMembersRequest(_message.Message):
     page_size: _builtins.int
     """At most 10000; default 1000."""
     page_token: _builtins.str
+    """The `next_page_token` of the previous page (opaque); empty: the first page."""
     def __init__(
         self,
         *,
@@ -818,6 +1029,8 @@ Global___ListMembersRequest: _TypeAlias = ListMembersRequest  # noqa: Y015
 
 @_typing.final
 class Member(_message.Message):
+    """A member of a segment, with their keys."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -843,13 +1056,17 @@ Global___Member: _TypeAlias = Member  # noqa: Y015
 
 @_typing.final
 class ListMembersResponse(_message.Message):
+    """One page of members."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page."""
     total: _builtins.int
+    """Members of the segment now."""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
     def __init__(
@@ -869,6 +1086,8 @@ Global___ListMembersResponse: _TypeAlias = ListMembersResponse  # noqa: Y015
 
 @_typing.final
 class CheckMembershipRequest(_message.Message):
+    """The person and the segments to check."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PERSON_FIELD_NUMBER: _builtins.int
@@ -893,6 +1112,8 @@ Global___CheckMembershipRequest: _TypeAlias = CheckMembershipRequest  # noqa: Y0
 
 @_typing.final
 class MembershipCheck(_message.Message):
+    """Whether the person is in one segment."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
@@ -915,6 +1136,8 @@ Global___MembershipCheck: _TypeAlias = MembershipCheck  # noqa: Y015
 
 @_typing.final
 class CheckMembershipResponse(_message.Message):
+    """The person's id and one check per segment, in request order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PERSON_ID_FIELD_NUMBER: _builtins.int

@@ -25,8 +25,10 @@ if _version_not_supported:
     )
 
 
-class SegmentsStub:
+class SegmentsServiceStub:
     """Segments and their members.
+
+    The workspace is the `workspace` request header (see PeopleService).
     """
 
     def __init__(self, channel):
@@ -36,94 +38,99 @@ class SegmentsStub:
             channel: A grpc.Channel.
         """
         self.CreateSegment = channel.unary_unary(
-                '/segsvc.v1.Segments/CreateSegment',
+                '/segsvc.v1.SegmentsService/CreateSegment',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.CreateSegmentRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_segments__pb2.Segment.FromString,
+                response_deserializer=segsvc_dot_v1_dot_segments__pb2.CreateSegmentResponse.FromString,
                 _registered_method=True)
         self.GetSegment = channel.unary_unary(
-                '/segsvc.v1.Segments/GetSegment',
+                '/segsvc.v1.SegmentsService/GetSegment',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.GetSegmentRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_segments__pb2.Segment.FromString,
+                response_deserializer=segsvc_dot_v1_dot_segments__pb2.GetSegmentResponse.FromString,
                 _registered_method=True)
         self.UpdateSegment = channel.unary_unary(
-                '/segsvc.v1.Segments/UpdateSegment',
+                '/segsvc.v1.SegmentsService/UpdateSegment',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.UpdateSegmentRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_segments__pb2.Segment.FromString,
+                response_deserializer=segsvc_dot_v1_dot_segments__pb2.UpdateSegmentResponse.FromString,
                 _registered_method=True)
         self.DeleteSegments = channel.unary_unary(
-                '/segsvc.v1.Segments/DeleteSegments',
+                '/segsvc.v1.SegmentsService/DeleteSegments',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.DeleteSegmentsRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_segments__pb2.BulkSegmentsResponse.FromString,
+                response_deserializer=segsvc_dot_v1_dot_segments__pb2.DeleteSegmentsResponse.FromString,
                 _registered_method=True)
         self.ArchiveSegments = channel.unary_unary(
-                '/segsvc.v1.Segments/ArchiveSegments',
+                '/segsvc.v1.SegmentsService/ArchiveSegments',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.ArchiveSegmentsRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_segments__pb2.BulkSegmentsResponse.FromString,
+                response_deserializer=segsvc_dot_v1_dot_segments__pb2.ArchiveSegmentsResponse.FromString,
                 _registered_method=True)
         self.ListSegments = channel.unary_unary(
-                '/segsvc.v1.Segments/ListSegments',
+                '/segsvc.v1.SegmentsService/ListSegments',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.ListSegmentsRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_segments__pb2.ListSegmentsResponse.FromString,
                 _registered_method=True)
         self.PreviewSegment = channel.unary_unary(
-                '/segsvc.v1.Segments/PreviewSegment',
+                '/segsvc.v1.SegmentsService/PreviewSegment',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.PreviewSegmentRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_segments__pb2.PreviewSegmentResponse.FromString,
                 _registered_method=True)
         self.ExplainMembership = channel.unary_unary(
-                '/segsvc.v1.Segments/ExplainMembership',
+                '/segsvc.v1.SegmentsService/ExplainMembership',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.ExplainMembershipRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_segments__pb2.ExplainMembershipResponse.FromString,
                 _registered_method=True)
         self.GetSegmentHistory = channel.unary_unary(
-                '/segsvc.v1.Segments/GetSegmentHistory',
+                '/segsvc.v1.SegmentsService/GetSegmentHistory',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.GetSegmentHistoryRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_segments__pb2.GetSegmentHistoryResponse.FromString,
                 _registered_method=True)
         self.AddMembers = channel.unary_unary(
-                '/segsvc.v1.Segments/AddMembers',
-                request_serializer=segsvc_dot_v1_dot_segments__pb2.MembersRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_segments__pb2.MembersResponse.FromString,
+                '/segsvc.v1.SegmentsService/AddMembers',
+                request_serializer=segsvc_dot_v1_dot_segments__pb2.AddMembersRequest.SerializeToString,
+                response_deserializer=segsvc_dot_v1_dot_segments__pb2.AddMembersResponse.FromString,
                 _registered_method=True)
         self.RemoveMembers = channel.unary_unary(
-                '/segsvc.v1.Segments/RemoveMembers',
-                request_serializer=segsvc_dot_v1_dot_segments__pb2.MembersRequest.SerializeToString,
-                response_deserializer=segsvc_dot_v1_dot_segments__pb2.MembersResponse.FromString,
+                '/segsvc.v1.SegmentsService/RemoveMembers',
+                request_serializer=segsvc_dot_v1_dot_segments__pb2.RemoveMembersRequest.SerializeToString,
+                response_deserializer=segsvc_dot_v1_dot_segments__pb2.RemoveMembersResponse.FromString,
                 _registered_method=True)
         self.ImportMembers = channel.stream_unary(
-                '/segsvc.v1.Segments/ImportMembers',
+                '/segsvc.v1.SegmentsService/ImportMembers',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.ImportMembersRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_segments__pb2.ImportMembersResponse.FromString,
                 _registered_method=True)
         self.ClearSegment = channel.unary_unary(
-                '/segsvc.v1.Segments/ClearSegment',
+                '/segsvc.v1.SegmentsService/ClearSegment',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.ClearSegmentRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_segments__pb2.ClearSegmentResponse.FromString,
                 _registered_method=True)
         self.ListMembers = channel.unary_unary(
-                '/segsvc.v1.Segments/ListMembers',
+                '/segsvc.v1.SegmentsService/ListMembers',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.ListMembersRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_segments__pb2.ListMembersResponse.FromString,
                 _registered_method=True)
         self.CheckMembership = channel.unary_unary(
-                '/segsvc.v1.Segments/CheckMembership',
+                '/segsvc.v1.SegmentsService/CheckMembership',
                 request_serializer=segsvc_dot_v1_dot_segments__pb2.CheckMembershipRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_segments__pb2.CheckMembershipResponse.FromString,
                 _registered_method=True)
 
 
-class SegmentsServicer:
+class SegmentsServiceServicer:
     """Segments and their members.
+
+    The workspace is the `workspace` request header (see PeopleService).
     """
 
     def CreateSegment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A new segment. Its name must be unique in the workspace; a dynamic segment's members are
+        computed at once (changes of cause DEFINITION).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSegment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One segment with its definition, member count and references.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -151,7 +158,8 @@ class SegmentsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSegments(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Segments by name, type and archived state, a page at a time, with member counts.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -185,7 +193,8 @@ class SegmentsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RemoveMembers(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Manual segments only. People who are not members are reported as NOT_A_MEMBER.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -198,50 +207,53 @@ class SegmentsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClearSegment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Removes every member of a manual segment (changes of cause MANUAL).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMembers(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The members of a segment, a page at a time, in a stable order.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckMembership(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Whether one person is in each of some segments.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SegmentsServicer_to_server(servicer, server):
+def add_SegmentsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateSegment': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSegment,
                     request_deserializer=segsvc_dot_v1_dot_segments__pb2.CreateSegmentRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_segments__pb2.Segment.SerializeToString,
+                    response_serializer=segsvc_dot_v1_dot_segments__pb2.CreateSegmentResponse.SerializeToString,
             ),
             'GetSegment': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSegment,
                     request_deserializer=segsvc_dot_v1_dot_segments__pb2.GetSegmentRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_segments__pb2.Segment.SerializeToString,
+                    response_serializer=segsvc_dot_v1_dot_segments__pb2.GetSegmentResponse.SerializeToString,
             ),
             'UpdateSegment': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateSegment,
                     request_deserializer=segsvc_dot_v1_dot_segments__pb2.UpdateSegmentRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_segments__pb2.Segment.SerializeToString,
+                    response_serializer=segsvc_dot_v1_dot_segments__pb2.UpdateSegmentResponse.SerializeToString,
             ),
             'DeleteSegments': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSegments,
                     request_deserializer=segsvc_dot_v1_dot_segments__pb2.DeleteSegmentsRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_segments__pb2.BulkSegmentsResponse.SerializeToString,
+                    response_serializer=segsvc_dot_v1_dot_segments__pb2.DeleteSegmentsResponse.SerializeToString,
             ),
             'ArchiveSegments': grpc.unary_unary_rpc_method_handler(
                     servicer.ArchiveSegments,
                     request_deserializer=segsvc_dot_v1_dot_segments__pb2.ArchiveSegmentsRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_segments__pb2.BulkSegmentsResponse.SerializeToString,
+                    response_serializer=segsvc_dot_v1_dot_segments__pb2.ArchiveSegmentsResponse.SerializeToString,
             ),
             'ListSegments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSegments,
@@ -265,13 +277,13 @@ def add_SegmentsServicer_to_server(servicer, server):
             ),
             'AddMembers': grpc.unary_unary_rpc_method_handler(
                     servicer.AddMembers,
-                    request_deserializer=segsvc_dot_v1_dot_segments__pb2.MembersRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_segments__pb2.MembersResponse.SerializeToString,
+                    request_deserializer=segsvc_dot_v1_dot_segments__pb2.AddMembersRequest.FromString,
+                    response_serializer=segsvc_dot_v1_dot_segments__pb2.AddMembersResponse.SerializeToString,
             ),
             'RemoveMembers': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveMembers,
-                    request_deserializer=segsvc_dot_v1_dot_segments__pb2.MembersRequest.FromString,
-                    response_serializer=segsvc_dot_v1_dot_segments__pb2.MembersResponse.SerializeToString,
+                    request_deserializer=segsvc_dot_v1_dot_segments__pb2.RemoveMembersRequest.FromString,
+                    response_serializer=segsvc_dot_v1_dot_segments__pb2.RemoveMembersResponse.SerializeToString,
             ),
             'ImportMembers': grpc.stream_unary_rpc_method_handler(
                     servicer.ImportMembers,
@@ -295,14 +307,16 @@ def add_SegmentsServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'segsvc.v1.Segments', rpc_method_handlers)
+            'segsvc.v1.SegmentsService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('segsvc.v1.Segments', rpc_method_handlers)
+    server.add_registered_method_handlers('segsvc.v1.SegmentsService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Segments:
+class SegmentsService:
     """Segments and their members.
+
+    The workspace is the `workspace` request header (see PeopleService).
     """
 
     @staticmethod
@@ -319,9 +333,9 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/CreateSegment',
+            '/segsvc.v1.SegmentsService/CreateSegment',
             segsvc_dot_v1_dot_segments__pb2.CreateSegmentRequest.SerializeToString,
-            segsvc_dot_v1_dot_segments__pb2.Segment.FromString,
+            segsvc_dot_v1_dot_segments__pb2.CreateSegmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -346,9 +360,9 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/GetSegment',
+            '/segsvc.v1.SegmentsService/GetSegment',
             segsvc_dot_v1_dot_segments__pb2.GetSegmentRequest.SerializeToString,
-            segsvc_dot_v1_dot_segments__pb2.Segment.FromString,
+            segsvc_dot_v1_dot_segments__pb2.GetSegmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -373,9 +387,9 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/UpdateSegment',
+            '/segsvc.v1.SegmentsService/UpdateSegment',
             segsvc_dot_v1_dot_segments__pb2.UpdateSegmentRequest.SerializeToString,
-            segsvc_dot_v1_dot_segments__pb2.Segment.FromString,
+            segsvc_dot_v1_dot_segments__pb2.UpdateSegmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -400,9 +414,9 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/DeleteSegments',
+            '/segsvc.v1.SegmentsService/DeleteSegments',
             segsvc_dot_v1_dot_segments__pb2.DeleteSegmentsRequest.SerializeToString,
-            segsvc_dot_v1_dot_segments__pb2.BulkSegmentsResponse.FromString,
+            segsvc_dot_v1_dot_segments__pb2.DeleteSegmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -427,9 +441,9 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/ArchiveSegments',
+            '/segsvc.v1.SegmentsService/ArchiveSegments',
             segsvc_dot_v1_dot_segments__pb2.ArchiveSegmentsRequest.SerializeToString,
-            segsvc_dot_v1_dot_segments__pb2.BulkSegmentsResponse.FromString,
+            segsvc_dot_v1_dot_segments__pb2.ArchiveSegmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -454,7 +468,7 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/ListSegments',
+            '/segsvc.v1.SegmentsService/ListSegments',
             segsvc_dot_v1_dot_segments__pb2.ListSegmentsRequest.SerializeToString,
             segsvc_dot_v1_dot_segments__pb2.ListSegmentsResponse.FromString,
             options,
@@ -481,7 +495,7 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/PreviewSegment',
+            '/segsvc.v1.SegmentsService/PreviewSegment',
             segsvc_dot_v1_dot_segments__pb2.PreviewSegmentRequest.SerializeToString,
             segsvc_dot_v1_dot_segments__pb2.PreviewSegmentResponse.FromString,
             options,
@@ -508,7 +522,7 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/ExplainMembership',
+            '/segsvc.v1.SegmentsService/ExplainMembership',
             segsvc_dot_v1_dot_segments__pb2.ExplainMembershipRequest.SerializeToString,
             segsvc_dot_v1_dot_segments__pb2.ExplainMembershipResponse.FromString,
             options,
@@ -535,7 +549,7 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/GetSegmentHistory',
+            '/segsvc.v1.SegmentsService/GetSegmentHistory',
             segsvc_dot_v1_dot_segments__pb2.GetSegmentHistoryRequest.SerializeToString,
             segsvc_dot_v1_dot_segments__pb2.GetSegmentHistoryResponse.FromString,
             options,
@@ -562,9 +576,9 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/AddMembers',
-            segsvc_dot_v1_dot_segments__pb2.MembersRequest.SerializeToString,
-            segsvc_dot_v1_dot_segments__pb2.MembersResponse.FromString,
+            '/segsvc.v1.SegmentsService/AddMembers',
+            segsvc_dot_v1_dot_segments__pb2.AddMembersRequest.SerializeToString,
+            segsvc_dot_v1_dot_segments__pb2.AddMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -589,9 +603,9 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/RemoveMembers',
-            segsvc_dot_v1_dot_segments__pb2.MembersRequest.SerializeToString,
-            segsvc_dot_v1_dot_segments__pb2.MembersResponse.FromString,
+            '/segsvc.v1.SegmentsService/RemoveMembers',
+            segsvc_dot_v1_dot_segments__pb2.RemoveMembersRequest.SerializeToString,
+            segsvc_dot_v1_dot_segments__pb2.RemoveMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -616,7 +630,7 @@ class Segments:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/segsvc.v1.Segments/ImportMembers',
+            '/segsvc.v1.SegmentsService/ImportMembers',
             segsvc_dot_v1_dot_segments__pb2.ImportMembersRequest.SerializeToString,
             segsvc_dot_v1_dot_segments__pb2.ImportMembersResponse.FromString,
             options,
@@ -643,7 +657,7 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/ClearSegment',
+            '/segsvc.v1.SegmentsService/ClearSegment',
             segsvc_dot_v1_dot_segments__pb2.ClearSegmentRequest.SerializeToString,
             segsvc_dot_v1_dot_segments__pb2.ClearSegmentResponse.FromString,
             options,
@@ -670,7 +684,7 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/ListMembers',
+            '/segsvc.v1.SegmentsService/ListMembers',
             segsvc_dot_v1_dot_segments__pb2.ListMembersRequest.SerializeToString,
             segsvc_dot_v1_dot_segments__pb2.ListMembersResponse.FromString,
             options,
@@ -697,7 +711,7 @@ class Segments:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/segsvc.v1.Segments/CheckMembership',
+            '/segsvc.v1.SegmentsService/CheckMembership',
             segsvc_dot_v1_dot_segments__pb2.CheckMembershipRequest.SerializeToString,
             segsvc_dot_v1_dot_segments__pb2.CheckMembershipResponse.FromString,
             options,

@@ -26,93 +26,124 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class SegmentsStub:
-    """Segments and their members."""
+class SegmentsServiceStub:
+    """Segments and their members.
+
+    The workspace is the `workspace` request header (see PeopleService).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> SegmentsAsyncStub: ...
-    CreateSegment: _grpc.UnaryUnaryMultiCallable[_segments_pb2.CreateSegmentRequest, _segments_pb2.Segment]
-    GetSegment: _grpc.UnaryUnaryMultiCallable[_segments_pb2.GetSegmentRequest, _segments_pb2.Segment]
-    UpdateSegment: _grpc.UnaryUnaryMultiCallable[_segments_pb2.UpdateSegmentRequest, _segments_pb2.Segment]
+    def __new__(cls, channel: _aio.Channel) -> SegmentsServiceAsyncStub: ...
+    CreateSegment: _grpc.UnaryUnaryMultiCallable[_segments_pb2.CreateSegmentRequest, _segments_pb2.CreateSegmentResponse]
+    """A new segment. Its name must be unique in the workspace; a dynamic segment's members are
+    computed at once (changes of cause DEFINITION).
+    """
+    GetSegment: _grpc.UnaryUnaryMultiCallable[_segments_pb2.GetSegmentRequest, _segments_pb2.GetSegmentResponse]
+    """One segment with its definition, member count and references."""
+    UpdateSegment: _grpc.UnaryUnaryMultiCallable[_segments_pb2.UpdateSegmentRequest, _segments_pb2.UpdateSegmentResponse]
     """Changes name, description and (dynamic segments) conditions; the membership is recomputed
     at once, with changes of cause DEFINITION.
     """
-    DeleteSegments: _grpc.UnaryUnaryMultiCallable[_segments_pb2.DeleteSegmentsRequest, _segments_pb2.BulkSegmentsResponse]
+    DeleteSegments: _grpc.UnaryUnaryMultiCallable[_segments_pb2.DeleteSegmentsRequest, _segments_pb2.DeleteSegmentsResponse]
     """Bulk delete with per-item results. A segment that others reference is refused."""
-    ArchiveSegments: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ArchiveSegmentsRequest, _segments_pb2.BulkSegmentsResponse]
+    ArchiveSegments: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ArchiveSegmentsRequest, _segments_pb2.ArchiveSegmentsResponse]
     """Bulk archive (or unarchive) with per-item results."""
     ListSegments: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ListSegmentsRequest, _segments_pb2.ListSegmentsResponse]
+    """Segments by name, type and archived state, a page at a time, with member counts."""
     PreviewSegment: _grpc.UnaryUnaryMultiCallable[_segments_pb2.PreviewSegmentRequest, _segments_pb2.PreviewSegmentResponse]
     """Count and a sample of the people an unsaved condition tree matches."""
     ExplainMembership: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ExplainMembershipRequest, _segments_pb2.ExplainMembershipResponse]
     """The truth value of every node of a dynamic segment's tree for one person."""
     GetSegmentHistory: _grpc.UnaryUnaryMultiCallable[_segments_pb2.GetSegmentHistoryRequest, _segments_pb2.GetSegmentHistoryResponse]
     """Member counts of a segment over time."""
-    AddMembers: _grpc.UnaryUnaryMultiCallable[_segments_pb2.MembersRequest, _segments_pb2.MembersResponse]
+    AddMembers: _grpc.UnaryUnaryMultiCallable[_segments_pb2.AddMembersRequest, _segments_pb2.AddMembersResponse]
     """Manual segments only (dynamic: FAILED_PRECONDITION). A person must exist first."""
-    RemoveMembers: _grpc.UnaryUnaryMultiCallable[_segments_pb2.MembersRequest, _segments_pb2.MembersResponse]
+    RemoveMembers: _grpc.UnaryUnaryMultiCallable[_segments_pb2.RemoveMembersRequest, _segments_pb2.RemoveMembersResponse]
+    """Manual segments only. People who are not members are reported as NOT_A_MEMBER."""
     ImportMembers: _grpc.StreamUnaryMultiCallable[_segments_pb2.ImportMembersRequest, _segments_pb2.ImportMembersResponse]
     """CSV import: the first message carries the options, the following ones the file in chunks."""
     ClearSegment: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ClearSegmentRequest, _segments_pb2.ClearSegmentResponse]
+    """Removes every member of a manual segment (changes of cause MANUAL)."""
     ListMembers: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ListMembersRequest, _segments_pb2.ListMembersResponse]
+    """The members of a segment, a page at a time, in a stable order."""
     CheckMembership: _grpc.UnaryUnaryMultiCallable[_segments_pb2.CheckMembershipRequest, _segments_pb2.CheckMembershipResponse]
+    """Whether one person is in each of some segments."""
 
 @_typing.type_check_only
-class SegmentsAsyncStub(SegmentsStub):
-    """Segments and their members."""
+class SegmentsServiceAsyncStub(SegmentsServiceStub):
+    """Segments and their members.
+
+    The workspace is the `workspace` request header (see PeopleService).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    CreateSegment: _aio.UnaryUnaryMultiCallable[_segments_pb2.CreateSegmentRequest, _segments_pb2.Segment]  # type: ignore[assignment]
-    GetSegment: _aio.UnaryUnaryMultiCallable[_segments_pb2.GetSegmentRequest, _segments_pb2.Segment]  # type: ignore[assignment]
-    UpdateSegment: _aio.UnaryUnaryMultiCallable[_segments_pb2.UpdateSegmentRequest, _segments_pb2.Segment]  # type: ignore[assignment]
+    CreateSegment: _aio.UnaryUnaryMultiCallable[_segments_pb2.CreateSegmentRequest, _segments_pb2.CreateSegmentResponse]  # type: ignore[assignment]
+    """A new segment. Its name must be unique in the workspace; a dynamic segment's members are
+    computed at once (changes of cause DEFINITION).
+    """
+    GetSegment: _aio.UnaryUnaryMultiCallable[_segments_pb2.GetSegmentRequest, _segments_pb2.GetSegmentResponse]  # type: ignore[assignment]
+    """One segment with its definition, member count and references."""
+    UpdateSegment: _aio.UnaryUnaryMultiCallable[_segments_pb2.UpdateSegmentRequest, _segments_pb2.UpdateSegmentResponse]  # type: ignore[assignment]
     """Changes name, description and (dynamic segments) conditions; the membership is recomputed
     at once, with changes of cause DEFINITION.
     """
-    DeleteSegments: _aio.UnaryUnaryMultiCallable[_segments_pb2.DeleteSegmentsRequest, _segments_pb2.BulkSegmentsResponse]  # type: ignore[assignment]
+    DeleteSegments: _aio.UnaryUnaryMultiCallable[_segments_pb2.DeleteSegmentsRequest, _segments_pb2.DeleteSegmentsResponse]  # type: ignore[assignment]
     """Bulk delete with per-item results. A segment that others reference is refused."""
-    ArchiveSegments: _aio.UnaryUnaryMultiCallable[_segments_pb2.ArchiveSegmentsRequest, _segments_pb2.BulkSegmentsResponse]  # type: ignore[assignment]
+    ArchiveSegments: _aio.UnaryUnaryMultiCallable[_segments_pb2.ArchiveSegmentsRequest, _segments_pb2.ArchiveSegmentsResponse]  # type: ignore[assignment]
     """Bulk archive (or unarchive) with per-item results."""
     ListSegments: _aio.UnaryUnaryMultiCallable[_segments_pb2.ListSegmentsRequest, _segments_pb2.ListSegmentsResponse]  # type: ignore[assignment]
+    """Segments by name, type and archived state, a page at a time, with member counts."""
     PreviewSegment: _aio.UnaryUnaryMultiCallable[_segments_pb2.PreviewSegmentRequest, _segments_pb2.PreviewSegmentResponse]  # type: ignore[assignment]
     """Count and a sample of the people an unsaved condition tree matches."""
     ExplainMembership: _aio.UnaryUnaryMultiCallable[_segments_pb2.ExplainMembershipRequest, _segments_pb2.ExplainMembershipResponse]  # type: ignore[assignment]
     """The truth value of every node of a dynamic segment's tree for one person."""
     GetSegmentHistory: _aio.UnaryUnaryMultiCallable[_segments_pb2.GetSegmentHistoryRequest, _segments_pb2.GetSegmentHistoryResponse]  # type: ignore[assignment]
     """Member counts of a segment over time."""
-    AddMembers: _aio.UnaryUnaryMultiCallable[_segments_pb2.MembersRequest, _segments_pb2.MembersResponse]  # type: ignore[assignment]
+    AddMembers: _aio.UnaryUnaryMultiCallable[_segments_pb2.AddMembersRequest, _segments_pb2.AddMembersResponse]  # type: ignore[assignment]
     """Manual segments only (dynamic: FAILED_PRECONDITION). A person must exist first."""
-    RemoveMembers: _aio.UnaryUnaryMultiCallable[_segments_pb2.MembersRequest, _segments_pb2.MembersResponse]  # type: ignore[assignment]
+    RemoveMembers: _aio.UnaryUnaryMultiCallable[_segments_pb2.RemoveMembersRequest, _segments_pb2.RemoveMembersResponse]  # type: ignore[assignment]
+    """Manual segments only. People who are not members are reported as NOT_A_MEMBER."""
     ImportMembers: _aio.StreamUnaryMultiCallable[_segments_pb2.ImportMembersRequest, _segments_pb2.ImportMembersResponse]  # type: ignore[assignment]
     """CSV import: the first message carries the options, the following ones the file in chunks."""
     ClearSegment: _aio.UnaryUnaryMultiCallable[_segments_pb2.ClearSegmentRequest, _segments_pb2.ClearSegmentResponse]  # type: ignore[assignment]
+    """Removes every member of a manual segment (changes of cause MANUAL)."""
     ListMembers: _aio.UnaryUnaryMultiCallable[_segments_pb2.ListMembersRequest, _segments_pb2.ListMembersResponse]  # type: ignore[assignment]
+    """The members of a segment, a page at a time, in a stable order."""
     CheckMembership: _aio.UnaryUnaryMultiCallable[_segments_pb2.CheckMembershipRequest, _segments_pb2.CheckMembershipResponse]  # type: ignore[assignment]
+    """Whether one person is in each of some segments."""
 
-class SegmentsServicer(metaclass=_abc_1.ABCMeta):
-    """Segments and their members."""
+class SegmentsServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Segments and their members.
+
+    The workspace is the `workspace` request header (see PeopleService).
+    """
 
     @_abc_1.abstractmethod
     def CreateSegment(
         self,
         request: _segments_pb2.CreateSegmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.Segment, _abc.Awaitable[_segments_pb2.Segment]]: ...
+    ) -> _typing.Union[_segments_pb2.CreateSegmentResponse, _abc.Awaitable[_segments_pb2.CreateSegmentResponse]]:
+        """A new segment. Its name must be unique in the workspace; a dynamic segment's members are
+        computed at once (changes of cause DEFINITION).
+        """
 
     @_abc_1.abstractmethod
     def GetSegment(
         self,
         request: _segments_pb2.GetSegmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.Segment, _abc.Awaitable[_segments_pb2.Segment]]: ...
+    ) -> _typing.Union[_segments_pb2.GetSegmentResponse, _abc.Awaitable[_segments_pb2.GetSegmentResponse]]:
+        """One segment with its definition, member count and references."""
 
     @_abc_1.abstractmethod
     def UpdateSegment(
         self,
         request: _segments_pb2.UpdateSegmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.Segment, _abc.Awaitable[_segments_pb2.Segment]]:
+    ) -> _typing.Union[_segments_pb2.UpdateSegmentResponse, _abc.Awaitable[_segments_pb2.UpdateSegmentResponse]]:
         """Changes name, description and (dynamic segments) conditions; the membership is recomputed
         at once, with changes of cause DEFINITION.
         """
@@ -122,7 +153,7 @@ class SegmentsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _segments_pb2.DeleteSegmentsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.BulkSegmentsResponse, _abc.Awaitable[_segments_pb2.BulkSegmentsResponse]]:
+    ) -> _typing.Union[_segments_pb2.DeleteSegmentsResponse, _abc.Awaitable[_segments_pb2.DeleteSegmentsResponse]]:
         """Bulk delete with per-item results. A segment that others reference is refused."""
 
     @_abc_1.abstractmethod
@@ -130,7 +161,7 @@ class SegmentsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _segments_pb2.ArchiveSegmentsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.BulkSegmentsResponse, _abc.Awaitable[_segments_pb2.BulkSegmentsResponse]]:
+    ) -> _typing.Union[_segments_pb2.ArchiveSegmentsResponse, _abc.Awaitable[_segments_pb2.ArchiveSegmentsResponse]]:
         """Bulk archive (or unarchive) with per-item results."""
 
     @_abc_1.abstractmethod
@@ -138,7 +169,8 @@ class SegmentsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _segments_pb2.ListSegmentsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.ListSegmentsResponse, _abc.Awaitable[_segments_pb2.ListSegmentsResponse]]: ...
+    ) -> _typing.Union[_segments_pb2.ListSegmentsResponse, _abc.Awaitable[_segments_pb2.ListSegmentsResponse]]:
+        """Segments by name, type and archived state, a page at a time, with member counts."""
 
     @_abc_1.abstractmethod
     def PreviewSegment(
@@ -167,17 +199,18 @@ class SegmentsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def AddMembers(
         self,
-        request: _segments_pb2.MembersRequest,
+        request: _segments_pb2.AddMembersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.MembersResponse, _abc.Awaitable[_segments_pb2.MembersResponse]]:
+    ) -> _typing.Union[_segments_pb2.AddMembersResponse, _abc.Awaitable[_segments_pb2.AddMembersResponse]]:
         """Manual segments only (dynamic: FAILED_PRECONDITION). A person must exist first."""
 
     @_abc_1.abstractmethod
     def RemoveMembers(
         self,
-        request: _segments_pb2.MembersRequest,
+        request: _segments_pb2.RemoveMembersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.MembersResponse, _abc.Awaitable[_segments_pb2.MembersResponse]]: ...
+    ) -> _typing.Union[_segments_pb2.RemoveMembersResponse, _abc.Awaitable[_segments_pb2.RemoveMembersResponse]]:
+        """Manual segments only. People who are not members are reported as NOT_A_MEMBER."""
 
     @_abc_1.abstractmethod
     def ImportMembers(
@@ -192,20 +225,23 @@ class SegmentsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _segments_pb2.ClearSegmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.ClearSegmentResponse, _abc.Awaitable[_segments_pb2.ClearSegmentResponse]]: ...
+    ) -> _typing.Union[_segments_pb2.ClearSegmentResponse, _abc.Awaitable[_segments_pb2.ClearSegmentResponse]]:
+        """Removes every member of a manual segment (changes of cause MANUAL)."""
 
     @_abc_1.abstractmethod
     def ListMembers(
         self,
         request: _segments_pb2.ListMembersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.ListMembersResponse, _abc.Awaitable[_segments_pb2.ListMembersResponse]]: ...
+    ) -> _typing.Union[_segments_pb2.ListMembersResponse, _abc.Awaitable[_segments_pb2.ListMembersResponse]]:
+        """The members of a segment, a page at a time, in a stable order."""
 
     @_abc_1.abstractmethod
     def CheckMembership(
         self,
         request: _segments_pb2.CheckMembershipRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_segments_pb2.CheckMembershipResponse, _abc.Awaitable[_segments_pb2.CheckMembershipResponse]]: ...
+    ) -> _typing.Union[_segments_pb2.CheckMembershipResponse, _abc.Awaitable[_segments_pb2.CheckMembershipResponse]]:
+        """Whether one person is in each of some segments."""
 
-def add_SegmentsServicer_to_server(servicer: SegmentsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_SegmentsServiceServicer_to_server(servicer: SegmentsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -70,19 +70,19 @@ def upsert(api: Any, *people: people_pb2.PersonUpsert) -> people_pb2.UpsertPeopl
 
 def manual_segment(api: Any, name: str) -> int:
     request = segments_pb2.CreateSegmentRequest(name=name, type=segments_pb2.SEGMENT_TYPE_MANUAL)
-    return int(api.segments.CreateSegment(request).id)
+    return int(api.segments.CreateSegment(request).segment.id)
 
 
 def dynamic_segment(api: Any, name: str, conditions: C.Condition) -> int:
     request = segments_pb2.CreateSegmentRequest(
         name=name, type=segments_pb2.SEGMENT_TYPE_DYNAMIC, conditions=conditions
     )
-    return int(api.segments.CreateSegment(request).id)
+    return int(api.segments.CreateSegment(request).segment.id)
 
 
 def add_members(api: Any, segment_id: int, *ids: str) -> segments_pb2.MembersResponse:
     return api.segments.AddMembers(
-        segments_pb2.MembersRequest(segment_id=segment_id, people=[by_id(i) for i in ids])
+        segments_pb2.AddMembersRequest(segment_id=segment_id, people=[by_id(i) for i in ids])
     )
 
 
@@ -99,7 +99,7 @@ def stored_changes(
     request = changes_pb2.WatchChangesRequest(
         after_seq=after_seq, segment_ids=list(segment_ids), no_follow=True
     )
-    return list(api.changes.WatchChanges(request, timeout=10))
+    return [c for r in api.changes.WatchChanges(request, timeout=10) for c in r.changes]
 
 
 def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:

@@ -57,7 +57,7 @@ def random_rows(rng: random.Random, count: int, ids: int) -> list[PersonUpsert]:
     return out
 
 
-def as_messages(rows: list[PersonUpsert]) -> people_pb2.UpsertPeopleRequest:
+def as_messages(rows: list[PersonUpsert]) -> people_pb2.StreamUpsertPeopleRequest:
     people = []
     for row in rows:
         msg = people_pb2.PersonUpsert(id=row.id, add_tags=row.add_tags)
@@ -68,13 +68,18 @@ def as_messages(rows: list[PersonUpsert]) -> people_pb2.UpsertPeopleRequest:
         for name, value in row.attributes.items():
             msg.attributes[name].CopyFrom(value_to_proto(value))
         people.append(msg)
-    return people_pb2.UpsertPeopleRequest(people=people)
+    return people_pb2.StreamUpsertPeopleRequest(people=people)
 
 
-def as_columns(rows: list[PersonUpsert]) -> people_pb2.UpsertPeopleRequest:
-    return people_pb2.UpsertPeopleRequest(
+def as_columns(rows: list[PersonUpsert]) -> people_pb2.StreamUpsertPeopleRequest:
+    return people_pb2.StreamUpsertPeopleRequest(
         columns=people_columns_to_proto(PeopleColumns.from_upserts(rows))
     )
+
+
+def as_batch(request: people_pb2.StreamUpsertPeopleRequest) -> people_pb2.UpsertPeopleRequest:
+    """The same rows for UpsertPeople."""
+    return people_pb2.UpsertPeopleRequest(people=request.people, columns=request.columns)
 
 
 def segments(api: Any) -> list[int]:
@@ -87,7 +92,7 @@ def segments(api: Any) -> list[int]:
 
 def person_state(api: Any, pid: str) -> Any:
     try:
-        p = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id(pid)))
+        p = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id(pid))).person
     except grpc.RpcError as error:
         assert error.code() == grpc.StatusCode.NOT_FOUND
         return None
@@ -162,13 +167,13 @@ def test_unreadable_columns_reject_their_rows(api: Any) -> None:
     assert (summary.received, summary.created, summary.rejected) == (4, 2, 2)
     assert {e.field for e in summary.errors} == {"columns.attributes[0].numbers.values"}
     # UpsertPeople answers such a request with INVALID_ARGUMENT naming the column.
-    assert violation_fields(lambda: api.people.UpsertPeople(bad)) == [
+    assert violation_fields(lambda: api.people.UpsertPeople(as_batch(bad))) == [
         "columns.attributes[0].numbers.values"
     ]
 
 
 def test_upsert_people_answers_per_row_for_columns(api: Any) -> None:
-    request = as_columns([PersonUpsert("c0"), PersonUpsert("c1", email="nope")])
+    request = as_batch(as_columns([PersonUpsert("c0"), PersonUpsert("c1", email="nope")]))
     request.people.append(person_upsert_proto("m0"))
     response = api.people.UpsertPeople(request)
     assert [(r.index, r.key, r.outcome) for r in response.results] == [

@@ -35,8 +35,9 @@ class Follower:
 
     def _run(self):
         try:
-            for change in self.call:
-                self.received.put(change)
+            for response in self.call:
+                for change in response.changes:
+                    self.received.put(change)
         except grpc.RpcError as error:
             self.error.append(error)
 

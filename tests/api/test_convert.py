@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from segsvc.api import convert
 from segsvc.api.batches import decode_batch
@@ -65,7 +65,9 @@ EVERY_KIND = C.Condition(
             ),
             C.Condition(
                 attribute=C.AttributeCondition(
-                    attribute="seen", operator=C.OPERATOR_WITHIN_LAST, seconds=3600
+                    attribute="seen",
+                    operator=C.OPERATOR_WITHIN_LAST,
+                    duration=duration_pb2.Duration(seconds=3600),
                 )
             ),
             C.Condition(tag=C.TagCondition(tag="vip", negate=True)),
@@ -83,7 +85,7 @@ EVERY_KIND = C.Condition(
                     ],
                     count_operator=C.COUNT_OPERATOR_AT_MOST,
                     count=0,
-                    window=C.TimeWindow(within_last_seconds=86400),
+                    window=C.TimeWindow(within_last=duration_pb2.Duration(seconds=86400)),
                 )
             ),
             C.Condition(

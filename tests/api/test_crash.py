@@ -70,7 +70,7 @@ def test_every_acknowledged_write_survives_sigkill(server_processes, tmp_path):
     restarted = server_processes(data)
     client = Stubs.connect(restarted.address)
     for person_id in acknowledged_people:
-        got = client.people.GetPerson(people_pb2.GetPersonRequest(person=by_id(person_id)))
+        got = client.people.GetPerson(people_pb2.GetPersonRequest(person=by_id(person_id))).person
         assert got.id == person_id
     assert set(acknowledged_members) <= members_of(client, manual)
     assert set(acknowledged_people) <= members_of(client, dynamic)
@@ -105,7 +105,7 @@ def test_sigterm_stops_cleanly(server_processes, tmp_path):
     client.people.UpsertPeople(people_pb2.UpsertPeopleRequest(people=[person("u1"), person("u2")]))
     add_members(client, vip, "u1")
     follower = client.changes.WatchChanges(CH.WatchChangesRequest())
-    assert next(follower).person_id == "u1"
+    assert next(follower).changes[0].person_id == "u1"
     started = time.monotonic()
     assert server.terminate() == 0
     # A following watcher does not hold the shutdown for the grace period.

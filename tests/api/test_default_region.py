@@ -32,7 +32,7 @@ def create_dynamic(api: Any, name: str, conditions: C.Condition) -> segments_pb2
         segments_pb2.CreateSegmentRequest(
             name=name, type=segments_pb2.SEGMENT_TYPE_DYNAMIC, conditions=conditions
         )
-    )
+    ).segment
 
 
 def test_a_phone_without_country_code_matches_its_e164_form(api: Any) -> None:
@@ -46,21 +46,21 @@ def test_a_phone_without_country_code_matches_its_e164_form(api: Any) -> None:
     assert bad.field == "people[1].phone"
     assert bad.error.startswith("'12' is too short for +1 (US)")
     # Stored in E.164, found by any spelling of the number.
-    assert api.people.GetPerson(by_phone("+15550100004")).phone == "+15550100004"
-    assert api.people.GetPerson(by_phone("555.010.0004")).id == "a"
+    assert api.people.GetPerson(by_phone("+15550100004")).person.phone == "+15550100004"
+    assert api.people.GetPerson(by_phone("555.010.0004")).person.id == "a"
     segment = create_dynamic(api, "Four", phone_equals("+1 555 010 0004"))
-    assert api.people.GetPerson(by_phone("+15550100004")).segment_ids == [segment.id]
+    assert api.people.GetPerson(by_phone("+15550100004")).person.segment_ids == [segment.id]
     # A bulk load places numbers the same way.
     columns = PeopleColumns.from_upserts(
         [PersonUpsert("c", phone="(555) 010-0005"), PersonUpsert("d", phone="5550100")]
     )
     summary = api.people.StreamUpsertPeople(
-        iter([people_pb2.UpsertPeopleRequest(columns=people_columns_to_proto(columns))])
+        iter([people_pb2.StreamUpsertPeopleRequest(columns=people_columns_to_proto(columns))])
     )
     assert (summary.created, summary.rejected) == (1, 1)
     assert summary.errors[0].field == "columns.phones.values[1]"
     assert "a local number, add its area code" in summary.errors[0].error
-    assert api.people.GetPerson(by_phone("+15550100005")).id == "c"
+    assert api.people.GetPerson(by_phone("+15550100005")).person.id == "c"
 
 
 def test_unplaceable_phones_in_lookups_and_conditions_are_invalid_arguments(api: Any) -> None:
@@ -79,7 +79,7 @@ def test_the_server_option_sets_the_region(server_processes: Any, tmp_path: Any)
     client = Stubs.connect(server.address)
     upsert = people_pb2.PersonUpsert(id="ann", phone="020 7946 0958")
     client.people.UpsertPeople(people_pb2.UpsertPeopleRequest(people=[upsert]))
-    assert client.people.GetPerson(by_phone("+44 20 7946 0958")).phone == "+442079460958"
+    assert client.people.GetPerson(by_phone("+44 20 7946 0958")).person.phone == "+442079460958"
     # Ten digits are a possible British number too: placed in GB, nobody has it.
     code, _ = status_of(lambda: client.people.GetPerson(by_phone("(555) 010-0004")))
     assert code == grpc.StatusCode.NOT_FOUND

@@ -46,8 +46,8 @@ from segsvc.v1 import audiences_pb2, changes_pb2, people_pb2, segments_pb2
 
 S = segments_pb2
 MAX_DEPTH = 12  # Limits().max_tree_depth, which the server runs with
-PREVIEW = "/segsvc.v1.Segments/PreviewSegment"
-CREATE = "/segsvc.v1.Segments/CreateSegment"
+PREVIEW = "/segsvc.v1.SegmentsService/PreviewSegment"
+CREATE = "/segsvc.v1.SegmentsService/CreateSegment"
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +82,27 @@ def test_bytes_that_are_not_the_request_are_invalid_argument_for_every_call_shap
     api: Stubs,
 ) -> None:
     garbage = b"\xff\xff\xff\xff"
-    unary = rpc_error(lambda: api.channel.unary_unary("/segsvc.v1.People/GetPerson")(garbage))
+    unary = rpc_error(
+        lambda: api.channel.unary_unary("/segsvc.v1.PeopleService/GetPerson")(garbage)
+    )
     assert unary.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "the request is not a segsvc.v1.GetPersonRequest message" in unary.details()
 
-    follows = api.channel.unary_stream("/segsvc.v1.Changes/WatchChanges")
+    follows = api.channel.unary_stream("/segsvc.v1.ChangesService/WatchChanges")
     streamed = rpc_error(lambda: list(follows(garbage, timeout=10)))
     assert streamed.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "segsvc.v1.WatchChangesRequest" in streamed.details()
 
     # A client stream: the messages before the bad one were read, the error names its index.
-    good = people_pb2.UpsertPeopleRequest(people=[person("streamed-1")]).SerializeToString()
-    loads = api.channel.stream_unary("/segsvc.v1.People/StreamUpsertPeople")
+    good = people_pb2.StreamUpsertPeopleRequest(people=[person("streamed-1")]).SerializeToString()
+    loads = api.channel.stream_unary("/segsvc.v1.PeopleService/StreamUpsertPeople")
     bulk = rpc_error(lambda: loads(iter([good, good, garbage]), timeout=10))
     assert bulk.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "message 2 of the stream is not a segsvc.v1.UpsertPeopleRequest message" in (
+    assert "message 2 of the stream is not a segsvc.v1.StreamUpsertPeopleRequest message" in (
         bulk.details()
     )
     # The server is fine afterwards.
-    assert api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("streamed-1"))).id
+    assert api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("streamed-1"))).person.id
 
 
 def test_an_unauthenticated_caller_gets_nothing_parsed(tmp_path: Path) -> None:
@@ -113,7 +115,7 @@ def test_an_unauthenticated_caller_gets_nothing_parsed(tmp_path: Path) -> None:
     )
     try:
         with grpc.insecure_channel(process.address) as channel:
-            call = channel.unary_unary("/segsvc.v1.Segments/PreviewSegment")
+            call = channel.unary_unary("/segsvc.v1.SegmentsService/PreviewSegment")
             anonymous = rpc_error(lambda: call(b"\xff\xff", timeout=10))
             assert anonymous.code() == grpc.StatusCode.UNAUTHENTICATED
             signed = rpc_error(
@@ -188,7 +190,7 @@ def test_a_million_node_tree_is_refused_before_it_costs_memory_or_holds_writers(
     grown = rss_mib(server) - before
 
     assert written and set(written) == {grpc.StatusCode.OK}, written
-    stored = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("writer")))
+    stored = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("writer"))).person
     assert stored.attributes["n"].number_value == len(written)
     # Parsed and validated, each of these took ~165 MiB. What remains is grpc's receiving of
     # 7 MB messages (the allocator keeps such buffers per thread: it levels off).

@@ -67,7 +67,7 @@ def test_upsert_reports_each_item_and_applies_the_valid_ones(api):
         1,
         4,
     )
-    got = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u1")))
+    got = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u1"))).person
     assert got.attributes["plan"].string_value == "pro"
     assert got.attributes["seats"].number_value == 3.0
     assert got.attributes["trial"].bool_value is True
@@ -101,7 +101,7 @@ def test_partial_updates_keep_what_is_not_sent(api):
     )
     got = api.people.GetPerson(
         people_pb2.GetPersonRequest(person=types_pb2.PersonRef(phone="+15550001234"))
-    )
+    ).person
     assert got.id == "u1"
     assert got.email == "alice@example.com"
     assert got.phone == "+15550001234"
@@ -114,7 +114,7 @@ def test_partial_updates_keep_what_is_not_sent(api):
 
     # An empty string removes the email; unset fields stay.
     upsert(api, people_pb2.PersonUpsert(id="u1", email=""))
-    got = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u1")))
+    got = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u1"))).person
     assert (got.email, got.phone) == ("", "+15550001234")
 
 
@@ -123,9 +123,9 @@ def test_get_person_lists_the_segments_they_are_in(api):
     pro = dynamic_segment(api, "Pro", equals("plan", "pro"))
     vip = manual_segment(api, "VIP")
     add_members(api, vip, "u1")
-    got = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u1")))
+    got = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u1"))).person
     assert list(got.segment_ids) == [pro, vip]
-    got = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u2")))
+    got = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u2"))).person
     assert list(got.segment_ids) == []
 
 
@@ -175,11 +175,11 @@ def test_delete_people_leaves_segments_with_deleted_changes(api):
 
 def test_stream_upsert_numbers_items_across_the_whole_stream(api):
     def batches():
-        yield people_pb2.UpsertPeopleRequest(people=[person(f"p{i}") for i in range(3)])
-        yield people_pb2.UpsertPeopleRequest(
+        yield people_pb2.StreamUpsertPeopleRequest(people=[person(f"p{i}") for i in range(3)])
+        yield people_pb2.StreamUpsertPeopleRequest(
             people=[person("p3"), people_pb2.PersonUpsert(id=""), person("p0")]
         )
-        yield people_pb2.UpsertPeopleRequest(
+        yield people_pb2.StreamUpsertPeopleRequest(
             people=[people_pb2.PersonUpsert(id="p9", phone="12"), person("p0", x=1)]
         )
 
@@ -194,7 +194,7 @@ def test_stream_upsert_numbers_items_across_the_whole_stream(api):
 
 def test_stream_upsert_cuts_messages_larger_than_an_engine_batch(api_servers):
     api = api_servers.start(api_servers.config(limits=Limits(max_batch_items=10)))
-    request = people_pb2.UpsertPeopleRequest(
+    request = people_pb2.StreamUpsertPeopleRequest(
         people=[person(f"p{i}") for i in range(24)] + [people_pb2.PersonUpsert(id="")]
     )
     summary = api.people.StreamUpsertPeople(iter([request]))
@@ -248,7 +248,7 @@ def test_track_events_feed_event_segments(api):
     summary = api.people.StreamTrackEvents(
         iter(
             [
-                people_pb2.TrackEventsRequest(
+                people_pb2.StreamTrackEventsRequest(
                     events=[people_pb2.Event(person=by_id("new"), name="purchase")],
                     create_missing_people=True,
                 )
@@ -256,4 +256,4 @@ def test_track_events_feed_event_segments(api):
         )
     )
     assert (summary.received, summary.tracked, summary.rejected) == (1, 1, 0)
-    api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("new")))
+    assert api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("new"))).person.id == "new"

@@ -52,7 +52,7 @@ def test_create_get_update_dynamic_segment(api):
             type=S.SEGMENT_TYPE_DYNAMIC,
             conditions=equals("plan", "pro"),
         )
-    )
+    ).segment
     assert (pro.name, pro.description, pro.type, pro.member_count) == (
         "Pro plan",
         "paying",
@@ -67,11 +67,11 @@ def test_create_get_update_dynamic_segment(api):
         "Big pro",
         all_of(in_segment(pro.id), attr("seats", C.OPERATOR_GREATER_OR_EQUAL, 5)),
     )
-    got = api.segments.GetSegment(S.GetSegmentRequest(segment_id=big))
+    got = api.segments.GetSegment(S.GetSegmentRequest(segment_id=big)).segment
     assert got.member_count == 1
     assert [(r.id, r.name) for r in got.references] == [(pro.id, "Pro plan")]
     assert got.conditions.group.children[1].attribute.value.number_value == 5.0
-    got = api.segments.GetSegment(S.GetSegmentRequest(segment_id=pro.id))
+    got = api.segments.GetSegment(S.GetSegmentRequest(segment_id=pro.id)).segment
     assert [(r.id, r.name) for r in got.referenced_by] == [(big, "Big pro")]
 
     api.clock.advance(60)
@@ -81,7 +81,7 @@ def test_create_get_update_dynamic_segment(api):
             name="Paying",
             conditions=any_of(equals("plan", "pro"), equals("plan", "team")),
         )
-    )
+    ).segment
     assert (updated.name, updated.description, updated.member_count) == ("Paying", "paying", 3)
     assert updated.updated_at.seconds == api.clock.now()
     entered = [
@@ -91,7 +91,9 @@ def test_create_get_update_dynamic_segment(api):
     ]
     assert entered[-1] == ("u4", changes_pb2.CHANGE_CAUSE_DEFINITION)
     # Unset conditions keep the tree; description alone can change.
-    again = api.segments.UpdateSegment(S.UpdateSegmentRequest(segment_id=pro.id, description=""))
+    again = api.segments.UpdateSegment(
+        S.UpdateSegmentRequest(segment_id=pro.id, description="")
+    ).segment
     assert again.description == ""
     assert again.conditions == updated.conditions
 
@@ -99,8 +101,8 @@ def test_create_get_update_dynamic_segment(api):
 def test_type_follows_conditions_when_unspecified(api):
     dynamic = api.segments.CreateSegment(
         S.CreateSegmentRequest(name="d", conditions=equals("plan", "pro"))
-    )
-    manual = api.segments.CreateSegment(S.CreateSegmentRequest(name="m"))
+    ).segment
+    manual = api.segments.CreateSegment(S.CreateSegmentRequest(name="m")).segment
     assert (dynamic.type, manual.type) == (S.SEGMENT_TYPE_DYNAMIC, S.SEGMENT_TYPE_MANUAL)
     assert not manual.HasField("conditions")
 
@@ -216,7 +218,9 @@ def test_cycles_are_refused_on_update(api):
     assert violations(error) == [
         ("conditions.segment.segment_id", "a segment cannot reference itself")
     ]
-    assert api.segments.GetSegment(S.GetSegmentRequest(segment_id=b)).conditions == in_segment(a)
+    assert api.segments.GetSegment(
+        S.GetSegmentRequest(segment_id=b)
+    ).segment.conditions == in_segment(a)
 
 
 def test_manual_segments_take_no_conditions(api):
@@ -380,7 +384,7 @@ def test_manual_members_per_item_results(api):
     _load_people(api)
     vip = manual_segment(api, "VIP")
     response = api.segments.AddMembers(
-        S.MembersRequest(
+        S.AddMembersRequest(
             segment_id=vip,
             people=[
                 by_id("u1"),
@@ -404,7 +408,7 @@ def test_manual_members_per_item_results(api):
     assert members_of(api, vip) == {"u1", "u2"}
 
     response = api.segments.RemoveMembers(
-        S.MembersRequest(segment_id=vip, people=[by_id("u1"), by_id("u3")])
+        S.RemoveMembersRequest(segment_id=vip, people=[by_id("u1"), by_id("u3")])
     )
     assert [OUTCOME.Name(r.outcome) for r in response.results] == [
         "OUTCOME_REMOVED",
@@ -442,7 +446,9 @@ def test_dynamic_segments_refuse_manual_changes(api):
     pro = dynamic_segment(api, "Pro", equals("plan", "pro"))
     for call in (
         lambda: add_members(api, pro, "u3"),
-        lambda: api.segments.RemoveMembers(S.MembersRequest(segment_id=pro, people=[by_id("u1")])),
+        lambda: api.segments.RemoveMembers(
+            S.RemoveMembersRequest(segment_id=pro, people=[by_id("u1")])
+        ),
         lambda: api.segments.ClearSegment(S.ClearSegmentRequest(segment_id=pro)),
     ):
         code, message = status_of(call)

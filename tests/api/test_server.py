@@ -24,6 +24,7 @@ from api_harness import (
     stored_changes,
     upsert,
 )
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_harness import Stubs
@@ -40,7 +41,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_health_is_serving_then_not_serving_on_shutdown(api):
-    for service in ("", "segsvc.v1.Segments", "segsvc.v1.People"):
+    for service in ("", "segsvc.v1.SegmentsService", "segsvc.v1.PeopleService"):
         reply = api.health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == SERVING
     watch = api.health.Watch(health_pb2.HealthCheckRequest(service=""))
@@ -60,24 +61,40 @@ def _until_end(stream):
         return
 
 
-def test_reflection_lists_every_service(api):
-    stub = reflection_pb2_grpc.ServerReflectionStub(api.channel)
-    replies = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_lists_and_describes_every_service(api, version):
+    # v1 and v1alpha are the same messages on the wire: v1alpha's classes speak both.
+    info = api.channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
     )
-    names = {s.name for s in next(replies).list_services_response.service}
-    assert {
-        "segsvc.v1.People",
-        "segsvc.v1.Segments",
-        "segsvc.v1.Changes",
-        "segsvc.v1.Audiences",
+
+    def ask(**request: str) -> reflection_pb2.ServerReflectionResponse:
+        return next(info(iter([reflection_pb2.ServerReflectionRequest(**request)])))
+
+    names = {s.name for s in ask(list_services="").list_services_response.service}
+    assert names == {
+        "segsvc.v1.PeopleService",
+        "segsvc.v1.SegmentsService",
+        "segsvc.v1.ChangesService",
+        "segsvc.v1.AudiencesService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
-    } <= names
-    replies = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="segsvc.v1.Segments")])
-    )
-    assert next(replies).file_descriptor_response.file_descriptor_proto
+        "grpc.reflection.v1.ServerReflection",
+    }
+    for name in names:
+        reply = ask(file_containing_symbol=name)
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in reply.file_descriptor_response.file_descriptor_proto
+        ]
+        package, _, service = name.rpartition(".")
+        assert any(
+            f.package == package and service in {s.name for s in f.service} for f in files
+        ), name
+    missing = ask(file_containing_symbol="segsvc.v1.NoSuchService")
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 def test_restart_keeps_everything(api_servers):
@@ -91,14 +108,17 @@ def test_restart_keeps_everything(api_servers):
     before_segments = api.segments.ListSegments(
         S.ListSegmentsRequest(archived=S.ARCHIVED_FILTER_ALL)
     )
-    before_person = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u3")))
+    before_person = api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u3"))).person
 
     api = api_servers.restart(api)
     assert (
         api.segments.ListSegments(S.ListSegmentsRequest(archived=S.ARCHIVED_FILTER_ALL))
         == before_segments
     )
-    assert api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u3"))) == before_person
+    assert (
+        api.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u3"))).person
+        == before_person
+    )
     assert members_of(api, pro) == {"u1", "u3"}
     assert members_of(api, vip) == {"u2", "u3"}
     assert stored_changes(api) == before_changes
@@ -174,7 +194,7 @@ def test_tokens_authenticate_and_authorize(secured):
 
     def create(name, metadata):
         request = S.CreateSegmentRequest(name=name, type=S.SEGMENT_TYPE_MANUAL)
-        return api.segments.CreateSegment(request, metadata=metadata)
+        return api.segments.CreateSegment(request, metadata=metadata).segment
 
     def names(metadata):
         page = api.segments.ListSegments(S.ListSegmentsRequest(), metadata=metadata)
@@ -194,7 +214,8 @@ def test_tokens_authenticate_and_authorize(secured):
     # Streams are guarded too.
     code, _ = status_of(
         lambda: api.people.StreamUpsertPeople(
-            iter([people_pb2.UpsertPeopleRequest(people=[person("u1")])]), metadata=_as("reader")
+            iter([people_pb2.StreamUpsertPeopleRequest(people=[person("u1")])]),
+            metadata=_as("reader"),
         )
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED

@@ -85,7 +85,9 @@ def assert_kept(serve_with: Callable[..., ServerProcess], data: Path, vip: int) 
     again = serve_with(data)
     client = Stubs.connect(again.address)
     assert members_of(client, vip) == {"u1"}
-    assert client.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u2"))).id == "u2"
+    assert (
+        client.people.GetPerson(people_pb2.GetPersonRequest(person=by_id("u2"))).person.id == "u2"
+    )
     add_members(client, vip, "u2")
     assert members_of(client, vip) == {"u1", "u2"}
     client.channel.close()
@@ -131,7 +133,7 @@ def test_sigterm_after_undecodable_stream_messages(serve_with, tmp_path, method)
     client = Stubs.connect(server.address)
     vip = write_some(client)
     send_raw = client.channel.stream_unary(
-        f"/segsvc.v1.People/{method}",
+        f"/segsvc.v1.PeopleService/{method}",
         request_serializer=lambda raw: raw,
         response_deserializer=lambda raw: raw,
     )

@@ -142,7 +142,8 @@ def test_uploads_and_followers_share_the_budget(api_servers) -> None:
     follower = api.changes.WatchChanges(changes_pb2.WatchChangesRequest(after_seq=0))
     try:
         next(follower)  # admitted: it holds the one slot while it follows
-        code, message = status_of(lambda: api.people.StreamUpsertPeople(iter([upload])))
+        stream_upload = people_pb2.StreamUpsertPeopleRequest(people=upload.people)
+        code, message = status_of(lambda: api.people.StreamUpsertPeople(iter([stream_upload])))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "too many open streams (1, the server's limit)" in message
         # Unary calls and health do not wait for the stream.

@@ -53,7 +53,7 @@ def test_reads_of_unknown_workspaces_leave_nothing_behind(server_processes, tmp_
         )
         assert list(stored) == []
     # A read of the real workspace still sees its data.
-    assert stubs.people.GetPerson(P.GetPersonRequest(person=by_id("ann"))).id == "ann"
+    assert stubs.people.GetPerson(P.GetPersonRequest(person=by_id("ann"))).person.id == "ann"
     stubs.channel.close()
     assert server.terminate() == 0
     assert stored_workspaces(data) == {"default"}
@@ -69,7 +69,7 @@ def test_a_write_creates_the_workspace_a_read_found_empty(api):
     assert code == grpc.StatusCode.NOT_FOUND
     assert "later" not in {ws.name for ws in api.engine.workspaces()}
     api.people.UpsertPeople(P.UpsertPeopleRequest(people=[person("bo")]), metadata=metadata)
-    found = api.people.GetPerson(P.GetPersonRequest(person=by_id("bo")), metadata=metadata)
+    found = api.people.GetPerson(P.GetPersonRequest(person=by_id("bo")), metadata=metadata).person
     assert found.id == "bo"
     assert "later" in {ws.name for ws in api.engine.workspaces()}
 
@@ -81,21 +81,21 @@ def test_a_follower_of_an_unknown_workspace_sees_its_first_changes(api):
     received: list[Ch.Change] = []
 
     def read_two() -> None:
-        for change in follow:
-            received.append(change)
-            if len(received) == 2:
+        for response in follow:
+            received.extend(response.changes)
+            if len(received) >= 2:
                 return
 
     reader = threading.Thread(target=read_two)
     reader.start()
     segment = api.segments.CreateSegment(
         S.CreateSegmentRequest(name="all", type=S.SEGMENT_TYPE_MANUAL), metadata=metadata
-    )
+    ).segment
     api.people.UpsertPeople(
         P.UpsertPeopleRequest(people=[person("a"), person("b")]), metadata=metadata
     )
     api.segments.AddMembers(
-        S.MembersRequest(segment_id=segment.id, people=[by_id("a"), by_id("b")]),
+        S.AddMembersRequest(segment_id=segment.id, people=[by_id("a"), by_id("b")]),
         metadata=metadata,
     )
     reader.join(timeout=10)

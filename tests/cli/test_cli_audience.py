@@ -13,7 +13,7 @@ import grpc
 import pytest
 from cli_harness import Cli
 
-from segsvc.cli import audience as audience_module
+import segsvc.client
 from segsvc.v1 import audiences_pb2, audiences_pb2_grpc, types_pb2
 
 
@@ -91,7 +91,7 @@ def test_watch_replays_changes_as_json_lines(loaded: Cli) -> None:
     assert "EXITED" in lines[2] and "manual" in lines[2]
 
 
-class _DroppingAudiences(audiences_pb2_grpc.AudiencesServicer):
+class _DroppingAudiences(audiences_pb2_grpc.AudiencesServiceServicer):
     """Serves five people in chunks of two and drops the connection (UNAVAILABLE) after
     each of the first `drops` chunks; resumes from the cursor it is given."""
 
@@ -103,7 +103,7 @@ class _DroppingAudiences(audiences_pb2_grpc.AudiencesServicer):
 
     def ResolveAudience(
         self, request: audiences_pb2.ResolveAudienceRequest, context: grpc.ServicerContext
-    ) -> Iterator[audiences_pb2.AudienceChunk]:
+    ) -> Iterator[audiences_pb2.ResolveAudienceResponse]:
         self.requests.append(request)
         if self.down:
             context.abort(grpc.StatusCode.UNAVAILABLE, "down")
@@ -116,7 +116,7 @@ class _DroppingAudiences(audiences_pb2_grpc.AudiencesServicer):
                 )
                 for pid in people[at : at + 2]
             ]
-            yield audiences_pb2.AudienceChunk(
+            yield audiences_pb2.ResolveAudienceResponse(
                 members=members, cursor=str(at + 2), total=5, last=at + 2 >= len(people)
             )
             if self.drops > 0:
@@ -126,10 +126,10 @@ class _DroppingAudiences(audiences_pb2_grpc.AudiencesServicer):
 
 @pytest.fixture
 def dropping(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cli, _DroppingAudiences]]:
-    monkeypatch.setattr(audience_module, "RECONNECT_DELAY", 0.0)
+    monkeypatch.setattr(segsvc.client, "RECONNECT_DELAY", 0.0)
     servicer = _DroppingAudiences(drops=2)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    audiences_pb2_grpc.add_AudiencesServicer_to_server(servicer, server)
+    audiences_pb2_grpc.add_AudiencesServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

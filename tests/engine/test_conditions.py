@@ -87,8 +87,8 @@ def test_missing_tree_for_dynamic_segment(ws: Workspace) -> None:
         (attr("less_than", value=True), "conditions.attribute.value"),
         (attr("equals"), "conditions.attribute.value"),
         (attr("one_of"), "conditions.attribute.values"),
-        (attr("within_last", seconds=0), "conditions.attribute.seconds"),
-        (attr("more_than_ago", seconds=-5), "conditions.attribute.seconds"),
+        (attr("within_last", seconds=0), "conditions.attribute.duration"),
+        (attr("more_than_ago", seconds=-5), "conditions.attribute.duration"),
         (attr("no_such_operator", value=1.0), "conditions.attribute.operator"),
         (attr("equals", attribute="", value=1.0), "conditions.attribute.attribute"),
         (AttributeCondition("exists"), "conditions.attribute"),
@@ -240,7 +240,7 @@ def test_within_last_longer_than_the_calendar(ws: Workspace) -> None:
     ws.upsert_people([PersonUpsert("p", attributes={A: Timestamp(now - 10)})])
     # now - D <= t <= now holds for any D >= 10.
     accepted_or_refused(
-        ws, attr("within_last", seconds=10**12), "conditions.attribute.seconds", {"p"}
+        ws, attr("within_last", seconds=10**12), "conditions.attribute.duration", {"p"}
     )
 
 

@@ -97,7 +97,7 @@ def clone(tmp_path: Path) -> Clone:
 
 def test_serve_installs_the_server_only_and_test_adds_the_tools(clone: Clone) -> None:
     said = clone.run("server")
-    assert clone.calls() == ["venv start", "venv end", "pip start ", "pip end"]
+    assert clone.calls() == ["venv start", "venv end", "pip start [server]", "pip end"]
     assert "creating .venv" in said
     assert "installing segsvc and the server's dependencies into .venv" in said
     assert "test tools" not in said
@@ -114,7 +114,7 @@ def test_serve_installs_the_server_only_and_test_adds_the_tools(clone: Clone) ->
     later = time.time() + 10
     os.utime(pyproject, (later, later))
     clone.run("server")
-    assert clone.calls()[6:] == ["pip start ", "pip end"]
+    assert clone.calls()[6:] == ["pip start [server]", "pip end"]
 
 
 def test_a_half_made_venv_is_made_again(clone: Clone) -> None:
@@ -122,7 +122,7 @@ def test_a_half_made_venv_is_made_again(clone: Clone) -> None:
     venv_python.parent.mkdir(parents=True)
     shutil.copy(clone.python, venv_python)  # a python, but no pip: a run killed midway
     clone.run("server")
-    assert clone.calls() == ["venv start", "venv end", "pip start ", "pip end"]
+    assert clone.calls() == ["venv start", "venv end", "pip start [server]", "pip end"]
 
 
 def test_runs_started_together_take_turns(tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_runs_started_together_take_turns(tmp_path: Path) -> None:
     assert clone.calls() == [
         "venv start",
         "venv end",
-        "pip start ",
+        "pip start [server]",
         "pip end",
         "pip start [dev]",
         "pip end",

@@ -27,6 +27,7 @@ from segsvc.api.people import PeopleServicer
 from segsvc.api.segments import SegmentsServicer
 from segsvc.config import Config
 from segsvc.engine.engine import Engine
+from segsvc.storage.errors import StorageError
 from segsvc.v1 import (
     audiences_pb2,
     audiences_pb2_grpc,
@@ -252,7 +253,7 @@ def serve(config: Config) -> None:
             load_tokens(config.tokens_file)
         check_listen_address(config.listen, authenticated=config.tokens_file is not None)
         engine = Engine(config)
-    except (ServerConfigError, TokensFileError) as exc:
+    except (ServerConfigError, TokensFileError, StorageError) as exc:
         print(f"segsvc: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     try:

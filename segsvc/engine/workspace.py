@@ -150,16 +150,7 @@ class Workspace:
         A damaged checkpoint or log record raises CorruptRecordError: the state cannot be
         rebuilt without it."""
         with self.store.read() as txn:
-            blob = txn.get("checkpoints", self._prefix)
-            with reading("checkpoints", describe_key("checkpoints", self._prefix)):
-                state = WorkspaceState.from_bytes(blob) if blob else WorkspaceState()
-            replayed = weight = 0
-            for key, value in txn.scan("ops", self._prefix, self._prefix + u64(state.op_seq + 1)):
-                with reading("ops", describe_key("ops", key)):
-                    op = decode(value)
-                state.apply(read_u64(key, len(self._prefix)), op)
-                replayed += 1
-                weight += _weight(op)
+            state, replayed, weight = load_state(txn, self._prefix)
         # What is still only in the log counts toward the next checkpoint.
         self._items_since_checkpoint = weight
         if replayed:
@@ -1326,6 +1317,23 @@ class Workspace:
         limit = limit or self.limits.max_batch_items
         if size > limit:
             raise InvalidArgument(f"{size} items: at most {limit} per call (split the batch)", path)
+
+
+def load_state(txn: Txn, workspace_prefix: bytes) -> tuple[WorkspaceState, int, int]:
+    """A workspace's state from its checkpoint and the log after it; also how many
+    operations were replayed and their weight. A damaged record raises CorruptRecordError."""
+    blob = txn.get("checkpoints", workspace_prefix)
+    with reading("checkpoints", describe_key("checkpoints", workspace_prefix)):
+        state = WorkspaceState.from_bytes(blob) if blob else WorkspaceState()
+    replayed = weight = 0
+    after = workspace_prefix + u64(state.op_seq + 1)
+    for key, value in txn.scan("ops", workspace_prefix, after):
+        with reading("ops", describe_key("ops", key)):
+            op = decode(value)
+        state.apply(read_u64(key, len(workspace_prefix)), op)
+        replayed += 1
+        weight += _weight(op)
+    return state, replayed, weight
 
 
 # A bulk load takes this many times the batch limit per call: its cost per batch (bitmap

@@ -345,6 +345,17 @@ class Store:
         _unlock(self._lock_file)
 
 
+@contextmanager
+def at_rest(path: Path) -> Iterator[None]:
+    """A store held still for an offline look (`segsvc check`): its lock taken shared, so a
+    running server is refused, and its data file checked present as opening it would."""
+    lock_file = _lock(path, readonly=True)
+    try:
+        yield
+    finally:
+        _unlock(lock_file)
+
+
 def _lock(path: Path, readonly: bool) -> IO[str] | None:
     """Takes the directory's lock file, after checking that its data file is whole where a
     store was: exclusive for a server (LMDB itself lets two processes write one environment,

@@ -240,8 +240,15 @@ class Workspace:
             if self._items_since_checkpoint >= max(
                 self._checkpoint_due(), self._checkpoint_retry_at
             ):
-                # The write is committed whatever becomes of the checkpoint.
-                self.checkpoint()
+                # The write is committed whatever becomes of the checkpoint: a failure other
+                # than storage's (which checkpoint logs itself) is logged, not answered.
+                try:
+                    self.checkpoint()
+                except Exception:
+                    self._checkpoint_retry_at = (
+                        self._items_since_checkpoint + self._checkpoint_due()
+                    )
+                    log.exception("workspace %s: checkpoint failed", self.name)
         if batches:
             with self.changed:
                 self._committed_head = self.state.change_seq - 1

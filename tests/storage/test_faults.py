@@ -13,15 +13,17 @@ import msgpack
 import pytest
 
 from segsvc.config import Config
+from segsvc.engine.check import check_store
 from segsvc.engine.clock import FakeClock
 from segsvc.engine.conditions import AttributeCondition
 from segsvc.engine.engine import Engine
 from segsvc.engine.errors import DataLoss, Unavailable
 from segsvc.engine.model import PersonKey
-from segsvc.engine.people import PersonUpsert
+from segsvc.engine.people import PersonRecord, PersonUpsert
+from segsvc.engine.values import Timestamp
 from segsvc.storage.errors import CorruptRecordError
 from segsvc.storage.records import HEAD_SIZE, MARK, DamagedRecord, reading, seal, unseal
-from segsvc.storage.store import prefix, u32
+from segsvc.storage.store import Store, prefix, u32
 
 # -- the frame -------------------------------------------------------------------------------
 
@@ -215,3 +217,53 @@ def test_a_damaged_person_is_data_loss_and_others_are_served(engine: Engine) -> 
     assert ws.attributes_of([1], ["n"]) == [{"n": 1.0}]
     with pytest.raises(DataLoss):
         ws.attributes_of([0], ["n"])
+
+
+def test_check_names_every_kind_of_damage_and_a_whole_store_is_clean(config: Config) -> None:
+    engine = Engine(config, FakeClock())
+    ws = engine.workspace("default")
+    noted = ws.create_segment("n", "", True, AttributeCondition("exists", attribute="n")).id
+    upsert(engine, "a", "b", n=1.0)
+    engine.close()
+    assert check_store(config.data_dir).damage == []
+
+    p = prefix("default")
+    store = Store(config.data_dir)
+    with store.write() as txn:
+        first_change = next(txn.scan("changes", p))[0]
+        txn.put("changes", first_change, flip_last(txn.get("changes", first_change)))
+        txn.put("lookup", p + b"e" + b"ghost@x.io", u32(41))  # names nobody
+        txn.put("lookup", p + b"e" + b"a@x.io", u32(1))  # names b, whose email differs
+        stray = PersonRecord("stray", Timestamp(0), Timestamp(0))
+        txn.put("people", p + u32(7), stray.encode())  # unknown to the log
+        txn.put("snapshots", p + b"s1", b"\xc1junk")
+    store.close()
+    report = check_store(config.data_dir)
+    found = sorted(str(d) for d in report.damage)
+    assert found == sorted(
+        [
+            f"changes seq {int.from_bytes(first_change[-8:], 'big')} of workspace 'default': "
+            "checksum mismatch",
+            "lookup email 'ghost@x.io' of workspace 'default': names ordinal 41, which has no "
+            "record",
+            "lookup email 'a@x.io' of workspace 'default': names ordinal 1, whose email is "
+            "'b@x.io'",
+            "people ordinal 0 of workspace 'default': its email 'a@x.io' has no lookup naming it",
+            "people ordinal 7 of workspace 'default': its id 'stray' has no lookup naming it",
+            "people ordinal 7 of workspace 'default': a record the log and checkpoint know "
+            "nothing of",
+            "snapshots 's1' of workspace 'default': checksum mismatch",
+        ]
+    )
+    # The server reading that change batch answers DATA_LOSS naming it.
+    engine = Engine(config, FakeClock())
+    try:
+        with pytest.raises(DataLoss, match=r"the changes record seq \d+ .* is damaged"):
+            engine.workspace("default").read_changes(0, frozenset({noted}))
+    finally:
+        engine.close(checkpoint=False)
+
+
+def flip_last(value: bytes | None) -> bytes:
+    assert value is not None
+    return value[:-1] + bytes([value[-1] ^ 1])

@@ -209,9 +209,17 @@ def test_a_full_disk_refuses_writes_up_front_keeps_reads_and_stops_cleanly(
     assert log_lines(server, "reloading from disk") == 0, server.log()
     assert log_lines(server, "refusing writes until there is room") == 1, server.log()
 
-    # Reads keep working, and nothing of the refused writes is there.
+    # Reads keep working, and nothing of the refused writes is there. Resolving an audience
+    # streams everyone (its snapshot is stored if it fits, else kept in memory).
     reads_work(client, noted, acknowledged)
     assert not exists(client, "late0")
+    chunks = client.audiences.ResolveAudience(
+        audiences_pb2.ResolveAudienceRequest(
+            audience=audiences_pb2.AudienceSpec(include=[noted]), chunk_size=5000
+        )
+    )
+    # (in ordinal order, which is the order they were created in)
+    assert [m.id for chunk in chunks for m in chunk.members] == acknowledged
     # A deletion may use the reserve: people can still be erased when the disk is full.
     gone = acknowledged.pop()
     deleted = client.people.DeletePeople(people_pb2.DeletePeopleRequest(people=[by_id(gone)]))

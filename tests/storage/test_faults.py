@@ -18,7 +18,7 @@ from segsvc.engine.clock import FakeClock
 from segsvc.engine.conditions import AttributeCondition
 from segsvc.engine.engine import Engine
 from segsvc.engine.errors import DataLoss, Unavailable
-from segsvc.engine.model import PersonKey
+from segsvc.engine.model import AudienceSpec, PersonKey
 from segsvc.engine.people import PersonRecord, PersonUpsert
 from segsvc.engine.values import Timestamp
 from segsvc.storage.errors import CorruptRecordError
@@ -267,3 +267,19 @@ def test_check_names_every_kind_of_damage_and_a_whole_store_is_clean(config: Con
 def flip_last(value: bytes | None) -> bytes:
     assert value is not None
     return value[:-1] + bytes([value[-1] ^ 1])
+
+
+def test_an_audience_snapshot_storage_refuses_is_kept_in_memory(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = engine.workspace("default")
+    noted = ws.create_segment("n", "", True, AttributeCondition("exists", attribute="n")).id
+    upsert(engine, "a", "b", n=1.0)
+    failing = FailingCommits(engine.store._env)
+    engine.store._env = failing
+    failing.failures = 1
+    snapshot, size = ws.snapshot_audience(AudienceSpec(include=(noted,)))
+    assert size == 2
+    assert "audience snapshot kept in memory only" in caplog.text
+    rows, total, remaining, _ = ws.snapshot_page(snapshot, -1, 10)
+    assert ([r[1] for r in rows], total, remaining) == (["a", "b"], 2, 0)

@@ -329,11 +329,13 @@ class Store:
             return StorageFullError(
                 "map", f"the LMDB map of {self._map_size // MiB} MiB is full ({exc})"
             )
-        room = self.room()
-        if isinstance(exc, lmdb.DiskError) or room.disk_left < room.reserve:
+        # The filesystem's own free space: what a failed commit wrote past the last page
+        # is room for the next one, but says nothing of why this one failed.
+        disk = os.fstatvfs(self._data_fd)
+        free = disk.f_bavail * disk.f_frsize
+        if isinstance(exc, lmdb.DiskError) or free < self.reserve:
             return StorageFullError(
-                "disk",
-                f"the disk holding {self.path} is full ({room.disk_left // MiB} MiB free; {exc})",
+                "disk", f"the disk holding {self.path} is full ({free // MiB} MiB free; {exc})"
             )
         return StorageIOError(f"the disk failed a write to {self.path} ({exc})")
 

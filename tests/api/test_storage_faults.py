@@ -294,6 +294,37 @@ def test_a_disk_filled_by_something_else_refuses_writes_until_space_returns(
     no_traceback(server)
 
 
+def test_a_write_too_big_for_the_room_left_fails_at_commit_and_changes_nothing(
+    server_processes, small_disk
+):
+    disk = small_disk(16)
+    server = server_processes(disk / "data")
+    client = Stubs.connect(server.address)
+    noted = dynamic_segment(client, "noted", attr("note", C.OPERATOR_EXISTS))
+    assert one_person(client, "before").created == 1
+    # 3 MiB free, more than the reserve: the write is let through, and finds no room for
+    # its 6 MB when it commits (LMDB's short write: EIO, the INTERNAL).
+    free = shutil.disk_usage(disk).free
+    with (disk / "filler").open("wb") as f:
+        os.posix_fallocate(f.fileno(), 0, free - (3 << 20))
+    big = [person(f"big{i}", note="x" * 3000) for i in range(1000)]
+    code, details = status_of(
+        lambda: client.people.UpsertPeople(people_pb2.UpsertPeopleRequest(people=big))
+    )
+    assert code == FULL, details
+    assert "storage is full" in details and "nothing was written" in details
+    # Memory had run ahead of the commit: reloaded once, so reads answer as before.
+    assert log_lines(server, "write failed after it was applied in memory") == 1, server.log()
+    reads_work(client, noted, ["before"])
+    assert not exists(client, "big0")
+    (disk / "filler").unlink()
+    assert client.people.UpsertPeople(people_pb2.UpsertPeopleRequest(people=big)).created == 1000
+    reads_work(client, noted, ["before", *(f"big{i}" for i in range(1000))])
+    client.channel.close()
+    assert server.terminate() == 0
+    no_traceback(server)
+
+
 def test_a_full_lmdb_map_is_refused_with_the_remedy_and_a_larger_map_resumes(
     server_processes, tmp_path
 ):

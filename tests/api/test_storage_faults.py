@@ -265,20 +265,29 @@ def test_a_full_disk_refuses_writes_up_front_keeps_reads_and_stops_cleanly(
     assert check(data).returncode == 0
 
 
-def test_a_disk_filled_by_something_else_refuses_writes_until_space_returns(
-    server_processes, small_disk
-):
-    disk = small_disk(32)
+def serving_one_person(server_processes, disk: Path) -> tuple[ServerProcess, Stubs, int]:
+    """A server on `disk` with a segment of who has a note, and "before" in it."""
     server = server_processes(disk / "data")
     client = Stubs.connect(server.address)
     noted = dynamic_segment(client, "noted", attr("note", C.OPERATOR_EXISTS))
     assert one_person(client, "before").created == 1
+    return server, client, noted
 
-    # Another program takes all but 100 KiB of the disk.
-    free = shutil.disk_usage(disk).free
+
+def fill(disk: Path, leaving: int) -> Path:
+    """Takes all but `leaving` bytes of the disk, as another program would."""
     filler = disk / "filler"
     with filler.open("wb") as f:
-        os.posix_fallocate(f.fileno(), 0, free - (100 << 10))
+        os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(disk).free - leaving)
+    return filler
+
+
+def test_a_disk_filled_by_something_else_refuses_writes_until_space_returns(
+    server_processes, small_disk
+):
+    disk = small_disk(32)
+    server, client, noted = serving_one_person(server_processes, disk)
+    filler = fill(disk, leaving=100 << 10)  # another program takes all but 100 KiB
     code, details = status_of(lambda: one_person(client, "during"))
     assert code == FULL, details
     assert "storage is full" in details and "disk holding" in details
@@ -298,15 +307,10 @@ def test_a_write_too_big_for_the_room_left_fails_at_commit_and_changes_nothing(
     server_processes, small_disk
 ):
     disk = small_disk(16)
-    server = server_processes(disk / "data")
-    client = Stubs.connect(server.address)
-    noted = dynamic_segment(client, "noted", attr("note", C.OPERATOR_EXISTS))
-    assert one_person(client, "before").created == 1
+    server, client, noted = serving_one_person(server_processes, disk)
     # 3 MiB free, more than the reserve: the write is let through, and finds no room for
     # its 6 MB when it commits (LMDB's short write: EIO, the issue's INTERNAL).
-    free = shutil.disk_usage(disk).free
-    with (disk / "filler").open("wb") as f:
-        os.posix_fallocate(f.fileno(), 0, free - (3 << 20))
+    filler = fill(disk, leaving=3 << 20)
     big = [person(f"big{i}", note="x" * 3000) for i in range(1000)]
     code, details = status_of(
         lambda: client.people.UpsertPeople(people_pb2.UpsertPeopleRequest(people=big))
@@ -317,7 +321,7 @@ def test_a_write_too_big_for_the_room_left_fails_at_commit_and_changes_nothing(
     assert log_lines(server, "write failed after it was applied in memory") == 1, server.log()
     reads_work(client, noted, ["before"])
     assert not exists(client, "big0")
-    (disk / "filler").unlink()
+    filler.unlink()
     assert client.people.UpsertPeople(people_pb2.UpsertPeopleRequest(people=big)).created == 1000
     reads_work(client, noted, ["before", *(f"big{i}" for i in range(1000))])
     client.channel.close()

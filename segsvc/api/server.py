@@ -37,7 +37,7 @@ from segsvc.api.reflection import enable_reflection
 from segsvc.api.segments import SegmentsServicer
 from segsvc.config import Config
 from segsvc.engine.engine import Engine
-from segsvc.storage.errors import StoreLockedError
+from segsvc.storage.errors import StorageError
 from segsvc.v1 import (
     audiences_pb2,
     audiences_pb2_grpc,
@@ -445,7 +445,7 @@ def serve(config: Config) -> None:
         check_port_free(config.listen)
         check_data_dir(config.data_dir)
         engine = Engine(config)
-    except (ServerConfigError, TokensFileError, StoreLockedError) as exc:
+    except (ServerConfigError, TokensFileError, StorageError) as exc:
         _refuse(exc)
     shutdown = threading.Event()
 

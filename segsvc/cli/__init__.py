@@ -13,7 +13,7 @@ from typing import Any
 import click
 import grpc
 
-from segsvc.cli import audience, events, members, people, segments, serve, watch
+from segsvc.cli import audience, check, events, members, people, segments, serve, watch
 from segsvc.cli.common import Session
 from segsvc.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, Output, rpc_error_lines
 from segsvc.client import Client
@@ -94,6 +94,7 @@ def main(
 
 
 main.add_command(serve.serve)
+main.add_command(check.check)
 main.add_command(segments.segments)
 main.add_command(members.members)
 main.add_command(people.people)

@@ -41,6 +41,7 @@ from segsvc.engine.values import (
     normalize_email,
     normalize_phone,
 )
+from segsvc.storage.records import seal
 
 # Row outcomes, as codes: `BulkResult.outcomes[i]` for row i.
 REJECTED, CREATED, UPDATED, UNCHANGED = 0, 1, 2, 3
@@ -741,7 +742,7 @@ class _DeltaBuilder:
             self.tag_gains[tag].append(ordinal)
         new_tags = sorted(set(old_tags) | set(tags)) if gained else old_tags
         plain = [pid, new_created, self.now, email, phone, new_unsub, attrs, new_tags, devices]
-        return bytes(msgpack.packb(plain, use_bin_type=True))
+        return seal(msgpack.packb(plain, use_bin_type=True))
 
     def delta(self) -> IndexDelta:
         adds = {k: list(v) for k, v in self.adds.items()}
@@ -872,20 +873,24 @@ def _records(
                 continue
             for k, value in zip((where[start:stop] - low).tolist(), plain, strict=True):
                 attrs[k][name] = value
+        # Each record checksummed as PersonRecord.encode does.
         yield from map(
-            pack,
+            seal,
             map(
-                list,
-                zip(
-                    ids[low:high],
-                    created[low:high].tolist(),
-                    repeat(now),
-                    emails[low:high],
-                    phones[low:high],
-                    unsub[low:high].tolist(),
-                    attrs,
-                    row_tags[low:high],
-                    repeat({}),
+                pack,
+                map(
+                    list,
+                    zip(
+                        ids[low:high],
+                        created[low:high].tolist(),
+                        repeat(now),
+                        emails[low:high],
+                        phones[low:high],
+                        unsub[low:high].tolist(),
+                        attrs,
+                        row_tags[low:high],
+                        repeat({}),
+                    ),
                 ),
             ),
         )

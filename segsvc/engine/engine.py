@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 from segsvc.config import Config
 from segsvc.engine.clock import Clock, SystemClock
-from segsvc.engine.errors import InvalidArgument
+from segsvc.engine.errors import InvalidArgument, SegsvcError, from_storage
 from segsvc.engine.workspace import Workspace
+from segsvc.storage.errors import CorruptRecordError, StorageError, StoreDamagedError
 from segsvc.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ def check_workspace_name(name: str) -> None:
 
 
 class Engine:
+    """Raises StorageError (StoreDamagedError, StoreLockedError, ...) when the store cannot
+    be opened whole: a damaged store is refused, never served in part or replaced."""
+
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         # The state is millions of long-lived objects (index lists, bitmaps) and writes
         # allocate millions of short-lived ones: at the default thresholds the cyclic GC
@@ -47,10 +51,20 @@ class Engine:
         self._created = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
-        with self.store.read() as txn:
-            names = [k[len(b"ws:") :].decode() for k, _ in txn.scan("meta", b"ws:")]
-        for name in names:
-            self.workspace(name)
+        try:
+            with self.store.read() as txn:
+                names = [k[len(b"ws:") :].decode() for k, _ in txn.scan("meta", b"ws:")]
+            for name in names:
+                self.workspace(name)
+        except CorruptRecordError as exc:
+            self.store.close()
+            raise StoreDamagedError(
+                f"workspace data cannot be rebuilt: {exc}; restore {config.data_dir} from a "
+                f"backup (`segsvc check --data {config.data_dir}` lists all damage)"
+            ) from exc
+        except BaseException:
+            self.store.close()
+            raise
 
     def workspace(self, name: str) -> Workspace:
         """The named workspace, created on first use: for writes."""
@@ -61,9 +75,12 @@ class Engine:
         with self._lock:
             ws = self._workspaces.get(name)
             if ws is None:
-                with self.store.write() as txn:
-                    if txn.get("meta", b"ws:" + name.encode()) is None:
-                        txn.put("meta", b"ws:" + name.encode(), b"")
+                try:
+                    with self.store.write() as txn:
+                        if txn.get("meta", b"ws:" + name.encode()) is None:
+                            txn.put("meta", b"ws:" + name.encode(), b"")
+                except StorageError as exc:
+                    raise from_storage(exc, self.config.data_dir) from exc
                 # Loading builds the long-lived state and no garbage cycles: collect nothing
                 # meanwhile, then move it all where the collector never rescans it.
                 gc.disable()
@@ -103,6 +120,8 @@ class Engine:
         for ws in self.workspaces():
             try:
                 ws.tick()
+            except SegsvcError as exc:  # refused (storage full, ...): said in one line
+                log.warning("tick refused for workspace %s: %s", ws.name, exc)
             except Exception:
                 log.exception("tick failed for workspace %s", ws.name)
 
@@ -116,11 +135,14 @@ class Engine:
 
     def close(self, checkpoint: bool = True) -> None:
         """Stops the ticker, writes a checkpoint of each workspace (fast next start) and
-        closes LMDB."""
+        closes LMDB. A checkpoint storage refuses is logged and skipped (the log keeps what
+        it would have covered): stopping never fails for want of space."""
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=5)
-        if checkpoint:
-            for ws in self.workspaces():
-                ws.checkpoint()
-        self.store.close()
+        try:
+            if checkpoint:
+                for ws in self.workspaces():
+                    ws.checkpoint()
+        finally:
+            self.store.close()

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from segsvc.storage.errors import (
+    CorruptRecordError,
+    StorageError,
+    StorageFullError,
+    StorageIOError,
+)
 
 
 class SegsvcError(Exception):
@@ -39,6 +47,37 @@ class PermissionDenied(SegsvcError):
 
 class Unauthenticated(SegsvcError):
     pass
+
+
+class Unavailable(SegsvcError):
+    """Storage failed a write for a reason other than space (an I/O error): nothing was
+    written, and the call may be retried."""
+
+
+class DataLoss(SegsvcError):
+    """A stored record the call needs is damaged: the rest of the store still serves."""
+
+
+def from_storage(exc: StorageError, data_dir: Path) -> SegsvcError:
+    """The domain error a storage failure stands for, saying what to do about it."""
+    if isinstance(exc, StorageFullError):
+        remedy = (
+            "restart the server with a larger --map-size"
+            if exc.where == "map"
+            else f"free or add space on the disk holding {data_dir}"
+        )
+        return ResourceExhausted(f"storage is full: {exc}; nothing was written: {remedy}")
+    if isinstance(exc, StorageIOError):
+        return Unavailable(f"storage failed: {exc}; nothing was written: retry, and check the disk")
+    if isinstance(exc, CorruptRecordError):
+        return data_loss(exc, data_dir)
+    return Unavailable(f"storage failed: {exc}")
+
+
+def data_loss(exc: CorruptRecordError, data_dir: Path) -> DataLoss:
+    return DataLoss(
+        f"{exc}: stop the server and run `segsvc check --data {data_dir}` to list all damage"
+    )
 
 
 @dataclass(frozen=True)

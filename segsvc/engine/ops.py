@@ -14,6 +14,7 @@ from segsvc.engine.conditions import Node
 from segsvc.engine.index import IndexDelta
 from segsvc.engine.people import PersonRecord, pack_value, unpack_value
 from segsvc.engine.values import Value
+from segsvc.storage.records import seal, unseal
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,12 @@ def encode(op: Op) -> bytes:
         body = ["events", op.at, [[o, _rec(a), _rec(b)] for o, a, b in op.people], events]
     else:
         body = ["tick", op.at, op.event_cutoff]
-    return bytes(msgpack.packb(body, use_bin_type=True))
+    return seal(msgpack.packb(body, use_bin_type=True))
 
 
 def decode(data: bytes) -> Op:
-    d = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    """The operation of a stored record (DamagedRecord when its checksum fails)."""
+    d = msgpack.unpackb(unseal(data), raw=False, strict_map_key=False)
     kind, at = d[0], d[1]
     if kind == "people":
         people = tuple((o, _from_rec(a), _from_rec(b)) for o, a, b in d[2])

@@ -20,6 +20,7 @@ from segsvc.engine.values import (
     normalize_email,
     normalize_phone,
 )
+from segsvc.storage.records import seal, unseal
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,14 @@ class PersonRecord:
 
     @cached_property
     def encoded(self) -> bytes:
-        """The stored form, computed once: the log record and the people table share it."""
-        return bytes(msgpack.packb(self.to_plain(), use_bin_type=True))
+        """The stored form, checksummed and computed once: the log record and the people
+        table share it."""
+        return seal(msgpack.packb(self.to_plain(), use_bin_type=True))
 
     @staticmethod
     def decode(data: bytes) -> PersonRecord:
-        return PersonRecord.from_plain(msgpack.unpackb(data, raw=False))
+        """The record of a stored form (DamagedRecord when its checksum fails)."""
+        return PersonRecord.from_plain(unpack_record(data))
 
     def to_plain(self) -> list[Any]:
         """The msgpack-ready form, for embedding in operation records."""
@@ -88,6 +91,14 @@ class PersonRecord:
             tags=frozenset(tags),
             devices=dict(devices),
         )
+
+
+def unpack_record(data: bytes) -> list[Any]:
+    """The plain form of a stored record, its checksum verified."""
+    row: list[Any] = msgpack.unpackb(unseal(data), raw=False)
+    if not isinstance(row, list) or len(row) != 9:
+        raise ValueError("not a person record")
+    return row
 
 
 def _typed(attrs: dict[str, Value]) -> dict[str, tuple[str, Value]]:

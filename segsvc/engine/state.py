@@ -42,6 +42,7 @@ from segsvc.engine.ops import (
     UpdateSegmentOp,
 )
 from segsvc.engine.people import PersonRecord
+from segsvc.storage.records import seal, unseal
 
 ENTERED, EXITED = 1, 2
 CAUSE_DATA, CAUSE_DEFINITION, CAUSE_MANUAL, CAUSE_TIME, CAUSE_DELETED = 1, 2, 3, 4, 5
@@ -67,7 +68,7 @@ class ChangeBatch:
     ordinals: BitMap
 
     def encode(self) -> bytes:
-        return bytes(
+        return seal(
             msgpack.packb(
                 [self.segment_id, self.kind, self.cause, self.at, self.ordinals.serialize()],
                 use_bin_type=True,
@@ -76,7 +77,7 @@ class ChangeBatch:
 
     @staticmethod
     def decode(first_seq: int, data: bytes) -> ChangeBatch:
-        segment_id, kind, cause, at, ordinals = msgpack.unpackb(data, raw=False)
+        segment_id, kind, cause, at, ordinals = msgpack.unpackb(unseal(data), raw=False)
         return ChangeBatch(first_seq, segment_id, kind, cause, at, BitMap.deserialize(ordinals))
 
 
@@ -520,11 +521,12 @@ class WorkspaceState:
             self.events.to_plain(),
             self.event_leaves.to_plain(),
         ]
-        return bytes(msgpack.packb(body, use_bin_type=True))
+        return seal(msgpack.packb(body, use_bin_type=True))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> WorkspaceState:
-        body: list[Any] = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        """The state of a stored checkpoint (DamagedRecord when its checksum fails)."""
+        body: list[Any] = msgpack.unpackb(unseal(data), raw=False, strict_map_key=False)
         if body[0] != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint version {body[0]} is not {CHECKPOINT_VERSION}")
         state = cls()

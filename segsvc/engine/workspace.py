@@ -4,7 +4,9 @@ Writes follow one path: resolve the request against what is stored (validation, 
 an operation record; apply the record to the in-memory state; store the record, the rows it
 changes and the membership changes in the same LMDB transaction; commit; only then answer.
 A failure before the commit leaves nothing on disk, and the in-memory state is reloaded from
-disk, so memory never runs ahead of what was acknowledged.
+disk, so memory never runs ahead of what was acknowledged. That reload costs as much as a
+start, so storage without room is refused before anything is resolved or applied: a refused
+write costs a look at the free space, not a reload.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ from segsvc.engine.conditions import (
 )
 from segsvc.engine.errors import (
     AlreadyExists,
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     OutOfRange,
-    ResourceExhausted,
     SegsvcError,
+    data_loss,
+    from_storage,
 )
 from segsvc.engine.events import EventInput, validate_event
 from segsvc.engine.leaves import Leaf, SegmentLeaf
@@ -78,11 +82,29 @@ from segsvc.engine.ops import (
     decode,
     encode,
 )
-from segsvc.engine.people import PersonRecord, PersonUpsert, apply_upsert, validate_upsert
+from segsvc.engine.people import (
+    PersonRecord,
+    PersonUpsert,
+    apply_upsert,
+    unpack_record,
+    validate_upsert,
+)
 from segsvc.engine.state import ENTERED, ChangeBatch, WorkspaceState
 from segsvc.engine.values import Timestamp, Value, check_key, normalize_email, normalize_phone
-from segsvc.storage.errors import StorageFullError
-from segsvc.storage.store import U32, Store, Txn, prefix, read_u32, read_u64, u32, u64
+from segsvc.storage.errors import CorruptRecordError, StorageError, StorageFullError
+from segsvc.storage.records import reading, reason, seal, unseal
+from segsvc.storage.store import (
+    U32,
+    MiB,
+    Store,
+    Txn,
+    describe_key,
+    prefix,
+    read_u32,
+    read_u64,
+    u32,
+    u64,
+)
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -107,6 +129,13 @@ class Workspace:
         # Watchers wait on this; it is notified after every commit that wrote changes.
         self.changed = threading.Condition()
         self._items_since_checkpoint = 0
+        # After a checkpoint failed, the next one waits for another checkpoint's worth of
+        # writes (each attempt serialises the whole state).
+        self._checkpoint_retry_at = 0
+        # Writes refused for want of room (logged when refusals start and stop), and
+        # reloads after a write failed once applied (the rare fallback).
+        self.refused_full = 0
+        self.reloads = 0
         self._last_history: dict[int, int] = {}
         # Recently used audience snapshots, so paging does not decode one per chunk.
         self._snapshots: dict[str, BitMap] = {}
@@ -120,16 +149,11 @@ class Workspace:
     # -- recovery and checkpoints -----------------------------------------------------------
 
     def _load(self) -> WorkspaceState:
-        """The state as of the last committed operation: checkpoint plus the log after it."""
+        """The state as of the last committed operation: checkpoint plus the log after it.
+        A damaged checkpoint or log record raises CorruptRecordError: the state cannot be
+        rebuilt without it."""
         with self.store.read() as txn:
-            blob = txn.get("checkpoints", self._prefix)
-            state = WorkspaceState.from_bytes(blob) if blob else WorkspaceState()
-            replayed = weight = 0
-            for key, value in txn.scan("ops", self._prefix, self._prefix + u64(state.op_seq + 1)):
-                op = decode(value)
-                state.apply(read_u64(key, len(self._prefix)), op)
-                replayed += 1
-                weight += _weight(op)
+            state, replayed, weight = load_state(txn, self._prefix)
         # What is still only in the log counts toward the next checkpoint.
         self._items_since_checkpoint = weight
         if replayed:
@@ -138,29 +162,62 @@ class Workspace:
             )
         return state
 
-    def checkpoint(self) -> None:
-        """Stores the whole in-memory state and drops the log records it covers."""
+    def checkpoint(self) -> bool:
+        """Stores the whole in-memory state and drops the log records it covers; says
+        whether it did. Without room for it, or when storage fails it, one line is logged
+        and nothing changes: the log still holds all the checkpoint would have covered, so
+        nothing is lost and the next start replays more."""
         with self._lock:
             blob = self.state.to_bytes()
-            with self.store.write() as txn:
-                txn.put("checkpoints", self._prefix, blob)
-                txn.delete_range(
-                    "ops", self._prefix + u64(0), self._prefix + u64(self.state.op_seq + 1)
+            room = self.store.room()
+            try:
+                if len(blob) > room.left - room.reserve:
+                    raise StorageFullError(
+                        room.where,
+                        f"{room.left // MiB} MiB left, {room.reserve // MiB} MiB of it kept "
+                        "in reserve",
+                    )
+                with self.store.write() as txn:
+                    txn.put("checkpoints", self._prefix, blob)
+                    txn.delete_range(
+                        "ops", self._prefix + u64(0), self._prefix + u64(self.state.op_seq + 1)
+                    )
+            except StorageError as exc:
+                self._checkpoint_retry_at = self._items_since_checkpoint + self._checkpoint_due()
+                log.warning(
+                    "workspace %s: checkpoint at op %d (%d MiB) skipped, the log keeps it: %s",
+                    self.name,
+                    self.state.op_seq,
+                    len(blob) // MiB,
+                    exc,
                 )
+                return False
             self._items_since_checkpoint = 0
+            self._checkpoint_retry_at = 0
             log.info(
                 "workspace %s: checkpoint at op %d (%d bytes)",
                 self.name,
                 self.state.op_seq,
                 len(blob),
             )
+            return True
+
+    def _checkpoint_due(self) -> int:
+        # A checkpoint costs time in proportion to the workspace, replay in proportion to
+        # the log tail: checkpointing after a tenth of the workspace has changed keeps
+        # both bounded (restart replays at most that tenth).
+        return max(self.config.checkpoint_every_ops, len(self.state.index.live) // 10)
 
     def _commit(
-        self, resolve: Callable[[Txn], tuple[Op | None, R, Callable[[Txn], None] | None]]
+        self,
+        resolve: Callable[[Txn], tuple[Op | None, R, Callable[[Txn], None] | None]],
+        frees: bool = False,
     ) -> R:
         """Runs one write: `resolve` validates against storage and returns the operation (or
-        None when nothing changes), the answer, and the extra rows to store."""
+        None when nothing changes), the answer, and the extra rows to store. Writes that
+        free space (`frees`: deletions, ticks) may use part of the storage reserve."""
         with self._lock:
+            self._check_room(frees)
             applied = False
             try:
                 with self.store.write() as txn:
@@ -176,31 +233,77 @@ class Workspace:
                     for batch in batches:
                         txn.put("changes", self._prefix + u64(batch.first_seq), batch.encode())
                     self._after_apply(txn, op)
-            except StorageFullError as exc:
-                self._reload_after_failure(applied)
-                raise ResourceExhausted(
-                    f"storage is full ({self.store.map_size() >> 20} MiB map): nothing was "
-                    "written; restart the server with a larger --map-size"
-                ) from exc
-            except BaseException:
-                self._reload_after_failure(applied)
+            except StorageError as exc:
+                self._reload_after_failure(applied, exc)
+                raise from_storage(exc, self.store.path) from exc
+            except BaseException as exc:
+                self._reload_after_failure(applied, exc)
                 raise
             self._items_since_checkpoint += _weight(op)
-            # A checkpoint costs time in proportion to the workspace, replay in proportion to
-            # the log tail: checkpointing after a tenth of the workspace has changed keeps
-            # both bounded (restart replays at most that tenth).
-            due = max(self.config.checkpoint_every_ops, len(self.state.index.live) // 10)
-            if self._items_since_checkpoint >= due:
-                self.checkpoint()
+            if self._items_since_checkpoint >= max(
+                self._checkpoint_due(), self._checkpoint_retry_at
+            ):
+                # The write is committed whatever becomes of the checkpoint: a failure other
+                # than storage's (which checkpoint logs itself) is logged, not answered.
+                try:
+                    self.checkpoint()
+                except Exception:
+                    self._checkpoint_retry_at = (
+                        self._items_since_checkpoint + self._checkpoint_due()
+                    )
+                    log.exception("workspace %s: checkpoint failed", self.name)
         if batches:
             with self.changed:
                 self._committed_head = self.state.change_seq - 1
                 self.changed.notify_all()
         return answer
 
-    def _reload_after_failure(self, applied: bool) -> None:
+    def _check_room(self, frees: bool) -> None:
+        """Refuses a write up front when storage has less room than it keeps in reserve
+        (writes that free space: a quarter of it), before anything is applied in memory."""
+        room = self.store.room()
+        if room.left >= (room.reserve // 4 if frees else room.reserve):
+            if self.refused_full:
+                log.info(
+                    "workspace %s: storage has room again (%d MiB): writes resume after %d refused",
+                    self.name,
+                    room.left // MiB,
+                    self.refused_full,
+                )
+                self.refused_full = 0
+            return
+        if not self.refused_full:
+            log.warning(
+                "workspace %s: storage is full (%d MiB left in the %s, %d MiB reserve): "
+                "refusing writes until there is room",
+                self.name,
+                room.left // MiB,
+                "LMDB map" if room.where == "map" else "disk",
+                room.reserve // MiB,
+            )
+        self.refused_full += 1
+        where = "the LMDB map" if room.where == "map" else f"the disk holding {self.store.path}"
+        raise from_storage(
+            StorageFullError(
+                room.where,
+                f"{room.left // MiB} MiB left in {where}, below the {room.reserve // MiB} MiB "
+                "kept in reserve",
+            ),
+            self.store.path,
+        )
+
+    def _reload_after_failure(self, applied: bool, exc: BaseException) -> None:
         if applied:
-            log.error("workspace %s: write failed after apply; reloading from disk", self.name)
+            # The in-memory state ran ahead of the aborted commit: the rare fallback, since
+            # storage without room is refused before apply.
+            self.reloads += 1
+            log.error(
+                "workspace %s: write failed after it was applied in memory (%s); reloading "
+                "from disk (reload %d)",
+                self.name,
+                exc,
+                self.reloads,
+            )
             self.state = self._load()
 
     def _after_apply(self, txn: Txn, op: Op) -> None:
@@ -220,9 +323,25 @@ class Workspace:
         return None if raw is None else read_u32(raw)
 
     def _record(self, txn: Txn, ordinal: int) -> PersonRecord:
-        raw = txn.get("people", self._prefix + u32(ordinal))
-        assert raw is not None, f"person {ordinal} has a lookup but no record"
-        return PersonRecord.decode(raw)
+        """A person's stored record; DataLoss naming them when it is damaged or missing."""
+        return self._person_of(ordinal, txn.get("people", self._prefix + u32(ordinal)))
+
+    def _person_of(self, ordinal: int, raw: bytes | None) -> PersonRecord:
+        try:
+            if raw is not None:
+                return PersonRecord.decode(raw)
+            why = "missing, though a lookup names the person"
+        except Exception as exc:
+            why = reason(exc)
+        raise self._damaged_person(ordinal, why)
+
+    def _damaged_person(self, ordinal: int, why: str) -> DataLoss:
+        ids = self.state.index.ids
+        known = ids[ordinal] if ordinal < len(ids) else None
+        where = describe_key("people", self._prefix + u32(ordinal))
+        if known is not None:
+            where += f" (person {known!r})"
+        return data_loss(CorruptRecordError("people", where, why), self.store.path)
 
     def _normalize_key(self, key: PersonKey, field: str) -> PersonKey:
         if key.kind == "email":
@@ -288,7 +407,11 @@ class Workspace:
                 old: PersonRecord | None = current
             else:
                 found = self._lookup(txn, "id", upsert.id)
-                before = None if found is None else self._record(txn, found)
+                try:
+                    before = None if found is None else self._record(txn, found)
+                except DataLoss as exc:
+                    results.append(ItemResult(i, upsert.id, "failed_precondition", str(exc)))
+                    continue
                 ordinal = next_ordinal if found is None else found
                 old = before
             new = apply_upsert(old, upsert, now)
@@ -344,7 +467,12 @@ class Workspace:
         def resolve(txn: Txn) -> tuple[Op | None, BulkResult, Callable[[Txn], None] | None]:
             now = self.clock.now()
             reader.txn = txn
-            plan = plan_columns(columns, checked, first_index, now, self.state.next_ordinal, reader)
+            try:
+                plan = plan_columns(
+                    columns, checked, first_index, now, self.state.next_ordinal, reader
+                )
+            except DataLoss:
+                plan = None  # a damaged record: person by person, where it is one row's error
             if plan is None:
                 return self._resolve_rows_in_order(txn, columns, checked, first_index)
             if plan.delta is None:
@@ -439,14 +567,18 @@ class Workspace:
                         ItemResult(i, str(key), "not_found", "deleted earlier in this batch")
                     )
                     continue
-                gone[ordinal] = self._record(txn, ordinal)
+                try:
+                    gone[ordinal] = self._record(txn, ordinal)
+                except DataLoss as exc:
+                    results.append(ItemResult(i, str(key), "failed_precondition", str(exc)))
+                    continue
                 results.append(ItemResult(i, gone[ordinal].id, "deleted"))
             people = tuple((o, r, None) for o, r in gone.items())
             op = PeopleOp(self.clock.now(), people) if people else None
             self._deaths += len(people)
             return op, results, self._persist_people(people)
 
-        return self._commit(resolve)
+        return self._commit(resolve, frees=True)
 
     def track_events(
         self,
@@ -664,7 +796,7 @@ class Workspace:
             op = DeleteSegmentsOp(self.clock.now(), chosen) if chosen else None
             return op, results, None
 
-        return self._commit(resolve)
+        return self._commit(resolve, frees=True)
 
     def archive_segments(self, segment_ids: Sequence[int], archived: bool) -> list[ItemResult]:
         self._check_batch(len(segment_ids), "segment_ids")
@@ -854,7 +986,7 @@ class Workspace:
             op = MembersOp(self.clock.now(), segment_id, add, tuple(chosen)) if chosen else None
             return op, results, None
 
-        return self._commit(resolve)
+        return self._commit(resolve, frees=not add)
 
     def add_ordinals(self, segment_id: int, ordinals: Sequence[int]) -> int:
         """Adds people already resolved to ordinals (CSV import); returns how many were new."""
@@ -887,7 +1019,7 @@ class Workspace:
             op = MembersOp(self.clock.now(), segment_id, False, (), clear=True) if count else None
             return op, count, None
 
-        return self._commit(resolve)
+        return self._commit(resolve, frees=True)
 
     def list_members(
         self, segment_id: int, page_size: int = 1000, page_token: str = ""
@@ -932,7 +1064,7 @@ class Workspace:
                 return None, None, None
             return TickOp(now, cutoff), None, None
 
-        self._commit(resolve)
+        self._commit(resolve, frees=True)
         self.compact_events()
 
     def compact_events(self, force: bool = False) -> int:
@@ -979,7 +1111,7 @@ class Workspace:
         pruned_to = None
         doomed: list[bytes] = []
         for key, value in txn.scan("changes", self._prefix):
-            batch = ChangeBatch.decode(read_u64(key, len(self._prefix)), value)
+            batch = self._change_batch(key, value)
             if batch.at >= cutoff:
                 break
             doomed.append(key)
@@ -992,6 +1124,14 @@ class Workspace:
             txn.put("meta", b"pruned:" + self._prefix, u64(pruned_to))
 
     # -- change feed --------------------------------------------------------------------------
+
+    def _change_batch(self, key: bytes, value: bytes) -> ChangeBatch:
+        """A stored batch of changes; DataLoss naming it when it is damaged."""
+        try:
+            return ChangeBatch.decode(read_u64(key, len(self._prefix)), value)
+        except Exception as exc:
+            error = CorruptRecordError("changes", describe_key("changes", key), reason(exc))
+            raise data_loss(error, self.store.path) from exc
 
     def head_seq(self) -> int:
         """The sequence number of the last change committed."""
@@ -1021,7 +1161,7 @@ class Workspace:
                 start = first[0]
             ids = self.state.index.ids
             for key, value in txn.scan("changes", p, start):
-                batch = ChangeBatch.decode(read_u64(key, len(p)), value)
+                batch = self._change_batch(key, value)
                 end = batch.first_seq + len(batch.ordinals) - 1
                 if end <= after_seq:
                     continue
@@ -1119,9 +1259,14 @@ class Workspace:
         members = self.audience(spec)
         members.run_optimize()
         snapshot_id = secrets.token_hex(12)
-        record = msgpack.packb([self.clock.now(), members.serialize()], use_bin_type=True)
-        with self.store.write() as txn:
-            txn.put("snapshots", self._prefix + snapshot_id.encode(), record)
+        record = seal(msgpack.packb([self.clock.now(), members.serialize()], use_bin_type=True))
+        try:
+            with self.store.write() as txn:
+                txn.put("snapshots", self._prefix + snapshot_id.encode(), record)
+        except StorageError as exc:
+            # A read still answers when storage takes no writes: the snapshot lives in
+            # memory only, and a resume after a restart is told to resolve again.
+            log.warning("workspace %s: audience snapshot kept in memory only: %s", self.name, exc)
         self._snapshots[snapshot_id] = members
         return snapshot_id, len(members)
 
@@ -1142,7 +1287,13 @@ class Workspace:
                     f"(snapshots are kept {self.config.snapshot_retention_seconds} s): "
                     "resolve the audience again"
                 )
-            members = BitMap.deserialize(msgpack.unpackb(raw)[1])
+            try:
+                members = BitMap.deserialize(_snapshot_fields(raw)[1])
+            except Exception as exc:
+                where = describe_key("snapshots", self._prefix + snapshot_id.encode())
+                raise from_storage(
+                    CorruptRecordError("snapshots", where, reason(exc)), self.store.path
+                ) from exc
             if len(self._snapshots) >= 8:
                 self._snapshots.pop(next(iter(self._snapshots)))
             self._snapshots[snapshot_id] = members
@@ -1169,7 +1320,7 @@ class Workspace:
                 if raw is None:
                     out.append({})
                     continue
-                attributes = PersonRecord.decode(raw).attributes
+                attributes = self._person_of(ordinal, raw).attributes
                 out.append({n: attributes[n] for n in names if n in attributes})
         return out
 
@@ -1178,7 +1329,7 @@ class Workspace:
         doomed = [
             key
             for key, value in txn.scan("snapshots", self._prefix)
-            if msgpack.unpackb(value)[0] < cutoff
+            if _snapshot_time(value) < cutoff
         ]
         for key in doomed:
             txn.delete("snapshots", key)
@@ -1190,6 +1341,23 @@ class Workspace:
         limit = limit or self.limits.max_batch_items
         if size > limit:
             raise InvalidArgument(f"{size} items: at most {limit} per call (split the batch)", path)
+
+
+def load_state(txn: Txn, workspace_prefix: bytes) -> tuple[WorkspaceState, int, int]:
+    """A workspace's state from its checkpoint and the log after it; also how many
+    operations were replayed and their weight. A damaged record raises CorruptRecordError."""
+    blob = txn.get("checkpoints", workspace_prefix)
+    with reading("checkpoints", describe_key("checkpoints", workspace_prefix)):
+        state = WorkspaceState.from_bytes(blob) if blob else WorkspaceState()
+    replayed = weight = 0
+    after = workspace_prefix + u64(state.op_seq + 1)
+    for key, value in txn.scan("ops", workspace_prefix, after):
+        with reading("ops", describe_key("ops", key)):
+            op = decode(value)
+        state.apply(read_u64(key, len(workspace_prefix)), op)
+        replayed += 1
+        weight += _weight(op)
+    return state, replayed, weight
 
 
 # A bulk load takes this many times the batch limit per call: its cost per batch (bitmap
@@ -1265,7 +1433,28 @@ class _BulkReader(Reader):
         p = self.workspace._prefix
         keys = [p + u32(o) for o in ordinals]
         found = self.txn.get_many("people", sorted(keys))
-        return [msgpack.unpackb(found[k], raw=False) for k in keys]
+        try:
+            return [unpack_record(found[k]) for k in keys]
+        except Exception:
+            # Someone's record is damaged: the person-by-person path reports them alone.
+            for ordinal, k in zip(ordinals, keys, strict=True):
+                self.workspace._person_of(ordinal, found.get(k))
+            raise
+
+
+def _snapshot_fields(raw: bytes) -> list[Any]:
+    """[time taken, serialized bitmap] of a stored audience snapshot."""
+    fields: list[Any] = msgpack.unpackb(unseal(raw))
+    return fields
+
+
+def _snapshot_time(raw: bytes) -> int:
+    """When a stored snapshot was taken; a damaged one counts as expired (a sender resolves
+    the audience again)."""
+    try:
+        return int(_snapshot_fields(raw)[0])
+    except Exception:
+        return -1
 
 
 def _exists(index: object, key: str) -> BitMap:

@@ -3,9 +3,6 @@ resumable chunks."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import threading
 from collections.abc import Iterator
@@ -24,9 +21,8 @@ DEFAULT_CHUNK = 1000
 MAX_CHUNK = 10_000
 # Fields every member carries or may carry; any other requested field is an attribute.
 _ID_FIELDS = frozenset({"id", "email", "phone"})
-# A cursor is base64 of about 60 characters of JSON.
-_MAX_CURSOR_CHARS = 512
 _SNAPSHOT_ID = re.compile(r"[0-9a-f]{1,64}")
+_AFTER = re.compile(r"-1|0|[1-9][0-9]{0,9}")
 
 
 @dataclass(frozen=True)
@@ -34,42 +30,33 @@ class Cursor:
     """Where a resolve stopped: the stored snapshot and the last ordinal sent (-1: none).
 
     The snapshot is frozen and chunks go in ordinal order, so "after this ordinal" resumes
-    exactly, after a reconnect or a server restart alike: nobody twice, nobody skipped.
+    exactly, after a reconnect or a server restart alike: nobody twice, nobody skipped. On the
+    wire it is sealed (segsvc/api/tokens.py): a client cannot edit it or use another
+    workspace's.
     """
 
     snapshot: str
     after: int
 
-    def encode(self) -> str:
-        raw = json.dumps({"snapshot": self.snapshot, "after": self.after}, separators=(",", ":"))
-        return base64.urlsafe_b64encode(raw.encode()).decode()
+    def position(self) -> str:
+        return f"{self.snapshot}.{self.after}"
 
     @staticmethod
-    def decode(text: str) -> Cursor:
-        """The cursor `encode` wrote; anything else (a cursor edited by hand, or garbage) is
-        INVALID_ARGUMENT at `cursor`, decided before the text reaches storage."""
-        refusal = InvalidArgument(
-            "not a cursor from a previous chunk: pass ResolveAudienceResponse.cursor unchanged",
-            "cursor",
-        )
-        # Bounded first, which also keeps the JSON too shallow for the parser's recursion.
-        if len(text) > _MAX_CURSOR_CHARS:
-            raise refusal
-        try:
-            document = json.loads(base64.urlsafe_b64decode(text.encode()))
-            snapshot, after = document["snapshot"], document["after"]
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            raise refusal from None
+    def from_position(text: str) -> Cursor:
+        """The cursor `position` wrote. Only the server seals positions, so anything else is
+        a server bug; it is still refused as INVALID_ARGUMENT, never passed to storage."""
+        snapshot, _, after = text.partition(".")
         # An ordinal is a u32, -1 before the first; a snapshot id is what
-        # Workspace.snapshot_audience made (hex). bool is an int to Python: refused too.
-        if (
-            not isinstance(snapshot, str)
-            or not _SNAPSHOT_ID.fullmatch(snapshot)
-            or type(after) is not int
-            or not -1 <= after <= MAX_U32
-        ):
-            raise refusal
-        return Cursor(snapshot, after)
+        # Workspace.snapshot_audience made (hex).
+        if not _SNAPSHOT_ID.fullmatch(snapshot) or not _AFTER.fullmatch(after):
+            raise InvalidArgument(
+                "not a cursor from a previous chunk: pass ResolveAudienceResponse.cursor unchanged",
+                "cursor",
+            )
+        value = int(after)
+        if value > MAX_U32:
+            raise InvalidArgument("not a cursor from a previous chunk", "cursor")
+        return Cursor(snapshot, value)
 
 
 class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServiceServicer):
@@ -93,7 +80,7 @@ class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServiceServi
         attribute_names = [f for f in fields if f not in _ID_FIELDS]
         chunk_size = min(request.chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
         if request.cursor:
-            cursor = Cursor.decode(request.cursor)
+            cursor = Cursor.from_position(self._open("audience", request.cursor, "cursor"))
         else:
             snapshot, _ = workspace.snapshot_audience(convert.audience_spec(request.audience))
             cursor = Cursor(snapshot, -1)
@@ -123,7 +110,10 @@ class AudiencesServicer(EngineServicer, audiences_pb2_grpc.AudiencesServiceServi
                 members.append(member)
             cursor = Cursor(cursor.snapshot, next_after)
             yield audiences_pb2.ResolveAudienceResponse(
-                members=members, cursor=cursor.encode(), total=total, last=remaining == 0
+                members=members,
+                cursor=self._seal("audience", cursor.position()),
+                total=total,
+                last=remaining == 0,
             )
             if remaining == 0:
                 return

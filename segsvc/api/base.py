@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from segsvc.api.auth import current_caller
+from segsvc.api.tokens import TokenSealer
 from segsvc.engine.engine import Engine
 from segsvc.engine.workspace import Workspace
 
@@ -12,6 +13,7 @@ class EngineServicer:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._tokens = TokenSealer(engine.secret("page-tokens"))
 
     def _workspace(self) -> Workspace:
         """The workspace this call works in: the caller's, decided by AuthInterceptor. A
@@ -21,3 +23,14 @@ class EngineServicer:
         if caller.writes:
             return self._engine.workspace(caller.workspace)
         return self._engine.workspace_to_read(caller.workspace)
+
+    def _seal(self, kind: str, position: str) -> str:
+        """An opaque token for the engine's `position` in this call's workspace ("" stays "")."""
+        return self._tokens.seal(current_caller().workspace, kind, position)
+
+    def _open(self, kind: str, token: str, field: str) -> str:
+        """The engine's position in a token `_seal` made for `kind` in this call's workspace
+        ("" stays ""); any other token is INVALID_ARGUMENT at `field`."""
+        if not token:
+            return ""
+        return self._tokens.open(token, current_caller().workspace, kind, field)

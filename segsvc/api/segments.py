@@ -67,11 +67,11 @@ class SegmentsServicer(EngineServicer, segments_pb2_grpc.SegmentsServiceServicer
             dynamic=convert.type_filter(request.type),
             archived=convert.archived_filter(request.archived),
             page_size=request.page_size,
-            page_token=request.page_token,
+            page_token=self._open("segments", request.page_token, "page_token"),
         )
         return segments_pb2.ListSegmentsResponse(
             segments=[convert.segment_to_proto(info) for info in rows],
-            next_page_token=next_token,
+            next_page_token=self._seal("segments", next_token),
         )
 
     def PreviewSegment(
@@ -181,12 +181,16 @@ class SegmentsServicer(EngineServicer, segments_pb2_grpc.SegmentsServiceServicer
     def ListMembers(
         self, request: segments_pb2.ListMembersRequest, context: grpc.ServicerContext
     ) -> segments_pb2.ListMembersResponse:
+        # A token pages one segment: it names the segment it was made for.
+        kind = f"members/{request.segment_id}"
         members, next_token, total = self._workspace().list_members(
-            request.segment_id, request.page_size, request.page_token
+            request.segment_id,
+            request.page_size,
+            self._open(kind, request.page_token, "page_token"),
         )
         return segments_pb2.ListMembersResponse(
             members=[convert.member_to_proto(m) for m in members],
-            next_page_token=next_token,
+            next_page_token=self._seal(kind, next_token),
             total=total,
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import re
+import secrets
 import threading
 from collections.abc import Callable
 
@@ -112,6 +113,22 @@ class Engine:
                     return None
                 self._created.wait(timeout=0.5)
             return self._workspaces[name]
+
+    def secret(self, name: str) -> bytes:
+        """A random 32-byte key kept in the store under `name`, made on first use: it stays
+        the same across restarts (page tokens signed with it stay good) and never leaves the
+        server."""
+        key = b"secret:" + name.encode()
+        with self.store.read() as txn:
+            found = txn.get("meta", key)
+        if found is not None:
+            return found
+        with self._lock, self.store.write() as txn:
+            found = txn.get("meta", key)
+            if found is None:
+                found = secrets.token_bytes(32)
+                txn.put("meta", key, found)
+        return found
 
     def workspaces(self) -> list[Workspace]:
         return list(self._workspaces.values())

@@ -39,6 +39,7 @@ from segsvc.v1 import (
     people_pb2_grpc,
     segments_pb2,
     segments_pb2_grpc,
+    workspaces_pb2_grpc,
 )
 
 # The server accepts messages up to 64 MiB; a page of members with attributes can pass gRPC's
@@ -64,6 +65,7 @@ _IDEMPOTENT = {
         "RemoveMembers",
     ],
     "segsvc.v1.AudiencesService": ["CountAudience"],
+    "segsvc.v1.WorkspacesService": ["ListWorkspaces"],
 }
 RETRY_POLICY = {
     "methodConfig": [
@@ -228,6 +230,10 @@ class Client:
     @property
     def audiences(self) -> audiences_pb2_grpc.AudiencesServiceStub:
         return self._stub(audiences_pb2_grpc.AudiencesServiceStub)  # type: ignore[no-any-return]
+
+    @property
+    def workspaces(self) -> workspaces_pb2_grpc.WorkspacesServiceStub:
+        return self._stub(workspaces_pb2_grpc.WorkspacesServiceStub)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         if self._channel is not None:

@@ -31,6 +31,7 @@ from segsvc.v1 import (
     changes_pb2_grpc,
     people_pb2_grpc,
     segments_pb2_grpc,
+    workspaces_pb2_grpc,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +47,7 @@ class Stubs:
     changes: changes_pb2_grpc.ChangesServiceStub = field(init=False)
     audiences: audiences_pb2_grpc.AudiencesServiceStub = field(init=False)
     health: health_pb2_grpc.HealthStub = field(init=False)
+    workspaces: workspaces_pb2_grpc.WorkspacesServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.people = people_pb2_grpc.PeopleServiceStub(self.channel)
@@ -53,6 +55,7 @@ class Stubs:
         self.changes = changes_pb2_grpc.ChangesServiceStub(self.channel)
         self.audiences = audiences_pb2_grpc.AudiencesServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.workspaces = workspaces_pb2_grpc.WorkspacesServiceStub(self.channel)
 
     @staticmethod
     def connect(address: str, root_certificate: bytes | None = None) -> Stubs:

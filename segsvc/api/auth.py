@@ -55,6 +55,8 @@ READ_METHODS = frozenset(
         "/segsvc.v1.AudiencesService/ResolveAudience",
     }
 )
+# Calls about the whole server rather than one workspace: admin tokens only.
+ADMIN_METHODS = frozenset({"/segsvc.v1.WorkspacesService/ListWorkspaces"})
 # Load balancers and grpcurl-style tools use these without credentials.
 PUBLIC_SERVICES = (
     "/grpc.health.v1.Health/",
@@ -215,15 +217,15 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         """The caller for `method`, or Unauthenticated / PermissionDenied."""
         values = _metadata_values(metadata)
         requested = values.get("workspace", "")
-        writes = method not in READ_METHODS
+        writes = method not in READ_METHODS and method not in ADMIN_METHODS
         if self._tokens is None:
             return Caller(requested or DEFAULT_WORKSPACE, "admin", writes)
         token = self._find(values.get("authorization", ""))
-        needed = "write" if writes else "read"
+        needed = "admin" if method in ADMIN_METHODS else "write" if writes else "read"
         if _RANK[token.role] < _RANK[needed]:
             raise PermissionDenied(
-                f"this token is {token.role}-only: {method.rsplit('/', 1)[-1]} needs a "
-                f"{needed} token"
+                f"this token is {token.role}-only: {method.rsplit('/', 1)[-1]} needs "
+                f"{'an' if needed == 'admin' else 'a'} {needed} token"
             )
         if requested and requested != token.workspace and token.role != "admin":
             raise PermissionDenied(

@@ -35,6 +35,7 @@ from segsvc.api.errors import ErrorInterceptor
 from segsvc.api.people import PeopleServicer
 from segsvc.api.reflection import enable_reflection
 from segsvc.api.segments import SegmentsServicer
+from segsvc.api.workspaces import WorkspacesServicer
 from segsvc.config import Config
 from segsvc.engine.engine import Engine
 from segsvc.storage.errors import StorageError
@@ -47,6 +48,8 @@ from segsvc.v1 import (
     people_pb2_grpc,
     segments_pb2,
     segments_pb2_grpc,
+    workspaces_pb2,
+    workspaces_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ SEGSVC_SERVICES = tuple(
         (segments_pb2, "SegmentsService"),
         (changes_pb2, "ChangesService"),
         (audiences_pb2, "AudiencesService"),
+        (workspaces_pb2, "WorkspacesService"),
     )
 )
 
@@ -255,6 +259,7 @@ def _start(
     audiences_pb2_grpc.add_AudiencesServiceServicer_to_server(
         AudiencesServicer(engine, stopping), inner
     )
+    workspaces_pb2_grpc.add_WorkspacesServiceServicer_to_server(WorkspacesServicer(engine), inner)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
     enable_reflection(inner, (*SEGSVC_SERVICES, health.SERVICE_NAME))

@@ -13,7 +13,17 @@ from typing import Any
 import click
 import grpc
 
-from segsvc.cli import audience, check, events, members, people, segments, serve, watch
+from segsvc.cli import (
+    audience,
+    check,
+    events,
+    members,
+    people,
+    segments,
+    serve,
+    watch,
+    workspaces,
+)
 from segsvc.cli.common import Session
 from segsvc.cli.output import EXIT_ERROR, EXIT_INTERRUPTED, Output, rpc_error_lines
 from segsvc.client import Client
@@ -101,3 +111,4 @@ main.add_command(people.people)
 main.add_command(events.events)
 main.add_command(watch.watch)
 main.add_command(audience.audience)
+main.add_command(workspaces.workspaces)

@@ -9,6 +9,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from segsvc.config import Config
 from segsvc.engine.clock import Clock, SystemClock
@@ -31,6 +32,16 @@ def check_workspace_name(name: str) -> None:
             "starting with a letter or digit",
             "workspace",
         )
+
+
+@dataclass(frozen=True)
+class WorkspaceSummary:
+    """A workspace by name, with its size now."""
+
+    name: str
+    people: int
+    segments: int
+    last_change_seq: int
 
 
 class Engine:
@@ -129,6 +140,15 @@ class Engine:
                 found = secrets.token_bytes(32)
                 txn.put("meta", key, found)
         return found
+
+    def summaries(self) -> list[WorkspaceSummary]:
+        """Every workspace a write created, by name, with its size."""
+        return [
+            WorkspaceSummary(
+                ws.name, len(ws.state.index.live), len(ws.state.segments), ws.head_seq()
+            )
+            for ws in sorted(self.workspaces(), key=lambda ws: ws.name)
+        ]
 
     def workspaces(self) -> list[Workspace]:
         return list(self._workspaces.values())

@@ -79,6 +79,7 @@ def test_reflection_lists_and_describes_every_service(api, version):
         "segsvc.v1.SegmentsService",
         "segsvc.v1.ChangesService",
         "segsvc.v1.AudiencesService",
+        "segsvc.v1.WorkspacesService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
         "grpc.reflection.v1.ServerReflection",
@@ -234,6 +235,25 @@ def test_tokens_authenticate_and_authorize(secured):
         )
     )
     assert changes == []
+
+
+def test_only_admin_tokens_list_workspaces(secured):
+    from segsvc.v1 import workspaces_pb2 as W
+
+    secured.segments.CreateSegment(
+        S.CreateSegmentRequest(name="Acme list", type=S.SEGMENT_TYPE_MANUAL),
+        metadata=_as("writer"),
+    )
+    request = W.ListWorkspacesRequest()
+    for token in ("reader", "writer"):
+        code, message = status_of(
+            lambda t=token: secured.workspaces.ListWorkspaces(request, metadata=_as(t))
+        )
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        role = TOKENS[token][1]
+        assert message == f"this token is {role}-only: ListWorkspaces needs an admin token"
+    listed = secured.workspaces.ListWorkspaces(request, metadata=_as("root"))
+    assert [(w.name, w.segments) for w in listed.workspaces] == [("acme", 1)]
 
 
 def test_health_and_reflection_need_no_token(secured):

@@ -105,3 +105,18 @@ def test_a_follower_of_an_unknown_workspace_sees_its_first_changes(api):
         ("a", Ch.CHANGE_KIND_ENTERED),
         ("b", Ch.CHANGE_KIND_ENTERED),
     ]
+
+
+def test_list_workspaces_shows_what_writes_created(api):
+    from segsvc.v1 import workspaces_pb2 as W
+
+    metadata = [("workspace", "acme")]
+    api.people.UpsertPeople(
+        P.UpsertPeopleRequest(people=[person("a"), person("b")]), metadata=metadata
+    )
+    api.segments.CreateSegment(
+        S.CreateSegmentRequest(name="all", type=S.SEGMENT_TYPE_MANUAL), metadata=metadata
+    )
+    api.segments.ListSegments(S.ListSegmentsRequest(), metadata=[("workspace", "acme-typo")])
+    listed = api.workspaces.ListWorkspaces(W.ListWorkspacesRequest())
+    assert [(w.name, w.people, w.segments) for w in listed.workspaces] == [("acme", 2, 1)]

@@ -141,3 +141,15 @@ def test_unreachable_server_is_an_error() -> None:
     result = Cli("127.0.0.1:1")("segments", "list")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: UNAVAILABLE")
+
+
+def test_workspaces_list(cli) -> None:
+    cli("segments", "create", "VIP", "--manual")
+    cli("--workspace", "acme", "segments", "create", "Acme VIP", "--manual")
+    listed = cli.json("workspaces", "list")
+    assert [(w["name"], int(w["segments"])) for w in listed["workspaces"]] == [
+        ("acme", 1),
+        ("default", 1),
+    ]
+    table = cli("workspaces", "list")
+    assert table.exit_code == 0 and "acme" in table.stdout and "default" in table.stdout

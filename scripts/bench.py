@@ -857,7 +857,7 @@ def bench_restart(setup: Setup, report: Report) -> None:
     before = {sid: len(seg.members) for sid, seg in setup.ws.state.segments.items()}
     # As after a crash: no checkpoint on the way down, so the start replays the log written
     # since the last automatic checkpoint.
-    tail = setup.ws._items_since_checkpoint
+    tail = setup.ws.core.items_since_checkpoint
     setup.engine.close(checkpoint=False)
     crashed = _run_child("engine", setup.data_dir / "segsvc", report=report)
     report.add(

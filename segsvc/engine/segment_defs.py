@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 from pyroaring import BitMap
 
-from segsvc.engine import conditions
+from segsvc.engine import condition_checks, conditions
+from segsvc.engine.condition_checks import ValidationContext
 from segsvc.engine.conditions import (
     Node,
-    ValidationContext,
     children_paths,
     compile_node,
     describe_node,
@@ -60,7 +60,7 @@ class SegmentDefinitions:
             default_region=core.config.default_region,
             defining=defining,
         )
-        conditions.validate(definition, ctx)
+        condition_checks.validate(definition, ctx)
         assert definition is not None
         # The log holds phone operands as this server's default region placed them, so that
         # replaying it never depends on the region of the server that replays.

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gen_data
-from bench import WORKSPACE, open_engine
+from bench_setup import WORKSPACE, open_engine
 from gen_data import NOW
 
 from segsvc.engine.clock import FakeClock

@@ -1,6 +1,22 @@
 """Fixtures shared by every test folder; the machinery lives in server_harness.py so that test
 modules can import it by a name no other folder's conftest.py shadows."""
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 from server_harness import api, api_servers, server_processes
 
-__all__ = ["api", "api_servers", "server_processes"]
+from segsvc.storage.store import Store
+
+__all__ = ["api", "api_servers", "server_processes", "store"]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A small store of its own, closed after the test."""
+    s = Store(tmp_path / "db", map_size=32 * 1024 * 1024)
+    try:
+        yield s
+    finally:
+        s.close()

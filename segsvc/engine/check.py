@@ -17,10 +17,10 @@ import lmdb.verify
 import msgpack
 from pyroaring import BitMap
 
+from segsvc.engine.oplog import LmdbOperationLog, load_state
 from segsvc.engine.ops import decode
 from segsvc.engine.people import PersonRecord
 from segsvc.engine.state import ChangeBatch, WorkspaceState
-from segsvc.engine.workspace import load_state
 from segsvc.storage.errors import CorruptRecordError, StoreDamagedError
 from segsvc.storage.records import reason, unseal
 from segsvc.storage.store import (
@@ -153,7 +153,7 @@ def _check_rebuild(txn: Txn, name: str, report: Report) -> None:
     if any(table in ("checkpoints", "ops") and key.startswith(p) for table, key in report.damaged):
         return  # reported already: nothing to rebuild from
     try:
-        state, _, _ = load_state(txn, p)
+        state, _, _ = load_state(LmdbOperationLog(p), txn)
     except CorruptRecordError as exc:
         report.damage.append(Damage(exc.table, exc.key, exc.reason))
         return

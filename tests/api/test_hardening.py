@@ -40,6 +40,7 @@ from segsvc.api import convert
 from segsvc.api.auth import hash_token
 from segsvc.api.decoding import RequestDecoder
 from segsvc.config import Limits
+from segsvc.engine import condition_checks as cc
 from segsvc.engine import conditions as c
 from segsvc.engine.errors import InvalidArgument, Violation
 from segsvc.v1 import audiences_pb2, changes_pb2, people_pb2, segments_pb2
@@ -348,11 +349,11 @@ def shapes(depth: int = 6) -> st.SearchStrategy[c.Node]:
 def engine_verdict(tree: c.Node) -> list[Violation]:
     # Tags and groups only: no phone operand, so no default region is needed (the field
     # comes with the phone work of issue 11, merged beside this).
-    fields = {f.name for f in dataclasses.fields(c.ValidationContext)}
+    fields = {f.name for f in dataclasses.fields(cc.ValidationContext)}
     region = {"default_region": None} if "default_region" in fields else {}
-    context = c.ValidationContext(SMALL, lambda _: False, lambda _: frozenset(), **region)
+    context = cc.ValidationContext(SMALL, lambda _: False, lambda _: frozenset(), **region)
     try:
-        c.validate(tree, context)
+        cc.validate(tree, context)
     except InvalidArgument as exc:
         return exc.violations
     return []

@@ -44,7 +44,7 @@ STUCK = {stuck!r}
 
 def get_person(self, request, context):
     if STUCK == "holding the workspace lock":
-        self._workspace()._lock.acquire()
+        self._workspace().core.lock.acquire()
     print("handler is stuck", file=sys.stderr, flush=True)
     threading.Event().wait()
 

@@ -23,8 +23,8 @@ from segsvc.engine.bulk import PeopleColumns
 from segsvc.engine.errors import NotFound
 from segsvc.engine.model import ItemResult, PersonKey
 from segsvc.engine.people import PersonRecord, PersonUpsert
+from segsvc.engine.people_rows import lookup_keys
 from segsvc.engine.values import Timestamp, kind_of
-from segsvc.engine.workspace import _lookup_keys
 
 
 def column_path(field: str, cols: PeopleColumns, rows: Sequence[PersonUpsert]) -> str:
@@ -94,7 +94,7 @@ def comparable(result: ItemResult) -> Any:
 def people(h: Harness) -> dict[int, tuple[Any, ...]]:
     out = {}
     with h.ws.store.read() as txn:
-        for key, value in txn.scan("people", h.ws._prefix):
+        for key, value in txn.scan("people", h.ws.core.prefix):
             record = PersonRecord.decode(value)
             out[int.from_bytes(key[-4:], "big")] = (
                 record.id,
@@ -112,7 +112,7 @@ def people(h: Harness) -> dict[int, tuple[Any, ...]]:
 def lookups(h: Harness) -> dict[bytes, bytes]:
     """The id, email and phone lookup rows: who holds which key."""
     with h.ws.store.read() as txn:
-        return dict(txn.scan("lookup", h.ws._prefix))
+        return dict(txn.scan("lookup", h.ws.core.prefix))
 
 
 def snapshot(h: Harness) -> Any:
@@ -187,7 +187,7 @@ def test_a_plain_batch_is_resolved_column_by_column(monkeypatch: pytest.MonkeyPa
         calls.append(plan is not None)
         return plan
 
-    monkeypatch.setattr("segsvc.engine.workspace.plan_columns", spy)
+    monkeypatch.setattr("segsvc.engine.people_writes.plan_columns", spy)
     batch = [
         PersonUpsert(f"u{i}", email=f"U{i}@x.io", attributes={"n": float(i)}, add_tags=("t",))
         for i in range(5)
@@ -331,4 +331,4 @@ def test_a_load_meeting_a_held_key_claims_nothing_of_it() -> None:
     ],
 )
 def test_lookup_keys_are_the_head_and_the_utf8_value(head: bytes, values: list[str]) -> None:
-    assert _lookup_keys(head, values) == [head + v.encode() for v in values]
+    assert lookup_keys(head, values) == [head + v.encode() for v in values]

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 import bench_duckdb as peer
 import gen_data
-from bench import Setup, append_to_peer, build, choose_audience, is_event_spec, verify
+from bench_setup import Setup, build, choose_audience, is_event_spec, verify
+from bench_writes import append_to_peer
 
 from segsvc.engine.model import AudienceSpec
 from segsvc.engine.values import Timestamp

@@ -12,15 +12,6 @@ from segsvc.storage.errors import StorageFullError
 from segsvc.storage.store import TABLES, Store, prefix, prefix_end, read_u32, read_u64, u32, u64
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "db", map_size=32 * 1024 * 1024)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def fill(store: Store, table: str, keys: list[bytes]) -> None:
     with store.write() as txn:
         for k in keys:

@@ -1,0 +1,312 @@
+"""What every part of one workspace shares: its in-memory state, its lock, its store and
+operation log, the lookups every request starts with, and the one path every write takes.
+
+The write path: resolve the request against what is stored (validation, lookups) into an
+operation record; append the record to the log and apply it to the in-memory state; store the
+rows it changes and the membership changes in the same LMDB transaction; commit; only then
+answer. A failure before the commit leaves nothing on disk, and the in-memory state is
+reloaded from disk, so memory never runs ahead of what was acknowledged. That reload costs as
+much as a start, so storage without room is refused before anything is resolved or applied:
+a refused write costs a look at the free space, not a reload.
+
+The request handlers (segsvc.engine.people_writes, event_writes, segment_defs, members,
+change_feed, audiences) each hold this core; segsvc.engine.workspace puts them behind one
+façade.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+from segsvc.config import Config
+from segsvc.engine import conditions
+from segsvc.engine.clock import Clock
+from segsvc.engine.errors import DataLoss, InvalidArgument, NotFound, data_loss, from_storage
+from segsvc.engine.model import ItemResult, PersonKey
+from segsvc.engine.oplog import LmdbOperationLog, OperationLog, load_state, replay_weight
+from segsvc.engine.ops import CreateSegmentOp, Op, TickOp, UpdateSegmentOp
+from segsvc.engine.people import PersonRecord
+from segsvc.engine.requests import rejected
+from segsvc.engine.state import WorkspaceState
+from segsvc.engine.values import check_key, normalize_email, normalize_phone
+from segsvc.storage.errors import CorruptRecordError, StorageError, StorageFullError
+from segsvc.storage.records import reason
+from segsvc.storage.store import MiB, Store, Txn, describe_key, prefix, read_u32, u32, u64
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+# What `resolve` of a write returns: the operation (None when nothing changes), the answer,
+# and the extra rows to store in the same transaction.
+Persist = Callable[[Txn], None]
+Resolve = Callable[[Txn], tuple[Op | None, R, Persist | None]]
+
+LOOKUP_CHAR = {"id": b"i", "email": b"e", "phone": b"p"}
+
+
+class WorkspaceCore:
+    def __init__(
+        self,
+        name: str,
+        store: Store,
+        clock: Clock,
+        config: Config,
+        oplog: OperationLog | None = None,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self.clock = clock
+        self.config = config
+        self.limits = config.limits
+        self.prefix = prefix(name)
+        self.oplog: OperationLog = oplog or LmdbOperationLog(self.prefix)
+        self.lock = threading.RLock()
+        # Watchers wait on this; it is notified after every commit that wrote changes.
+        self.changed = threading.Condition()
+        self.items_since_checkpoint = 0
+        # After a checkpoint failed, the next one waits for another checkpoint's worth of
+        # writes (each attempt serialises the whole state).
+        self.checkpoint_retry_at = 0
+        # Writes refused for want of room (logged when refusals start and stop), and
+        # reloads after a write failed once applied (the rare fallback).
+        self.refused_full = 0
+        self.reloads = 0
+        self.last_history: dict[int, int] = {}
+        # People deleted since their events were last dropped from memory (unknown after a
+        # restart: assume some, so the first tick looks).
+        self.deaths = 1
+        self.state = self.load()
+        self.committed_head = self.state.change_seq - 1
+
+    # -- recovery and checkpoints -----------------------------------------------------------
+
+    def load(self) -> WorkspaceState:
+        """The state as of the last committed operation: checkpoint plus the log after it.
+        A damaged checkpoint or log record raises CorruptRecordError: the state cannot be
+        rebuilt without it."""
+        with self.store.read() as txn:
+            state, replayed, weight = load_state(self.oplog, txn)
+        # What is still only in the log counts toward the next checkpoint.
+        self.items_since_checkpoint = weight
+        if replayed:
+            log.info(
+                "workspace %s: replayed %d operations after the checkpoint", self.name, replayed
+            )
+        return state
+
+    def checkpoint(self) -> bool:
+        """Stores the whole in-memory state and drops the log records it covers; says
+        whether it did. Without room for it, or when storage fails it, one line is logged
+        and nothing changes: the log still holds all the checkpoint would have covered, so
+        nothing is lost and the next start replays more."""
+        with self.lock:
+            blob = self.state.to_bytes()
+            room = self.store.room()
+            try:
+                if len(blob) > room.left - room.reserve:
+                    raise StorageFullError(
+                        room.where,
+                        f"{room.left // MiB} MiB left, {room.reserve // MiB} MiB of it kept "
+                        "in reserve",
+                    )
+                with self.store.write() as txn:
+                    self.oplog.checkpoint(txn, blob, self.state.op_seq)
+            except StorageError as exc:
+                self.checkpoint_retry_at = self.items_since_checkpoint + self.checkpoint_due()
+                log.warning(
+                    "workspace %s: checkpoint at op %d (%d MiB) skipped, the log keeps it: %s",
+                    self.name,
+                    self.state.op_seq,
+                    len(blob) // MiB,
+                    exc,
+                )
+                return False
+            self.items_since_checkpoint = 0
+            self.checkpoint_retry_at = 0
+            log.info(
+                "workspace %s: checkpoint at op %d (%d bytes)",
+                self.name,
+                self.state.op_seq,
+                len(blob),
+            )
+            return True
+
+    def checkpoint_due(self) -> int:
+        # A checkpoint costs time in proportion to the workspace, replay in proportion to
+        # the log tail: checkpointing after a tenth of the workspace has changed keeps
+        # both bounded (restart replays at most that tenth).
+        return max(self.config.checkpoint_every_ops, len(self.state.index.live) // 10)
+
+    # -- the write path -----------------------------------------------------------------------
+
+    def commit(self, resolve: Resolve[R], frees: bool = False) -> R:
+        """Runs one write: `resolve` validates against storage and returns the operation (or
+        None when nothing changes), the answer, and the extra rows to store. Writes that
+        free space (`frees`: deletions, ticks) may use part of the storage reserve."""
+        with self.lock:
+            self.check_room(frees)
+            applied = False
+            try:
+                with self.store.write() as txn:
+                    op, answer, persist = resolve(txn)
+                    if op is None:
+                        return answer
+                    seq = self.state.op_seq + 1
+                    applied = True
+                    # Appended before it is applied: a log that can refuse the record (a
+                    # replicated one) then refuses it before memory moved.
+                    self.oplog.append(txn, seq, op)
+                    batches = self.state.apply(seq, op)
+                    if persist is not None:
+                        persist(txn)
+                    for batch in batches:
+                        txn.put("changes", self.prefix + u64(batch.first_seq), batch.encode())
+                    self.record_history(txn, op)
+            except StorageError as exc:
+                self._reload_after_failure(applied, exc)
+                raise from_storage(exc, self.store.path) from exc
+            except BaseException as exc:
+                self._reload_after_failure(applied, exc)
+                raise
+            self.items_since_checkpoint += replay_weight(op)
+            if self.items_since_checkpoint >= max(self.checkpoint_due(), self.checkpoint_retry_at):
+                # The write is committed whatever becomes of the checkpoint: a failure other
+                # than storage's (which checkpoint logs itself) is logged, not answered.
+                try:
+                    self.checkpoint()
+                except Exception:
+                    self.checkpoint_retry_at = self.items_since_checkpoint + self.checkpoint_due()
+                    log.exception("workspace %s: checkpoint failed", self.name)
+        if batches:
+            with self.changed:
+                self.committed_head = self.state.change_seq - 1
+                self.changed.notify_all()
+        return answer
+
+    def check_room(self, frees: bool) -> None:
+        """Refuses a write up front when storage has less room than it keeps in reserve
+        (writes that free space: a quarter of it), before anything is applied in memory."""
+        room = self.store.room()
+        if room.left >= (room.reserve // 4 if frees else room.reserve):
+            if self.refused_full:
+                log.info(
+                    "workspace %s: storage has room again (%d MiB): writes resume after %d refused",
+                    self.name,
+                    room.left // MiB,
+                    self.refused_full,
+                )
+                self.refused_full = 0
+            return
+        if not self.refused_full:
+            log.warning(
+                "workspace %s: storage is full (%d MiB left in the %s, %d MiB reserve): "
+                "refusing writes until there is room",
+                self.name,
+                room.left // MiB,
+                "LMDB map" if room.where == "map" else "disk",
+                room.reserve // MiB,
+            )
+        self.refused_full += 1
+        where = "the LMDB map" if room.where == "map" else f"the disk holding {self.store.path}"
+        raise from_storage(
+            StorageFullError(
+                room.where,
+                f"{room.left // MiB} MiB left in {where}, below the {room.reserve // MiB} MiB "
+                "kept in reserve",
+            ),
+            self.store.path,
+        )
+
+    def _reload_after_failure(self, applied: bool, exc: BaseException) -> None:
+        if applied:
+            # The in-memory state ran ahead of the aborted commit: the rare fallback, since
+            # storage without room is refused before apply.
+            self.reloads += 1
+            log.error(
+                "workspace %s: write failed after it was applied in memory (%s); reloading "
+                "from disk (reload %d)",
+                self.name,
+                exc,
+                self.reloads,
+            )
+            self.state = self.load()
+
+    def record_history(self, txn: Txn, op: Op) -> None:
+        """Size history: a point whenever a tick or a definition change moved a count."""
+        if not isinstance(op, TickOp | CreateSegmentOp | UpdateSegmentOp):
+            return
+        for seg in self.state.segments.values():
+            count = len(seg.members)
+            if self.last_history.get(seg.id) != count:
+                self.last_history[seg.id] = count
+                txn.put("history", self.prefix + u64(seg.id) + u64(op.at), u64(count))
+
+    # -- lookups every request starts with ----------------------------------------------------
+
+    def lookup(self, txn: Txn, kind: str, value: str) -> int | None:
+        raw = txn.get("lookup", self.prefix + LOOKUP_CHAR[kind] + value.encode())
+        return None if raw is None else read_u32(raw)
+
+    def record(self, txn: Txn, ordinal: int) -> PersonRecord:
+        """A person's stored record; DataLoss naming them when it is damaged or missing."""
+        return self.person_of(ordinal, txn.get("people", self.prefix + u32(ordinal)))
+
+    def person_of(self, ordinal: int, raw: bytes | None) -> PersonRecord:
+        try:
+            if raw is not None:
+                return PersonRecord.decode(raw)
+            why = "missing, though a lookup names the person"
+        except Exception as exc:
+            why = reason(exc)
+        raise self._damaged_person(ordinal, why)
+
+    def _damaged_person(self, ordinal: int, why: str) -> DataLoss:
+        ids = self.state.index.ids
+        known = ids[ordinal] if ordinal < len(ids) else None
+        where = describe_key("people", self.prefix + u32(ordinal))
+        if known is not None:
+            where += f" (person {known!r})"
+        return data_loss(CorruptRecordError("people", where, why), self.store.path)
+
+    def normalize_key(self, key: PersonKey, field: str) -> PersonKey:
+        if key.kind == "email":
+            return PersonKey("email", normalize_email(key.value, field))
+        if key.kind == "phone":
+            return PersonKey("phone", normalize_phone(key.value, field, self.config.default_region))
+        check_key(key.value, "the person id", field)
+        return key
+
+    def find(self, txn: Txn, key: PersonKey, field: str) -> int:
+        key = self.normalize_key(key, field)
+        ordinal = self.lookup(txn, key.kind, key.value)
+        if ordinal is None:
+            raise NotFound(f"no person with {key.kind} {key.value!r}")
+        return ordinal
+
+    def find_each(
+        self, txn: Txn, keys: Sequence[PersonKey], path: str, results: list[ItemResult]
+    ) -> Iterator[tuple[int, PersonKey, int]]:
+        """(item index, key, ordinal) for each key of a batch that names a person; the others
+        are reported in `results` (invalid or not found) and skipped."""
+        for i, key in enumerate(keys):
+            try:
+                ordinal = self.find(txn, key, f"{path}[{i}]")
+            except (NotFound, InvalidArgument) as exc:
+                results.append(rejected(i, str(key), exc))
+                continue
+            yield i, key, ordinal
+
+    def segment(self, segment_id: int, field: str = "segment_id") -> conditions.Node | None:
+        """The definition of a segment (None: manual); NotFound naming `field` when none."""
+        seg = self.state.segments.get(segment_id)
+        if seg is None:
+            raise NotFound(f"segment {segment_id} does not exist ({field})")
+        return seg.definition
+
+    def check_batch(self, size: int, path: str, limit: int = 0) -> None:
+        limit = limit or self.limits.max_batch_items
+        if size > limit:
+            raise InvalidArgument(f"{size} items: at most {limit} per call (split the batch)", path)

@@ -1,0 +1,142 @@
+"""How people sit in storage: their records in the `people` table and the id, email and phone
+lookups that name them; the rows a write of people stores, and the batched lookups a bulk
+load plans with (`BulkReader`, the Reader of segsvc.engine.bulk).
+
+Kept apart from the requests (segsvc.engine.people_writes) because the row layout is one
+thing to get right once: a person and their lookup keys are freed and claimed together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import chain
+from typing import Any
+
+from segsvc.engine.bulk import Plan, Reader
+from segsvc.engine.core import LOOKUP_CHAR, Persist, WorkspaceCore
+from segsvc.engine.people import PersonRecord, unpack_record
+from segsvc.storage.store import U32, Txn, read_u32, u32
+
+# Lookup keys built at a time when they are written once.
+KEYS_CHUNK = 4096
+
+
+def persist_people(
+    core: WorkspaceCore,
+    people: Sequence[tuple[int, PersonRecord | None, PersonRecord | None]],
+) -> Persist:
+    """The rows of people written one by one: (ordinal, record before or None, record after
+    or None)."""
+
+    def persist(txn: Txn) -> None:
+        p = core.prefix
+        # Free every key first, then claim: within a batch one person may take over an
+        # email another just gave up.
+        for _ordinal, old, new in people:
+            if old is None:
+                continue
+            for kind, value in (("email", old.email), ("phone", old.phone)):
+                if value and (new is None or getattr(new, kind) != value):
+                    txn.delete("lookup", p + LOOKUP_CHAR[kind] + value.encode())
+            if new is None:
+                txn.delete("lookup", p + b"i" + old.id.encode())
+                txn.delete("people", p + u32(_ordinal))
+        for ordinal, old, new in people:
+            if new is None:
+                continue
+            txn.put("people", p + u32(ordinal), new.encode())
+            if old is None:
+                txn.put("lookup", p + b"i" + new.id.encode(), u32(ordinal))
+            for kind, value in (("email", new.email), ("phone", new.phone)):
+                if value and (old is None or getattr(old, kind) != value):
+                    txn.put("lookup", p + LOOKUP_CHAR[kind] + value.encode(), u32(ordinal))
+
+    return persist
+
+
+def persist_plan(core: WorkspaceCore, plan: Plan, reader: BulkReader) -> Persist:
+    """The rows of a bulk load's plan (segsvc.engine.bulk)."""
+
+    def persist(txn: Txn) -> None:
+        p = core.prefix
+        for kind, value in plan.frees:
+            txn.delete("lookup", p + LOOKUP_CHAR[kind] + value.encode())
+        people = map(p.__add__, map(U32.pack, plan.ordinals))
+        txn.put_many("people", zip(people, plan.records, strict=True))
+        for kind, (values, ordinals) in plan.claims.items():
+            keys = reader.keys(kind, values)
+            txn.put_many("lookup", zip(keys, map(U32.pack, ordinals), strict=True))
+
+    return persist
+
+
+def lookup_keys(head: bytes, values: Sequence[str]) -> list[bytes]:
+    """`head + value` as UTF-8 for many values: joined with a separator, encoded once and
+    split (keys hold no control characters, so the split gives one key per value; when it
+    does not, map over built-in methods)."""
+    if not values:
+        return []
+    text = head.decode()
+    keys = (text + ("\x01" + text).join(values)).encode().split(b"\x01")
+    if len(keys) == len(values):
+        return keys
+    return list(map(head.__add__, map(str.encode, values)))
+
+
+class BulkReader(Reader):
+    """Batched lookups for plan_columns, inside the write transaction."""
+
+    def __init__(self, core: WorkspaceCore) -> None:
+        self.core = core
+        self.txn: Txn | None = None
+
+    def keys(self, kind: str, values: Sequence[str]) -> list[bytes]:
+        return lookup_keys(self.core.prefix + LOOKUP_CHAR[kind], values)
+
+    def ordinals(self, kind: str, values: Sequence[str]) -> list[int | None]:
+        assert self.txn is not None
+        keys = self.keys(kind, values)
+        found = self.txn.get_many("lookup", sorted(keys))
+        if not found:  # a load of new people
+            return [None] * len(keys)
+        return [None if (raw := found.get(k)) is None else read_u32(raw) for k in keys]
+
+    def claim_new(self, claims: Mapping[str, tuple[Sequence[str], Sequence[int]]]) -> bool:
+        assert self.txn is not None
+        written: list[tuple[str, Sequence[str], Sequence[int]]] = []
+        for kind, (values, ordinals) in claims.items():
+            head = self.core.prefix + LOOKUP_CHAR[kind]
+            # Keys written once: built a chunk at a time, so that one chunk's memory serves
+            # the next (as the records, see bulk._records).
+            keys = chain.from_iterable(
+                lookup_keys(head, values[start : start + KEYS_CHUNK])
+                for start in range(0, len(values), KEYS_CHUNK)
+            )
+            rows = zip(keys, map(U32.pack, ordinals), strict=True)
+            added = self.txn.insert_many("lookup", rows)
+            if added:
+                written.append((kind, values, ordinals))
+            if added != len(values):
+                # Take back the rows this wrote: those holding the ordinal they were given
+                # (new ordinals, so no earlier row holds one). A re-import of existing
+                # people wrote none.
+                for kind_written, values_written, ordinals_written in written:
+                    keys_written = self.keys(kind_written, values_written)
+                    held = self.txn.get_many("lookup", sorted(keys_written))
+                    for key, ordinal in zip(keys_written, ordinals_written, strict=True):
+                        if held.get(key) == U32.pack(ordinal):
+                            self.txn.delete("lookup", key)
+                return False
+        return True
+
+    def records(self, ordinals: Sequence[int]) -> list[list[Any]]:
+        assert self.txn is not None
+        p = self.core.prefix
+        keys = [p + u32(o) for o in ordinals]
+        found = self.txn.get_many("people", sorted(keys))
+        try:
+            return [unpack_record(found[k]) for k in keys]
+        except Exception:
+            # Someone's record is damaged: the person-by-person path reports them alone.
+            for ordinal, k in zip(ordinals, keys, strict=True):
+                self.core.person_of(ordinal, found.get(k))
+            raise

@@ -9,14 +9,32 @@ all (a Condition or a Value whose oneof is unset), with the same path syntax the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
-from google.protobuf import duration_pb2, timestamp_pb2
 
+# The scalar and condition-tree halves live in scalars.py and condition_convert.py; callers
+# keep reaching every conversion through this module.
+from segsvc.api.condition_convert import condition_from_proto as condition_from_proto
+from segsvc.api.condition_convert import condition_to_proto as condition_to_proto
+from segsvc.api.condition_convert import optional_condition as optional_condition
 from segsvc.api.csv_import import CsvRow, CsvSettings
-from segsvc.engine import conditions as c
+from segsvc.api.scalars import ACTION_WORDS as ACTION_WORDS
+from segsvc.api.scalars import BUILTIN_WORDS as BUILTIN_WORDS
+from segsvc.api.scalars import CHANNEL_WORDS as CHANNEL_WORDS
+from segsvc.api.scalars import COMBINATOR_WORDS as COMBINATOR_WORDS
+from segsvc.api.scalars import COUNT_WORDS as COUNT_WORDS
+from segsvc.api.scalars import LOOKUP_WORDS as LOOKUP_WORDS
+from segsvc.api.scalars import OPERATOR_WORDS as OPERATOR_WORDS
+from segsvc.api.scalars import OUTCOME_WORDS as OUTCOME_WORDS
+from segsvc.api.scalars import URL_MATCH_WORDS as URL_MATCH_WORDS
+from segsvc.api.scalars import enum_number, raise_if, values_map
+from segsvc.api.scalars import optional_timestamp as optional_timestamp
+from segsvc.api.scalars import timestamp_from_proto as timestamp_from_proto
+from segsvc.api.scalars import timestamp_to_proto as timestamp_to_proto
+from segsvc.api.scalars import value_from_proto as value_from_proto
+from segsvc.api.scalars import value_to_proto as value_to_proto
 from segsvc.engine.bulk import ATTRIBUTE_VALUES, AttributeColumn, Column, PeopleColumns
 from segsvc.engine.errors import InvalidArgument, Violation
 from segsvc.engine.events import EventInput
@@ -32,145 +50,14 @@ from segsvc.engine.model import (
     SegmentInfo,
 )
 from segsvc.engine.people import PersonUpsert
-from segsvc.engine.values import Kind, Timestamp, Value, check_value
+from segsvc.engine.values import Kind
 from segsvc.v1 import (
     audiences_pb2,
     changes_pb2,
-    conditions_pb2,
     people_pb2,
     segments_pb2,
     types_pb2,
 )
-
-if TYPE_CHECKING:
-    # Only the stubs name the generic wrapper; at run time it is EnumTypeWrapper.
-    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
-
-# -- enums -------------------------------------------------------------------------------------
-#
-# Every proto enum maps to the engine's word by its name: OPERATOR_NOT_EQUALS <-> "not_equals".
-# The tables are built from the descriptors so a value added to the proto cannot be forgotten
-# here (tests/api/test_convert.py checks that both sides know the same words).
-
-
-def _words(enum: Any, prefix: str) -> dict[int, str]:
-    return {
-        number: name.removeprefix(prefix).lower()
-        for name, number in enum.items()
-        if not name.endswith("_UNSPECIFIED")
-    }
-
-
-OPERATOR_WORDS = _words(conditions_pb2.Operator, "OPERATOR_")
-BUILTIN_WORDS = _words(conditions_pb2.BuiltinField, "BUILTIN_FIELD_")
-COMBINATOR_WORDS = _words(conditions_pb2.Combinator, "COMBINATOR_")
-COUNT_WORDS = _words(conditions_pb2.CountOperator, "COUNT_OPERATOR_")
-URL_MATCH_WORDS = _words(conditions_pb2.UrlMatch, "URL_MATCH_")
-ACTION_WORDS = _words(conditions_pb2.MessageAction, "MESSAGE_ACTION_")
-OUTCOME_WORDS = _words(types_pb2.Outcome, "OUTCOME_")
-CHANNEL_WORDS = _words(audiences_pb2.Channel, "CHANNEL_")
-LOOKUP_WORDS = _words(segments_pb2.LookupKey, "LOOKUP_KEY_")
-
-
-_V = TypeVar("_V", bound=int)
-
-
-def _number(enum: _EnumTypeWrapper[_V], prefix: str, word: str) -> _V:
-    """The enum value named PREFIX + WORD (the inverse of `_words`)."""
-    return enum.Value(prefix + word.upper())
-
-
-_VALUE_KINDS = "set one of string_value, number_value, bool_value or timestamp_value"
-
-
-# -- scalars -----------------------------------------------------------------------------------
-
-
-def timestamp_from_proto(msg: timestamp_pb2.Timestamp) -> Timestamp:
-    # segsvc works in whole seconds: nanos are dropped, as the API documents.
-    return Timestamp(msg.seconds)
-
-
-def optional_timestamp(owner: Any, field: str) -> Timestamp | None:
-    """`owner.field` in seconds, None when unset; INVALID_ARGUMENT at `field` outside the
-    years 1 to 9999 (the range google.protobuf.Timestamp documents)."""
-    if not owner.HasField(field):
-        return None
-    seconds = timestamp_from_proto(getattr(owner, field))
-    check_value(seconds, field, 0)
-    return seconds
-
-
-def timestamp_to_proto(seconds: int) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=int(seconds))
-
-
-def _duration_seconds(msg: duration_pb2.Duration, path: str, out: list[Violation]) -> int:
-    """Whole seconds of a Duration; windows are exact to the second, so a fraction is an
-    error rather than something to round silently."""
-    if msg.nanos:
-        out.append(Violation(path, "give whole seconds (nanos must be 0)"))
-    return int(msg.seconds)
-
-
-def value_from_proto(msg: types_pb2.Value) -> Value | None:
-    """The typed value, or None when the oneof is unset."""
-    kind = msg.WhichOneof("kind")
-    if kind == "string_value":
-        return str(msg.string_value)
-    if kind == "number_value":
-        return float(msg.number_value)
-    if kind == "bool_value":
-        return bool(msg.bool_value)
-    if kind == "timestamp_value":
-        return timestamp_from_proto(msg.timestamp_value)
-    return None
-
-
-def value_to_proto(value: Value) -> types_pb2.Value:
-    # bool and Timestamp before float/str: bool and Timestamp are ints in Python.
-    if isinstance(value, bool):
-        return types_pb2.Value(bool_value=value)
-    if isinstance(value, Timestamp):
-        return types_pb2.Value(timestamp_value=timestamp_to_proto(value))
-    if isinstance(value, float):
-        return types_pb2.Value(number_value=value)
-    return types_pb2.Value(string_value=value)
-
-
-def _required_value(msg: types_pb2.Value, path: str, violations: list[Violation]) -> Value | None:
-    value = value_from_proto(msg)
-    if value is None:
-        violations.append(Violation(path, _VALUE_KINDS))
-    return value
-
-
-def _values_map(
-    msgs: Mapping[str, types_pb2.Value], path: str, violations: list[Violation]
-) -> dict[str, Value]:
-    # The bulk-load hot path (once per attribute per person): no path string is formatted
-    # unless a value is missing.
-    out: dict[str, Value] = {}
-    for key, msg in msgs.items():
-        kind = msg.WhichOneof("kind")
-        if kind == "string_value":
-            out[key] = msg.string_value
-        elif kind == "number_value":
-            out[key] = msg.number_value
-        elif kind == "bool_value":
-            out[key] = msg.bool_value
-        elif kind == "timestamp_value":
-            out[key] = timestamp_from_proto(msg.timestamp_value)
-        else:
-            # The same `attributes['plan']` step the engine writes for attribute errors.
-            violations.append(Violation(f"{path}[{key!r}]", _VALUE_KINDS))
-    return out
-
-
-def _raise_if(violations: list[Violation]) -> None:
-    if violations:
-        raise InvalidArgument(violations)
-
 
 # -- people ------------------------------------------------------------------------------------
 
@@ -189,8 +76,8 @@ def person_key(msg: types_pb2.PersonRef, path: str) -> PersonKey:
 
 def person_upsert(msg: people_pb2.PersonUpsert, path: str) -> PersonUpsert:
     violations: list[Violation] = []
-    attributes = _values_map(msg.attributes, f"{path}.attributes", violations)
-    _raise_if(violations)
+    attributes = values_map(msg.attributes, f"{path}.attributes", violations)
+    raise_if(violations)
     return PersonUpsert(
         id=msg.id,
         # proto3 `optional`: unset keeps the stored value, "" removes it.
@@ -312,9 +199,9 @@ def _fill(target: Any, column: Column) -> None:
 
 def event_input(msg: people_pb2.Event, path: str) -> EventInput:
     violations: list[Violation] = []
-    properties = _values_map(msg.properties, f"{path}.properties", violations)
+    properties = values_map(msg.properties, f"{path}.properties", violations)
     person = person_key(msg.person, f"{path}.person")
-    _raise_if(violations)
+    raise_if(violations)
     return EventInput(
         person=person,
         name=msg.name,
@@ -355,7 +242,7 @@ def item_result_to_proto(result: ItemResult) -> types_pb2.ItemResult:
     return types_pb2.ItemResult(
         index=result.index,
         key=result.key,
-        outcome=_number(types_pb2.Outcome, "OUTCOME_", result.outcome),
+        outcome=enum_number(types_pb2.Outcome, "OUTCOME_", result.outcome),
         error=result.error,
         field=result.field,
     )
@@ -363,218 +250,6 @@ def item_result_to_proto(result: ItemResult) -> types_pb2.ItemResult:
 
 def item_results_to_proto(results: Iterable[ItemResult]) -> list[types_pb2.ItemResult]:
     return [item_result_to_proto(r) for r in results]
-
-
-# -- condition trees: proto -> domain ----------------------------------------------------------
-
-
-def condition_from_proto(msg: conditions_pb2.Condition, path: str = "conditions") -> c.Node:
-    """The definition a client sent; INVALID_ARGUMENT listing every node that has no kind."""
-    violations: list[Violation] = []
-    node = _node(msg, path, violations)
-    _raise_if(violations)
-    assert node is not None, "a node fails to decode only with a violation"
-    return node
-
-
-def optional_condition(owner: Any, field: str = "conditions") -> c.Node | None:
-    """`owner.conditions` decoded, or None when the message field is not set."""
-    return condition_from_proto(getattr(owner, field), field) if owner.HasField(field) else None
-
-
-def _node(msg: conditions_pb2.Condition, path: str, out: list[Violation]) -> c.Node | None:
-    kind = msg.WhichOneof("node")
-    here = f"{path}.{kind}"
-    if kind == "group":
-        group = msg.group
-        children = [
-            _node(child, f"{here}.children[{i}]", out) for i, child in enumerate(group.children)
-        ]
-        if any(child is None for child in children):
-            return None
-        combinator: Any = COMBINATOR_WORDS.get(group.combinator, "")
-        return c.Group(combinator, tuple(ch for ch in children if ch is not None), group.negate)
-    if kind == "attribute":
-        return _attribute(msg.attribute, here, out)
-    if kind == "tag":
-        return c.TagCondition(msg.tag.tag, msg.tag.negate)
-    if kind == "device":
-        return c.DeviceCondition(msg.device.platform, msg.device.negate)
-    if kind == "segment":
-        return c.SegmentCondition(msg.segment.segment_id, msg.segment.negate)
-    if kind == "event":
-        event = msg.event
-        filters = [_attribute(f, f"{here}.filters[{i}]", out) for i, f in enumerate(event.filters)]
-        if any(f is None for f in filters):
-            return None
-        return c.EventCondition(
-            name=event.name,
-            filters=tuple(f for f in filters if f is not None),
-            count_operator=_count_operator(event.count_operator),
-            count=event.count if event.HasField("count") else None,
-            window=_window(event, f"{here}.window", out),
-        )
-    if kind == "page_view":
-        view = msg.page_view
-        return c.PageViewCondition(
-            url=view.url,
-            # UNSPECIFIED is the documented default, EQUALS; an unknown number is left for
-            # the engine to reject.
-            match=URL_MATCH_WORDS.get(view.match, "equals" if view.match == 0 else ""),
-            count_operator=_count_operator(view.count_operator),
-            count=view.count if view.HasField("count") else None,
-            window=_window(view, f"{here}.window", out),
-        )
-    if kind == "message":
-        message = msg.message
-        return c.MessageCondition(
-            action=ACTION_WORDS.get(message.action, ""),
-            campaign_id=message.campaign_id,
-            message_id=message.message_id,
-            count_operator=_count_operator(message.count_operator),
-            count=message.count if message.HasField("count") else None,
-            window=_window(message, f"{here}.window", out),
-        )
-    out.append(
-        Violation(
-            path,
-            "the condition is empty: set one of group, attribute, tag, device, segment, "
-            "event, page_view or message",
-        )
-    )
-    return None
-
-
-def _attribute(
-    msg: conditions_pb2.AttributeCondition, here: str, out: list[Violation]
-) -> c.AttributeCondition | None:
-    target = msg.WhichOneof("target")
-    before = len(out)
-    values = [_required_value(v, f"{here}.values[{i}]", out) for i, v in enumerate(msg.values)]
-    if len(out) > before:
-        return None
-    return c.AttributeCondition(
-        operator=OPERATOR_WORDS.get(msg.operator, ""),
-        attribute=msg.attribute if target == "attribute" else None,
-        field=BUILTIN_WORDS.get(msg.field, "") if target == "field" else None,
-        value=value_from_proto(msg.value) if msg.HasField("value") else None,
-        upper=value_from_proto(msg.upper) if msg.HasField("upper") else None,
-        values=tuple(v for v in values if v is not None),
-        seconds=_duration_seconds(msg.duration, f"{here}.duration", out),
-    )
-
-
-def _count_operator(number: int) -> str:
-    # UNSPECIFIED means "at least", as the proto documents.
-    return COUNT_WORDS.get(number, "at_least" if number == 0 else "")
-
-
-def _window(owner: Any, path: str, out: list[Violation]) -> c.Window:
-    if not owner.HasField("window"):
-        return c.Window()
-    window = owner.window
-    kind = window.WhichOneof("window")
-    if kind == "within_last":
-        return c.Window(
-            within_last_seconds=_duration_seconds(window.within_last, f"{path}.within_last", out)
-        )
-    if kind == "between":
-        span = window.between
-        return c.Window(
-            start=timestamp_from_proto(span.start) if span.HasField("start") else None,
-            end=timestamp_from_proto(span.end) if span.HasField("end") else None,
-        )
-    return c.Window()
-
-
-# -- condition trees: domain -> proto ----------------------------------------------------------
-
-
-def condition_to_proto(node: c.Node) -> conditions_pb2.Condition:
-    if isinstance(node, c.Group):
-        return conditions_pb2.Condition(
-            group=conditions_pb2.Group(
-                combinator=_number(conditions_pb2.Combinator, "COMBINATOR_", node.combinator),
-                children=[condition_to_proto(child) for child in node.children],
-                negate=node.negate,
-            )
-        )
-    if isinstance(node, c.AttributeCondition):
-        return conditions_pb2.Condition(attribute=_attribute_to_proto(node))
-    if isinstance(node, c.TagCondition):
-        return conditions_pb2.Condition(
-            tag=conditions_pb2.TagCondition(tag=node.tag, negate=node.negate)
-        )
-    if isinstance(node, c.DeviceCondition):
-        return conditions_pb2.Condition(
-            device=conditions_pb2.DeviceCondition(platform=node.platform, negate=node.negate)
-        )
-    if isinstance(node, c.SegmentCondition):
-        return conditions_pb2.Condition(
-            segment=conditions_pb2.SegmentCondition(segment_id=node.segment_id, negate=node.negate)
-        )
-    if isinstance(node, c.EventCondition):
-        event = conditions_pb2.EventCondition(
-            name=node.name,
-            filters=[_attribute_to_proto(f) for f in node.filters],
-            count_operator=_number(
-                conditions_pb2.CountOperator, "COUNT_OPERATOR_", node.count_operator
-            ),
-            count=node.count,
-        )
-        _window_to_proto(node.window, event.window)
-        return conditions_pb2.Condition(event=event)
-    if isinstance(node, c.PageViewCondition):
-        view = conditions_pb2.PageViewCondition(
-            url=node.url,
-            match=_number(conditions_pb2.UrlMatch, "URL_MATCH_", node.match),
-            count_operator=_number(
-                conditions_pb2.CountOperator, "COUNT_OPERATOR_", node.count_operator
-            ),
-            count=node.count,
-        )
-        _window_to_proto(node.window, view.window)
-        return conditions_pb2.Condition(page_view=view)
-    message = conditions_pb2.MessageCondition(
-        action=_number(conditions_pb2.MessageAction, "MESSAGE_ACTION_", node.action),
-        campaign_id=node.campaign_id,
-        message_id=node.message_id,
-        count_operator=_number(
-            conditions_pb2.CountOperator, "COUNT_OPERATOR_", node.count_operator
-        ),
-        count=node.count,
-    )
-    _window_to_proto(node.window, message.window)
-    return conditions_pb2.Condition(message=message)
-
-
-def _attribute_to_proto(node: c.AttributeCondition) -> conditions_pb2.AttributeCondition:
-    msg = conditions_pb2.AttributeCondition(
-        operator=_number(conditions_pb2.Operator, "OPERATOR_", node.operator),
-        values=[value_to_proto(v) for v in node.values],
-    )
-    if node.seconds:
-        msg.duration.seconds = node.seconds
-    if node.field is not None:
-        msg.field = _number(conditions_pb2.BuiltinField, "BUILTIN_FIELD_", node.field)
-    elif node.attribute is not None:
-        msg.attribute = node.attribute
-    if node.value is not None:
-        msg.value.CopyFrom(value_to_proto(node.value))
-    if node.upper is not None:
-        msg.upper.CopyFrom(value_to_proto(node.upper))
-    return msg
-
-
-def _window_to_proto(window: c.Window, into: conditions_pb2.TimeWindow) -> None:
-    # An "ever" window stays unset, as the client would have sent it.
-    if window.within_last_seconds is not None:
-        into.within_last.seconds = window.within_last_seconds
-    elif window.start is not None or window.end is not None:
-        if window.start is not None:
-            into.between.start.CopyFrom(timestamp_to_proto(window.start))
-        if window.end is not None:
-            into.between.end.CopyFrom(timestamp_to_proto(window.end))
 
 
 # -- segments ----------------------------------------------------------------------------------
@@ -708,7 +383,7 @@ def audience_spec_to_proto(spec: AudienceSpec) -> audiences_pb2.AudienceSpec:
         exclude=spec.exclude,
         include_unsubscribed=spec.include_unsubscribed,
         channel=(
-            _number(audiences_pb2.Channel, "CHANNEL_", spec.channel)
+            enum_number(audiences_pb2.Channel, "CHANNEL_", spec.channel)
             if spec.channel
             else audiences_pb2.CHANNEL_UNSPECIFIED
         ),

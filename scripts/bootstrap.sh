@@ -65,3 +65,19 @@ _segsvc_install() {
   touch "$venv/.segsvc-$want"
   echo "segsvc: .venv ready ($((SECONDS - started)) s)" >&2
 }
+
+# The NATS tests start their own nats-server processes (JetStream, loopback ports): install
+# Debian's package when it is missing and we may (root with apt-get), else say what to do.
+segsvc_nats_server() {
+  if command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "segsvc: installing nats-server for the NATS tests (apt-get, first run only)..." >&2
+    apt-get install -y -qq nats-server >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq nats-server >/dev/null; }
+    return 0
+  fi
+  echo "segsvc: the tests need nats-server 2.9+ (JetStream): install it, e.g. 'sudo apt install nats-server'" >&2
+  exit 1
+}

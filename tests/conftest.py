@@ -5,11 +5,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nats_harness import nats_cluster, nats_server
 from server_harness import api, api_servers, server_processes
 
 from segsvc.storage.store import Store
 
-__all__ = ["api", "api_servers", "server_processes", "store"]
+__all__ = [
+    "api",
+    "api_servers",
+    "nats_cluster",
+    "nats_server",
+    "server_processes",
+    "store",
+]
 
 
 @pytest.fixture

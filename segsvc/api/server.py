@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from segsvc.api.admission import StreamAdmission, stream_budget
 from segsvc.api.audiences import AudiencesServicer
-from segsvc.api.auth import AuthInterceptor, Token, TokensFileError, load_tokens
+from segsvc.api.auth import AuthInterceptor
 from segsvc.api.changes import ChangesServicer
 from segsvc.api.decoding import DecodingInterceptor
 from segsvc.api.errors import ErrorInterceptor
@@ -39,6 +39,7 @@ from segsvc.api.workspaces import WorkspacesServicer
 from segsvc.config import Config
 from segsvc.engine.engine import Engine
 from segsvc.storage.errors import StorageError
+from segsvc.tokens_file import Token, TokensFileError, load_tokens
 from segsvc.v1 import (
     audiences_pb2,
     audiences_pb2_grpc,

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from segsvc.config import Config
+from segsvc.config import Config, name_problem
 from segsvc.engine.clock import Clock, SystemClock
 from segsvc.engine.errors import InvalidArgument, SegsvcError, from_storage
 from segsvc.engine.workspace import Workspace
@@ -19,19 +18,14 @@ from segsvc.storage.errors import CorruptRecordError, StorageError, StoreDamaged
 from segsvc.storage.store import Store
 
 log = logging.getLogger(__name__)
-_WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_workspace_name(name: str) -> None:
     """Raises InvalidArgument unless `name` can name a workspace. The tokens file is checked
-    with this too, so a token can never be bound to a workspace no call could reach."""
-    # fullmatch: `$` would also accept a name that ends in a newline.
-    if not _WORKSPACE_NAME.fullmatch(name):
-        raise InvalidArgument(
-            f"workspace name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit",
-            "workspace",
-        )
+    by the same rule, so a token can never be bound to a workspace no call could reach."""
+    problem = name_problem("workspace", name)
+    if problem is not None:
+        raise InvalidArgument(problem, "workspace")
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_harness import Stubs
 
-from segsvc.api.auth import TokensFileError, hash_token, load_tokens
 from segsvc.api.server import ServerConfigError, build_server, check_listen_address
 from segsvc.config import Limits
 from segsvc.engine.workspace import Workspace
+from segsvc.tokens_file import TokensFileError, hash_token, load_tokens
 from segsvc.v1 import changes_pb2, people_pb2, segments_pb2
 
 S = segments_pb2

@@ -13,6 +13,7 @@ from typing import Any
 import click
 import grpc
 
+from segsvc import package_version
 from segsvc.cli import (
     audience,
     check,
@@ -80,7 +81,7 @@ class _Group(click.Group):
     is_flag=True,
     help="Machine output: one JSON document on stdout (JSON Lines for streams).",
 )
-@click.version_option(package_name="segsvc")
+@click.version_option(package_version(), prog_name="segsvc")
 @click.pass_context
 def main(
     ctx: click.Context,

@@ -164,16 +164,17 @@ class Engine:
         self._ticker = threading.Thread(target=run, name="segsvc-ticker", daemon=True)
         self._ticker.start()
 
-    def close(self, checkpoint: bool = True) -> None:
+    def close(self, checkpoint: bool = True) -> bool:
         """Stops the ticker, writes a checkpoint of each workspace (fast next start) and
-        closes LMDB. A checkpoint storage refuses is logged and skipped (the log keeps what
-        it would have covered): stopping never fails for want of space."""
+        closes LMDB; says whether every workspace was checkpointed. A checkpoint storage
+        refuses is logged and skipped (the log keeps what it would have covered): stopping
+        never fails for want of space."""
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         try:
-            if checkpoint:
-                for ws in self.workspaces():
-                    ws.checkpoint()
+            # A list, not all(generator): one refused checkpoint must not skip the others.
+            written = [ws.checkpoint() for ws in self.workspaces()] if checkpoint else [False]
         finally:
             self.store.close()
+        return all(written)

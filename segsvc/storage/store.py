@@ -225,6 +225,12 @@ class Room(NamedTuple):
         return "map" if self.map_left <= self.disk_left else "disk"
 
 
+def reserve_for(capacity: int) -> int:
+    """The room a store of `capacity` bytes (its map, or its disk when smaller) keeps free
+    for deletions and checkpoints: see Store.reserve."""
+    return min(max(capacity // 32, min(MiB, capacity // 8)), 64 * MiB)
+
+
 class Store:
     """One LMDB environment holding every workspace.
 
@@ -256,8 +262,7 @@ class Store:
         # eighth of a tiny store; at most 64 MiB) that ordinary writes cannot use up, so that
         # a write let through does not fail half-way for want of room, and deletions still
         # find some when everything else is refused.
-        capacity = min(self._map_size, disk.f_blocks * disk.f_frsize)
-        self.reserve = min(max(capacity // 32, min(MiB, capacity // 8)), 64 * MiB)
+        self.reserve = reserve_for(min(self._map_size, disk.f_blocks * disk.f_frsize))
         self._write_lock = threading.Lock()
         try:
             self._dbs = {
@@ -377,18 +382,38 @@ def _lock(path: Path, readonly: bool) -> IO[str] | None:
             fcntl.flock(lock_file, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             lock_file.close()
-            what = (
-                "stop it first, so that the check sees the store at rest"
-                if readonly
-                else ("stop it, or choose another --data")
-            )
-            raise StoreLockedError(f"{path} is in use by another segsvc process: {what}") from None
+            raise _in_use(path, readonly) from None
     try:
         _check_data_file(path, held_a_store)
     except BaseException:
         _unlock(lock_file)
         raise
     return lock_file
+
+
+def _in_use(path: Path, readonly: bool) -> StoreLockedError:
+    what = (
+        "stop it first, so that the check sees the store at rest"
+        if readonly
+        else "stop it, or choose another --data"
+    )
+    return StoreLockedError(f"{path} is in use by another segsvc process: {what}")
+
+
+def check_not_in_use(path: Path) -> None:
+    """Raises StoreLockedError when a server holds the store in `path`. Creates nothing: for
+    the checks before a start, which must leave the disk as they found it. The lock is taken
+    and let go at once; opening the store takes it for good (and still decides)."""
+    try:
+        lock_file = open(path / LOCK_FILE)  # noqa: SIM115
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(path, readonly=False) from None
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _unlock(lock_file: IO[str] | None) -> None:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,9 +92,6 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
             "127.0.0.1:0",
             "--grace-seconds",
             "1",
-            # Quiet: nobody reads stderr after the first line, and a full pipe would block.
-            "--log-level",
-            "warning",
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -107,6 +105,8 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
                 address = match.group(1)
                 break
         assert address, "the server never said where it listens"
+        # Nobody reads the rest of the log, but a full pipe would block the server.
+        threading.Thread(target=process.stderr.read, daemon=True).start()
         yield process, address
     finally:
         if process.poll() is None:
@@ -277,7 +277,9 @@ def test_serve_refuses_usage_mistakes_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-tokens"
     assert_refused(
         run_serve("--data", str(data), "--tokens-file", str(missing)),
-        f"Invalid value for '--tokens-file': File '{missing}' does not exist",
+        # (click names the variable too: the value may have come from there)
+        f"Invalid value for '--tokens-file' (env var: 'SEGSVC_TOKENS_FILE'): File '{missing}' "
+        "does not exist",
     )
     assert_refused(run_serve("--data", str(data), "--tls-key", str(missing.parent)), "--tls-key")
     assert_refused(run_serve("--data", str(data), "--no-such-option"), "--no-such-option")

@@ -5,11 +5,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_harness import api, api_servers, server_processes
+from server_harness import api, api_servers, server_processes, small_disk
 
 from segsvc.storage.store import Store
 
-__all__ = ["api", "api_servers", "server_processes", "store"]
+__all__ = ["api", "api_servers", "server_processes", "small_disk", "store"]
 
 
 @pytest.fixture

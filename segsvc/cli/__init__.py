@@ -22,6 +22,7 @@ from segsvc.cli import (
     people,
     segments,
     serve,
+    tokens,
     watch,
     workspaces,
 )
@@ -113,3 +114,4 @@ main.add_command(events.events)
 main.add_command(watch.watch)
 main.add_command(audience.audience)
 main.add_command(workspaces.workspaces)
+main.add_command(tokens.tokens)

@@ -16,6 +16,7 @@ import grpc
 from segsvc import package_version
 from segsvc.cli import (
     audience,
+    backup,
     check,
     events,
     members,
@@ -107,6 +108,7 @@ def main(
 
 main.add_command(serve.serve)
 main.add_command(check.check)
+main.add_command(backup.backup)
 main.add_command(segments.segments)
 main.add_command(members.members)
 main.add_command(people.people)

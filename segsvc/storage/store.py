@@ -447,7 +447,10 @@ _UNREADABLE = (
 )
 
 
-def _open_environment(path: Path, map_size: int, readonly: bool) -> Any:
+def _open_environment(path: Path, map_size: int, readonly: bool, lock: bool | None = None) -> Any:
+    """The LMDB environment in `path`, checked whole. `lock` (default: not `readonly`) is
+    LMDB's own reader table: a reader beside a live writer must take part in it, or the
+    writer may reuse pages it is still reading."""
     data = path / DATA_FILE
     try:
         env = lmdb.open(
@@ -461,7 +464,7 @@ def _open_environment(path: Path, map_size: int, readonly: bool) -> Any:
             readahead=False,
             readonly=readonly,
             # A check holds segsvc.lock shared, which keeps every writer out.
-            lock=not readonly,
+            lock=not readonly if lock is None else lock,
             create=not readonly,
         )
     except _UNREADABLE as exc:
@@ -485,3 +488,51 @@ def _open_environment(path: Path, map_size: int, readonly: bool) -> Any:
             f"{last}; restore it from a backup"
         )
     return env
+
+
+def backup(source: Path, dest: Path) -> int:
+    """Copies the store in `source` to `dest`, which must not exist or be empty; returns the
+    size of the copy in bytes. Works while a server has the store open: LMDB copies inside
+    one read transaction (a snapshot of the last commit when the copy began, so every write
+    acknowledged before then is in it), and this process registers that reader in LMDB's
+    lock file like any other, so the server never reuses a page being copied. segsvc.lock
+    is left alone: the server holds it, and the copy needs no more than LMDB's locking.
+    Free pages are left out (compaction). The copy is a store a server starts on as is,
+    replaying its log as after a crash.
+
+    Must not run in a process that has the store open itself (LMDB forbids opening one
+    environment twice in a process). On failure nothing is left in `dest`."""
+    if not (source / DATA_FILE).is_file():
+        raise StorageError(f"{source} holds no segsvc store (no {DATA_FILE})")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        what = "is not a directory" if not dest.is_dir() else "is not empty"
+        raise StorageError(f"the backup destination {dest} {what}: give a new or empty directory")
+    if not dest.parent.is_dir():
+        raise StorageError(f"the backup destination's folder {dest.parent} does not exist")
+    created = not dest.exists()
+    env = _open_environment(source, 0, readonly=True, lock=True)
+    try:
+        dest.mkdir(exist_ok=True)
+        env.copy(str(dest), compact=True)
+        copy = dest / DATA_FILE
+        # LMDB writes the copy without fsync: make it durable before calling it a backup.
+        with open(copy, "rb") as written:
+            os.fsync(written.fileno())
+        (dest / LOCK_FILE).touch()
+        directory = os.open(dest, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return copy.stat().st_size
+    except BaseException as exc:
+        for name in (DATA_FILE, LOCK_FILE):
+            (dest / name).unlink(missing_ok=True)
+        if created and dest.exists():
+            dest.rmdir()
+        if isinstance(exc, lmdb.Error | OSError):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise StorageError(f"cannot back up {source} to {dest}: {reason}") from exc
+        raise
+    finally:
+        env.close()

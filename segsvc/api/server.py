@@ -257,8 +257,11 @@ class _BoundServer:
     port: int
 
     def release(self) -> None:
-        """Lets go of the port of a server that will never start."""
-        self.inner.stop(None)
+        """Lets go of the port of a server that will never serve. grpc frees the port of a
+        server that was never started only when the process ends, so it is started, with
+        nothing to serve (a caller in that instant gets UNIMPLEMENTED), and stopped at once."""
+        self.inner.start()
+        self.inner.stop(None).wait()
         self.executor.shutdown(wait=False)
 
 
@@ -288,7 +291,7 @@ def _bind_server(
     try:
         port = _bind(inner, config.listen, credentials)
     except BaseException:
-        _BoundServer(inner, executor, 0).release()
+        executor.shutdown(wait=False)
         raise
     return _BoundServer(inner, executor, port)
 
@@ -531,7 +534,7 @@ def serve(config: Config) -> None:
     try:
         engine = Engine(config)
     except StorageError as exc:
-        bound.release()
+        # Not bound.release(): the port goes with the process, without ever answering.
         _refuse(exc)
     loaded = time.monotonic()
     try:

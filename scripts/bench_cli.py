@@ -67,7 +67,7 @@ def _start_segsvc_serve(
     with log.open("w") as sink:
         proc = subprocess.Popen(
             [*command, "serve", "--data", str(data), "--listen", "127.0.0.1:0",
-             "--tick-seconds", "86400", "--log-level", "warning"],
+             "--tick-seconds", "86400"],
             stdout=subprocess.DEVNULL,
             stderr=sink,
             text=True,

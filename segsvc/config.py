@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA = Path("data")
 DEFAULT_WORKSPACE = "default"
+
+# What a workspace (and a token) may be called: safe in paths, metrics labels and log lines.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def name_problem(what: str, name: str) -> str | None:
+    """Why `name` cannot name a `what` ("workspace", "token"), or None when it can. Here,
+    with no dependencies, so the engine and the client-side tokens tooling judge alike."""
+    # fullmatch: `$` would also accept a name that ends in a newline.
+    if _NAME.fullmatch(name):
+        return None
+    return (
+        f"{what} name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "
+        "starting with a letter or digit"
+    )
 
 
 @dataclass(frozen=True)

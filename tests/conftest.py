@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from nats_harness import nats_cluster, nats_server
-from server_harness import api, api_servers, server_processes
+from server_harness import api, api_servers, server_processes, small_disk
 
 from segsvc.storage.store import Store
 
@@ -16,6 +16,7 @@ __all__ = [
     "nats_cluster",
     "nats_server",
     "server_processes",
+    "small_disk",
     "store",
 ]
 

@@ -245,3 +245,42 @@ def server_processes(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     for process in started:
         if process.process.poll() is None:
             process.kill()
+
+
+# -- bounded disks (tmpfs: the tests run as root, locally and in CI) --------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """`mount(mib)`: a fresh tmpfs of that size; unmounted (lazily, after any server on it
+    is killed) at the end of the test."""
+    mounted: list[Path] = []
+
+    def mount(mib: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                f"cannot mount a {mib} MiB tmpfs on {where} (the storage fault tests run as "
+                f"root, as CI does): {result.stderr.strip()}"
+            )
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def resize(disk: Path, mib: int) -> None:
+    remount(disk, f"size={mib}m")
+
+
+def remount(disk: Path, option: str) -> None:
+    """Changes a mounted `small_disk`: `size=64m`, `ro`, `rw`."""
+    subprocess.run(["mount", "-o", f"remount,{option}", str(disk)], check=True)

@@ -1,9 +1,7 @@
 """Who is calling, and in which workspace: bearer tokens, roles, and the call's workspace.
 
-Tokens file (config.tokens_file): JSON Lines, one token per line, `#` comments and blank
-lines allowed. Only the SHA-256 of a token is stored, so the file is no secret by itself:
-
-    {"token_sha256": "<64 hex digits>", "workspace": "acme", "role": "write"}
+Tokens file (config.tokens_file): see segsvc.tokens_file for its format. The server reads it
+at start and again on SIGHUP (`replace_tokens`): calls in flight keep the tokens they started with.
 
 Roles: `read` (queries, the change feed, audiences), `write` (read + every change), `admin`
 (write, in any workspace: it may name another workspace in the `workspace` metadata). A read
@@ -21,21 +19,17 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
-import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 import grpc
 
 from segsvc.api.interception import Behaviour, StreamBehaviour, rewrap
 from segsvc.config import DEFAULT_WORKSPACE
-from segsvc.engine.engine import check_workspace_name
-from segsvc.engine.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from segsvc.engine.errors import PermissionDenied, Unauthenticated
+from segsvc.tokens_file import Role, Token
 
-Role = Literal["read", "write", "admin"]
 _RANK: dict[str, int] = {"read": 0, "write": 1, "admin": 2}
 
 # Calls that change nothing. Every other method needs a write token: a method added to the
@@ -65,17 +59,6 @@ PUBLIC_SERVICES = (
 )
 
 
-class TokensFileError(ValueError):
-    """The tokens file cannot be used; the message names the line."""
-
-
-@dataclass(frozen=True)
-class Token:
-    sha256: bytes
-    workspace: str
-    role: Role
-
-
 @dataclass(frozen=True)
 class Caller:
     workspace: str
@@ -95,71 +78,6 @@ def current_caller() -> Caller:
         raise RuntimeError("no caller: the server was built without AuthInterceptor") from None
 
 
-def hash_token(token: str) -> str:
-    """The hex digest to write in the tokens file for `token`."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-_ENTRY_SHAPE = '{"token_sha256": HEX, "workspace": NAME, "role": "read|write|admin"}'
-_ENTRY_KEYS = frozenset({"token_sha256", "workspace", "role"})
-
-
-def load_tokens(path: Path) -> list[Token]:
-    """Every token of the tokens file, or TokensFileError naming the first bad line.
-
-    A key the file does not know is refused rather than ignored: a misspelt or unsupported
-    setting (an expiry, say) must not silently grant more than the operator meant."""
-    tokens: list[Token] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-        raise TokensFileError(f"cannot read the tokens file {path}: {reason}") from exc
-    first_line_of: dict[bytes, int] = {}
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        token = _parse_token(text, f"{path}:{number}")
-        if token.sha256 in first_line_of:
-            raise TokensFileError(
-                f"{path}:{number}: the same token as line {first_line_of[token.sha256]}: "
-                "one token has one workspace and one role"
-            )
-        first_line_of[token.sha256] = number
-        tokens.append(token)
-    if not tokens:
-        raise TokensFileError(f"{path} holds no tokens: every call would be refused")
-    return tokens
-
-
-def _parse_token(text: str, where: str) -> Token:
-    try:
-        entry = json.loads(text)
-    except ValueError as exc:
-        raise TokensFileError(f"{where}: expected {_ENTRY_SHAPE} ({exc})") from exc
-    if not isinstance(entry, dict):
-        raise TokensFileError(f"{where}: expected {_ENTRY_SHAPE}")
-    missing = sorted(_ENTRY_KEYS - entry.keys())
-    unknown = sorted(entry.keys() - _ENTRY_KEYS)
-    if missing or unknown:
-        problems = [f"missing {', '.join(missing)}"] if missing else []
-        problems += [f"unknown key {', '.join(map(repr, unknown))}"] if unknown else []
-        raise TokensFileError(f"{where}: {'; '.join(problems)}: expected {_ENTRY_SHAPE}")
-    digest, workspace, role = entry["token_sha256"], entry["workspace"], entry["role"]
-    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
-        raise TokensFileError(f"{where}: token_sha256 must be 64 hex digits")
-    if not isinstance(role, str) or role not in _RANK:
-        raise TokensFileError(f"{where}: role must be read, write or admin, not {role!r}")
-    if not isinstance(workspace, str):
-        raise TokensFileError(f"{where}: workspace must be a string, not {workspace!r}")
-    try:
-        check_workspace_name(workspace)
-    except InvalidArgument as exc:
-        raise TokensFileError(f"{where}: {exc.violations[0].description}") from None
-    return Token(bytes.fromhex(digest), workspace, cast(Role, role))
-
-
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Decides the caller of every call and makes it `current_caller()` while it runs.
 
@@ -168,6 +86,13 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """
 
     def __init__(self, tokens: list[Token] | None) -> None:
+        self._tokens = tokens
+
+    def replace_tokens(self, tokens: list[Token]) -> None:
+        """Accepts `tokens` from now on (a reloaded tokens file). One reference swap: a call
+        is checked against the old list or the new one, never a mix, and none waits."""
+        if self._tokens is None:
+            raise ValueError("this server was started without tokens: restart it with some")
         self._tokens = tokens
 
     def intercept_service(
@@ -241,10 +166,12 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             )
         digest = hashlib.sha256(secret.strip().encode()).digest()
         found: Token | None = None
-        assert self._tokens is not None
+        # Read once: a reload may swap the list while this call looks through it.
+        tokens = self._tokens
+        assert tokens is not None
         # Every entry is compared, in constant time, so timing tells nothing about which
         # entry (if any) came close.
-        for token in self._tokens:
+        for token in tokens:
             if hmac.compare_digest(digest, token.sha256) and found is None:
                 found = token
         if found is None:

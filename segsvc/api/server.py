@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -26,9 +27,10 @@ from typing import Any, NoReturn
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from segsvc import package_version
 from segsvc.api.admission import StreamAdmission, stream_budget
 from segsvc.api.audiences import AudiencesServicer
-from segsvc.api.auth import AuthInterceptor, Token, TokensFileError, load_tokens
+from segsvc.api.auth import AuthInterceptor
 from segsvc.api.changes import ChangesServicer
 from segsvc.api.decoding import DecodingInterceptor
 from segsvc.api.errors import ErrorInterceptor
@@ -38,7 +40,10 @@ from segsvc.api.segments import SegmentsServicer
 from segsvc.api.workspaces import WorkspacesServicer
 from segsvc.config import Config
 from segsvc.engine.engine import Engine
+from segsvc.sizes import approximate_size, format_size
 from segsvc.storage.errors import StorageError
+from segsvc.storage.store import DATA_FILE, MiB, check_not_in_use, reserve_for
+from segsvc.tokens_file import Token, TokensFileError, load_tokens
 from segsvc.v1 import (
     audiences_pb2,
     audiences_pb2_grpc,
@@ -53,6 +58,8 @@ from segsvc.v1 import (
 )
 
 log = logging.getLogger(__name__)
+# The lines an operator looks for: the server is up (and how), the server stopped (and how).
+startup_log = logging.getLogger("segsvc")
 
 # After the grace period grpc cancels every call. A call still running this much later is
 # stuck (in grpc itself, or in a handler that ignores cancellation) and is abandoned; the
@@ -110,6 +117,9 @@ class SegsvcServer(grpc.Server):
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self.calls_abandoned = False
+        # After stop: whether the engine wrote its closing checkpoint (None: not the
+        # server's engine to close).
+        self.checkpointed: bool | None = None
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
         self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
@@ -157,10 +167,13 @@ class SegsvcServer(grpc.Server):
                 )
             if not self._owns_engine:
                 return
+            checkpointed: list[bool] = []
             if ended:
-                self.engine.close()
+                checkpointed.append(self.engine.close())
             elif not _finishes_by(
-                self.engine.close, time.monotonic() + STOP_DEADLINE_SECONDS, "engine-close"
+                lambda: checkpointed.append(self.engine.close()),
+                time.monotonic() + STOP_DEADLINE_SECONDS,
+                "engine-close",
             ):
                 # An abandoned call may hold the engine's lock; the checkpoint only saves the
                 # next start some replay, so it is given up rather than waited for.
@@ -169,6 +182,7 @@ class SegsvcServer(grpc.Server):
                     "it; the next start replays the log",
                     STOP_DEADLINE_SECONDS,
                 )
+            self.checkpointed = all(checkpointed) if checkpointed else False
         except Exception:
             log.exception("stopping the server failed")
         finally:
@@ -206,10 +220,16 @@ def create_server(config: Config, engine: Engine | None = None) -> tuple[grpc.Se
 def build_server(config: Config, engine: Engine | None = None) -> SegsvcServer:
     """As create_server, returning the SegsvcServer (with .port, .engine, .health)."""
     tokens, credentials = check_startup(config)
+    auth = AuthInterceptor(tokens)
+    bound = _bind_server(config, auth, credentials)
     owns_engine = engine is None
-    running_engine = engine if engine is not None else Engine(config)
     try:
-        return _start(config, running_engine, owns_engine, AuthInterceptor(tokens), credentials)
+        running_engine = engine if engine is not None else Engine(config)
+    except BaseException:
+        bound.release()
+        raise
+    try:
+        return _start(config, running_engine, owns_engine, bound)
     except BaseException:
         if owns_engine:
             running_engine.close()
@@ -225,13 +245,29 @@ def check_startup(config: Config) -> tuple[list[Token] | None, grpc.ServerCreden
     return tokens, _tls_credentials(config)
 
 
-def _start(
-    config: Config,
-    engine: Engine,
-    owns_engine: bool,
-    auth: AuthInterceptor,
-    credentials: grpc.ServerCredentials | None,
-) -> SegsvcServer:
+@dataclass
+class _BoundServer:
+    """A grpc server holding its port, not yet started: no servicer, nobody answered.
+    Binding comes before the engine opens the data, so a taken port refuses the start before
+    anything is created on disk; connections that arrive while the engine loads wait in the
+    listen backlog rather than being refused."""
+
+    inner: grpc.Server
+    executor: ThreadPoolExecutor
+    port: int
+
+    def release(self) -> None:
+        """Lets go of the port of a server that will never serve. grpc frees the port of a
+        server that was never started only when the process ends, so it is started, with
+        nothing to serve (a caller in that instant gets UNIMPLEMENTED), and stopped at once."""
+        self.inner.start()
+        self.inner.stop(None).wait()
+        self.executor.shutdown(wait=False)
+
+
+def _bind_server(
+    config: Config, auth: AuthInterceptor, credentials: grpc.ServerCredentials | None
+) -> _BoundServer:
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="segsvc-rpc")
     max_bytes = config.limits.max_message_bytes
     inner = grpc.server(
@@ -252,6 +288,16 @@ def _start(
             ("grpc.so_reuseport", 0),
         ],
     )
+    try:
+        port = _bind(inner, config.listen, credentials)
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+    return _BoundServer(inner, executor, port)
+
+
+def _start(config: Config, engine: Engine, owns_engine: bool, bound: _BoundServer) -> SegsvcServer:
+    inner = bound.inner
     stopping = threading.Event()
     people_pb2_grpc.add_PeopleServiceServicer_to_server(PeopleServicer(engine), inner)
     segments_pb2_grpc.add_SegmentsServiceServicer_to_server(SegmentsServicer(engine), inner)
@@ -263,12 +309,13 @@ def _start(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
     enable_reflection(inner, (*SEGSVC_SERVICES, health.SERVICE_NAME))
-    port = _bind(inner, config.listen, credentials)
     inner.start()
     # Ready: the engine finished loading before the server was built.
     for service in ("", *SEGSVC_SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return SegsvcServer(inner, port, engine, owns_engine, health_servicer, stopping, executor)
+    return SegsvcServer(
+        inner, bound.port, engine, owns_engine, health_servicer, stopping, bound.executor
+    )
 
 
 def _bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -415,9 +462,11 @@ def _read_pem(path: Path, what: str) -> str:
         ) from None
 
 
-def check_data_dir(path: Path) -> None:
-    """Raises ServerConfigError unless this process can use `path` as its data directory, or
-    create it: checked before anything is written, so a refused start leaves nothing behind."""
+def check_data_dir(path: Path, map_size: int) -> None:
+    """Raises ServerConfigError (or StoreLockedError) unless this process can use `path` as
+    its data directory, or create it: a file in the way, a directory this process cannot
+    write, a store another server holds, a disk too full for a new store. Only looks: a
+    refused start must leave the disk as it found it."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -425,13 +474,35 @@ def check_data_dir(path: Path) -> None:
         if not path.is_dir():
             raise ServerConfigError(f"the data directory {path} is not a directory")
         if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-            raise ServerConfigError(f"the data directory {path} is not writable by this user")
-        return
-    if not existing.is_dir():
+            raise ServerConfigError(f"the data directory {path} is {_unwritable(path)}")
+        check_not_in_use(path)
+    elif not existing.is_dir():
         raise ServerConfigError(f"cannot create the data directory {path}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    elif not os.access(existing, os.W_OK | os.X_OK):
         raise ServerConfigError(
-            f"cannot create the data directory {path}: {existing} is not writable by this user"
+            f"cannot create the data directory {path}: {existing} is {_unwritable(existing)}"
+        )
+    if not (path / DATA_FILE).exists():
+        _check_room_for_a_new_store(path, existing, map_size)
+
+
+def _unwritable(path: Path) -> str:
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return "on a read-only filesystem"
+    return "not writable by this user"
+
+
+def _check_room_for_a_new_store(path: Path, existing: Path, map_size: int) -> None:
+    """A new store on a disk without room beyond the reserve would refuse its first write:
+    refused now instead. An existing store starts however full its disk (reads work, and
+    the engine refuses writes until there is room)."""
+    disk = os.statvfs(existing)
+    free = disk.f_bavail * disk.f_frsize
+    needed = reserve_for(min(map_size, disk.f_blocks * disk.f_frsize)) + MiB
+    if free < needed:
+        raise ServerConfigError(
+            f"the disk holding {path} is full: {approximate_size(free)} free, a new store "
+            f"needs at least {approximate_size(needed)}; free some space or choose another --data"
         )
 
 
@@ -439,57 +510,149 @@ def serve(config: Config) -> None:
     """Runs the server in the foreground until SIGTERM or SIGINT, then shuts down: NOT_SERVING,
     calls in flight get `config.grace_seconds`, the engine checkpoints and closes, exit 0. The
     stop is bounded (see STOP_DEADLINE_SECONDS): when calls are stuck the process still exits.
-    A refused start prints one line `segsvc: <why>` and exits with status 2."""
+    SIGHUP reloads the tokens file. One INFO line (logger `segsvc`) says the server is up,
+    with what it runs and loaded; one says it stopped and how.
+
+    A refused start prints one line `segsvc: <why>` and exits with status 2, and creates
+    nothing: every check that only looks comes first, then the port is bound, and only then
+    does the engine create or open the data directory."""
+    started = time.monotonic()
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
     try:
-        # Checked before the engine opens the data, so a refusal is quick and touches nothing.
         tokens, credentials = check_startup(config)
+        check_data_dir(config.data_dir, config.map_size)
+        # The probe names the usual mistake (a port in use) better than grpc's bind would.
         check_port_free(config.listen)
-        check_data_dir(config.data_dir)
-        engine = Engine(config)
+        auth = AuthInterceptor(tokens)
+        bound = _bind_server(config, auth, credentials)
     except (ServerConfigError, TokensFileError, StorageError) as exc:
         _refuse(exc)
-    shutdown = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s: shutting down", signal.Signals(signum).name)
-        shutdown.set()
-
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_tokens(auth, config.tokens_file))
+    try:
+        engine = Engine(config)
+    except StorageError as exc:
+        # Not bound.release(): the port goes with the process, without ever answering.
+        _refuse(exc)
+    loaded = time.monotonic()
     try:
         engine.start_ticker()
-        server = _start(config, engine, True, AuthInterceptor(tokens), credentials)
-    except ServerConfigError as exc:
-        engine.close()
-        _refuse(exc)
+        server = _start(config, engine, True, bound)
     except BaseException:
         engine.close()
         raise
+    stopped_by: list[str] = []
+    shutdown = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        shutdown.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    stop_started = time.monotonic()
     try:
-        host, _ = split_listen(config.listen)
-        print(
-            f"segsvc listening on {host}:{server.port} (data {config.data_dir})",
-            file=sys.stderr,
-            flush=True,
+        startup_log.info(
+            "%s",
+            startup_line(
+                config,
+                server.port,
+                engine,
+                tokens,
+                loaded_seconds=loaded - started,
+                ready_seconds=time.monotonic() - started,
+            ),
         )
         # A timed wait, so the main thread wakes for the signal handler on every platform.
         while not shutdown.wait(1.0):
             pass
+        stop_started = time.monotonic()
     finally:
         # The server owns the engine: it closes it, or gives up on it, within the deadline.
         server.stop(config.grace_seconds).wait()
+    startup_log.info(
+        "%s",
+        shutdown_line(
+            server,
+            stopped_by[0] if stopped_by else "an error",
+            stop_started,
+            config.grace_seconds,
+        ),
+    )
     if server.calls_abandoned:
-        log.warning("exiting without waiting for the abandoned calls")
         # The threads of the abandoned calls would hold the interpreter's exit forever.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    log.info("stopped")
+
+
+def reload_tokens(auth: AuthInterceptor, path: Path | None) -> None:
+    """SIGHUP: reads the tokens file again and accepts its tokens from the next call on. A
+    file that cannot be used is logged, and the tokens accepted so far stay."""
+    if path is None:
+        log.warning("SIGHUP: no tokens file to reload (the server runs without --tokens-file)")
+        return
+    try:
+        tokens = load_tokens(path)
+    except TokensFileError as exc:
+        log.error("tokens file not reloaded, the tokens loaded before stay in use: %s", exc)
+        return
+    auth.replace_tokens(tokens)
+    log.info("tokens file %s reloaded: %d tokens", path, len(tokens))
+
+
+def startup_line(
+    config: Config,
+    port: int,
+    engine: Engine,
+    tokens: list[Token] | None,
+    loaded_seconds: float,
+    ready_seconds: float,
+) -> str:
+    """What an operator checks first in a log: which segsvc listens where on which data,
+    with which options, holding what, and how long the start took."""
+    host, _ = split_listen(config.listen)
+    options = ", ".join(
+        (
+            f"map size {format_size(config.map_size)}",
+            f"tick {config.tick_seconds:g} s",
+            f"change retention {config.change_retention_seconds / 86400:g} d",
+            f"event retention {config.event_retention_seconds / 86400:g} d",
+            f"snapshot retention {config.snapshot_retention_seconds / 3600:g} h",
+            f"checkpoint every {config.checkpoint_every_ops}",
+            f"grace {config.grace_seconds:g} s",
+            f"workers {config.workers}",
+            f"default region {config.default_region or 'none'}",
+            f"tokens {f'on ({len(tokens)})' if tokens is not None else 'off'}",
+            f"TLS {'on' if config.tls_cert is not None else 'off'}",
+        )
+    )
+    workspaces = ", ".join(
+        f"{w.name} ({w.people} people, {w.segments} segments)" for w in engine.summaries()
+    )
+    return (
+        f"segsvc listening on {host}:{port} (data {config.data_dir}) version "
+        f"{package_version()}; {options}; workspaces: {workspaces or 'none'}; loaded and "
+        f"replayed in {loaded_seconds:.2f} s, ready {ready_seconds:.2f} s after start"
+    )
+
+
+def shutdown_line(server: SegsvcServer, cause: str, stop_started: float, grace: float) -> str:
+    """The last line of a server's life: why it stopped, how long that took, and whether the
+    next start has a fresh checkpoint or replays the log."""
+    checkpoint = (
+        "checkpoint written"
+        if server.checkpointed
+        else "checkpoint not written (the next start replays the log; nothing is lost)"
+    )
+    abandoned = "; calls still running were abandoned" if server.calls_abandoned else ""
+    return (
+        f"segsvc stopped on {cause}: the stop took {time.monotonic() - stop_started:.2f} s "
+        f"(grace {grace:g} s); {checkpoint}{abandoned}"
+    )
 
 
 def _refuse(problem: Exception) -> NoReturn:

@@ -13,14 +13,17 @@ from typing import Any
 import click
 import grpc
 
+from segsvc import package_version
 from segsvc.cli import (
     audience,
+    backup,
     check,
     events,
     members,
     people,
     segments,
     serve,
+    tokens,
     watch,
     workspaces,
 )
@@ -80,7 +83,7 @@ class _Group(click.Group):
     is_flag=True,
     help="Machine output: one JSON document on stdout (JSON Lines for streams).",
 )
-@click.version_option(package_name="segsvc")
+@click.version_option(package_version(), prog_name="segsvc")
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -105,6 +108,7 @@ def main(
 
 main.add_command(serve.serve)
 main.add_command(check.check)
+main.add_command(backup.backup)
 main.add_command(segments.segments)
 main.add_command(members.members)
 main.add_command(people.people)
@@ -112,3 +116,4 @@ main.add_command(events.events)
 main.add_command(watch.watch)
 main.add_command(audience.audience)
 main.add_command(workspaces.workspaces)
+main.add_command(tokens.tokens)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from segsvc.cli.output import EXIT_ERROR
 from segsvc.config import DEFAULT_DATA, DEFAULT_LISTEN, Config
+from segsvc.sizes import format_size, parse_size
+
+MiB = 1 << 20
 
 _DEFAULTS = Config()
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -40,52 +44,93 @@ class _ServeCommand(click.Command):
             raise StartRefused(exc.format_message()) from None
 
 
+if TYPE_CHECKING:
+    _IntType = click.ParamType[int]
+else:
+    # Generic only since click 8.4; the client install accepts older clicks.
+    _IntType = click.ParamType
+
+
+class ByteSize(_IntType):
+    """A size in bytes, written `64GiB`, `512MiB`, `1TB` or as plain bytes."""
+
+    name = "size"
+
+    def __init__(self, minimum: int = 0) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            size = value
+        else:
+            try:
+                size = parse_size(str(value))
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        if size < self.minimum:
+            self.fail(f"{value} is less than the minimum, {format_size(self.minimum)}", param, ctx)
+        return size
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _option(*decls: str, **attrs: Any) -> Callable[[F], F]:
+    """A `serve` option that can also come from the environment: SEGSVC_ and its long name
+    in upper snake case (--map-size: SEGSVC_MAP_SIZE), shown in --help. The command line
+    wins over the environment (click's order)."""
+    long_name = next(decl for decl in decls if decl.startswith("--"))
+    envvar = "SEGSVC_" + long_name.removeprefix("--").replace("-", "_").upper()
+    return click.option(*decls, envvar=envvar, show_envvar=True, **attrs)
+
+
 @click.command(cls=_ServeCommand)
-@click.option(
+@_option(
     "--data",
-    type=click.Path(file_okay=False, path_type=Path),
+    # Resolved: the startup line and every message name the directory unambiguously.
+    type=click.Path(file_okay=False, resolve_path=True, path_type=Path),
     default=DEFAULT_DATA,
     show_default=True,
     help="Directory of the LMDB files (created if missing).",
 )
-@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT")
-@click.option(
+@_option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT")
+@_option(
     "--map-size",
-    type=click.IntRange(min=1 << 20),
-    default=_DEFAULTS.map_size,
+    type=ByteSize(minimum=MiB),
+    default=format_size(_DEFAULTS.map_size),
     show_default=True,
-    metavar="BYTES",
-    help="LMDB address space to reserve; the file grows only as data is written.",
+    help="LMDB address space to reserve (64GiB, 512MiB, 1TB, or bytes); the file grows "
+    "only as data is written.",
 )
-@click.option(
+@_option(
     "--tick-seconds",
     type=click.FloatRange(min=0, min_open=True),
     default=_DEFAULTS.tick_seconds,
     show_default=True,
     help="How often time-dependent segments are re-checked.",
 )
-@click.option(
+@_option(
     "--change-retention-days",
     type=click.FloatRange(min=0, min_open=True),
     default=_DEFAULTS.change_retention_seconds / 86400,
     show_default=True,
     help="How long the change feed keeps entries.",
 )
-@click.option(
+@_option(
     "--event-retention-days",
     type=click.FloatRange(min=0, min_open=True),
     default=_DEFAULTS.event_retention_seconds / 86400,
     show_default=True,
     help="How long events are kept (and count in conditions).",
 )
-@click.option(
+@_option(
     "--snapshot-retention-hours",
     type=click.FloatRange(min=0, min_open=True),
     default=_DEFAULTS.snapshot_retention_seconds / 3600,
     show_default=True,
     help="How long an audience snapshot can be resumed with its cursor.",
 )
-@click.option(
+@_option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
     default=_DEFAULTS.checkpoint_every_ops,
@@ -94,21 +139,21 @@ class _ServeCommand(click.Command):
     help="Checkpoint the in-memory state after N logged items (or a tenth of the people, "
     "whichever is more).",
 )
-@click.option(
+@_option(
     "--grace-seconds",
     type=click.FloatRange(min=0),
     default=_DEFAULTS.grace_seconds,
     show_default=True,
     help="Time given to calls in flight on shutdown.",
 )
-@click.option(
+@_option(
     "--workers",
     type=click.IntRange(min=1),
     default=_DEFAULTS.workers,
     show_default=True,
     help="gRPC worker threads.",
 )
-@click.option(
+@_option(
     "--default-region",
     default=_DEFAULTS.default_region,
     show_default=True,
@@ -117,17 +162,18 @@ class _ServeCommand(click.Command):
     help="Country (ISO 3166 code: US, GB, DE, ...) of phones written without a country code; "
     "'none' refuses such phones.",
 )
-@click.option(
+@_option(
     "--tokens-file",
     type=_FILE,
-    help="Bearer tokens (hashed, each with workspace and role). Without it the server "
-    "accepts every call and may listen on loopback only.",
+    help="Bearer tokens (hashed, each with workspace and role; `segsvc tokens` edits it; "
+    "SIGHUP reloads it). Without it the server accepts every call and may listen on "
+    "loopback only.",
 )
-@click.option("--tls-cert", type=_FILE, help="PEM certificate chain; needs --tls-key.")
-@click.option("--tls-key", type=_FILE, help="PEM private key; needs --tls-cert.")
-@click.option(
+@_option("--tls-cert", type=_FILE, help="PEM certificate chain; needs --tls-key.")
+@_option("--tls-key", type=_FILE, help="PEM private key; needs --tls-cert.")
+@_option(
     "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
     show_default=True,
 )
@@ -148,7 +194,9 @@ def serve(
     tls_key: Path | None,
     log_level: str,
 ) -> None:
-    """Run the server in the foreground until SIGTERM or Ctrl-C.
+    """Run the server in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads the tokens
+    file. Every option can also be set by the environment variable shown with it; the
+    command line wins.
 
     \b
     Example:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from segsvc.config import Config
+from segsvc.config import Config, name_problem
 from segsvc.engine.clock import Clock, SystemClock
 from segsvc.engine.errors import InvalidArgument, SegsvcError, from_storage
 from segsvc.engine.workspace import Workspace
@@ -19,19 +18,14 @@ from segsvc.storage.errors import CorruptRecordError, StorageError, StoreDamaged
 from segsvc.storage.store import Store
 
 log = logging.getLogger(__name__)
-_WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_workspace_name(name: str) -> None:
     """Raises InvalidArgument unless `name` can name a workspace. The tokens file is checked
-    with this too, so a token can never be bound to a workspace no call could reach."""
-    # fullmatch: `$` would also accept a name that ends in a newline.
-    if not _WORKSPACE_NAME.fullmatch(name):
-        raise InvalidArgument(
-            f"workspace name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit",
-            "workspace",
-        )
+    by the same rule, so a token can never be bound to a workspace no call could reach."""
+    problem = name_problem("workspace", name)
+    if problem is not None:
+        raise InvalidArgument(problem, "workspace")
 
 
 @dataclass(frozen=True)
@@ -170,16 +164,17 @@ class Engine:
         self._ticker = threading.Thread(target=run, name="segsvc-ticker", daemon=True)
         self._ticker.start()
 
-    def close(self, checkpoint: bool = True) -> None:
+    def close(self, checkpoint: bool = True) -> bool:
         """Stops the ticker, writes a checkpoint of each workspace (fast next start) and
-        closes LMDB. A checkpoint storage refuses is logged and skipped (the log keeps what
-        it would have covered): stopping never fails for want of space."""
+        closes LMDB; says whether every workspace was checkpointed. A checkpoint storage
+        refuses is logged and skipped (the log keeps what it would have covered): stopping
+        never fails for want of space."""
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         try:
-            if checkpoint:
-                for ws in self.workspaces():
-                    ws.checkpoint()
+            # A list, not all(generator): one refused checkpoint must not skip the others.
+            written = [ws.checkpoint() for ws in self.workspaces()] if checkpoint else [False]
         finally:
             self.store.close()
+        return all(written)

@@ -225,6 +225,12 @@ class Room(NamedTuple):
         return "map" if self.map_left <= self.disk_left else "disk"
 
 
+def reserve_for(capacity: int) -> int:
+    """The room a store of `capacity` bytes (its map, or its disk when smaller) keeps free
+    for deletions and checkpoints: see Store.reserve."""
+    return min(max(capacity // 32, min(MiB, capacity // 8)), 64 * MiB)
+
+
 class Store:
     """One LMDB environment holding every workspace.
 
@@ -256,8 +262,7 @@ class Store:
         # eighth of a tiny store; at most 64 MiB) that ordinary writes cannot use up, so that
         # a write let through does not fail half-way for want of room, and deletions still
         # find some when everything else is refused.
-        capacity = min(self._map_size, disk.f_blocks * disk.f_frsize)
-        self.reserve = min(max(capacity // 32, min(MiB, capacity // 8)), 64 * MiB)
+        self.reserve = reserve_for(min(self._map_size, disk.f_blocks * disk.f_frsize))
         self._write_lock = threading.Lock()
         try:
             self._dbs = {
@@ -377,18 +382,38 @@ def _lock(path: Path, readonly: bool) -> IO[str] | None:
             fcntl.flock(lock_file, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             lock_file.close()
-            what = (
-                "stop it first, so that the check sees the store at rest"
-                if readonly
-                else ("stop it, or choose another --data")
-            )
-            raise StoreLockedError(f"{path} is in use by another segsvc process: {what}") from None
+            raise _in_use(path, readonly) from None
     try:
         _check_data_file(path, held_a_store)
     except BaseException:
         _unlock(lock_file)
         raise
     return lock_file
+
+
+def _in_use(path: Path, readonly: bool) -> StoreLockedError:
+    what = (
+        "stop it first, so that the check sees the store at rest"
+        if readonly
+        else "stop it, or choose another --data"
+    )
+    return StoreLockedError(f"{path} is in use by another segsvc process: {what}")
+
+
+def check_not_in_use(path: Path) -> None:
+    """Raises StoreLockedError when a server holds the store in `path`. Creates nothing: for
+    the checks before a start, which must leave the disk as they found it. The lock is taken
+    and let go at once; opening the store takes it for good (and still decides)."""
+    try:
+        lock_file = open(path / LOCK_FILE)  # noqa: SIM115
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _in_use(path, readonly=False) from None
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _unlock(lock_file: IO[str] | None) -> None:
@@ -422,7 +447,10 @@ _UNREADABLE = (
 )
 
 
-def _open_environment(path: Path, map_size: int, readonly: bool) -> Any:
+def _open_environment(path: Path, map_size: int, readonly: bool, lock: bool | None = None) -> Any:
+    """The LMDB environment in `path`, checked whole. `lock` (default: not `readonly`) is
+    LMDB's own reader table: a reader beside a live writer must take part in it, or the
+    writer may reuse pages it is still reading."""
     data = path / DATA_FILE
     try:
         env = lmdb.open(
@@ -436,7 +464,7 @@ def _open_environment(path: Path, map_size: int, readonly: bool) -> Any:
             readahead=False,
             readonly=readonly,
             # A check holds segsvc.lock shared, which keeps every writer out.
-            lock=not readonly,
+            lock=not readonly if lock is None else lock,
             create=not readonly,
         )
     except _UNREADABLE as exc:
@@ -460,3 +488,51 @@ def _open_environment(path: Path, map_size: int, readonly: bool) -> Any:
             f"{last}; restore it from a backup"
         )
     return env
+
+
+def backup(source: Path, dest: Path) -> int:
+    """Copies the store in `source` to `dest`, which must not exist or be empty; returns the
+    size of the copy in bytes. Works while a server has the store open: LMDB copies inside
+    one read transaction (a snapshot of the last commit when the copy began, so every write
+    acknowledged before then is in it), and this process registers that reader in LMDB's
+    lock file like any other, so the server never reuses a page being copied. segsvc.lock
+    is left alone: the server holds it, and the copy needs no more than LMDB's locking.
+    Free pages are left out (compaction). The copy is a store a server starts on as is,
+    replaying its log as after a crash.
+
+    Must not run in a process that has the store open itself (LMDB forbids opening one
+    environment twice in a process). On failure nothing is left in `dest`."""
+    if not (source / DATA_FILE).is_file():
+        raise StorageError(f"{source} holds no segsvc store (no {DATA_FILE})")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        what = "is not a directory" if not dest.is_dir() else "is not empty"
+        raise StorageError(f"the backup destination {dest} {what}: give a new or empty directory")
+    if not dest.parent.is_dir():
+        raise StorageError(f"the backup destination's folder {dest.parent} does not exist")
+    created = not dest.exists()
+    env = _open_environment(source, 0, readonly=True, lock=True)
+    try:
+        dest.mkdir(exist_ok=True)
+        env.copy(str(dest), compact=True)
+        copy = dest / DATA_FILE
+        # LMDB writes the copy without fsync: make it durable before calling it a backup.
+        with open(copy, "rb") as written:
+            os.fsync(written.fileno())
+        (dest / LOCK_FILE).touch()
+        directory = os.open(dest, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return copy.stat().st_size
+    except BaseException as exc:
+        for name in (DATA_FILE, LOCK_FILE):
+            (dest / name).unlink(missing_ok=True)
+        if created and dest.exists():
+            dest.rmdir()
+        if isinstance(exc, lmdb.Error | OSError):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise StorageError(f"cannot back up {source} to {dest}: {reason}") from exc
+        raise
+    finally:
+        env.close()

@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from fuzz import nested_tree, wide_tree, with_tree
 
 from segsvc.api import convert
-from segsvc.api.auth import hash_token
 from segsvc.api.decoding import RequestDecoder
 from segsvc.config import Limits
 from segsvc.engine import condition_checks as cc
 from segsvc.engine import conditions as c
 from segsvc.engine.errors import InvalidArgument, Violation
+from segsvc.tokens_file import hash_token
 from segsvc.v1 import audiences_pb2, changes_pb2, people_pb2, segments_pb2
 
 S = segments_pb2

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import shutil
+import socket
 import subprocess
 import threading
 
@@ -29,10 +30,11 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_harness import Stubs
 
-from segsvc.api.auth import TokensFileError, hash_token, load_tokens
 from segsvc.api.server import ServerConfigError, build_server, check_listen_address
 from segsvc.config import Limits
 from segsvc.engine.workspace import Workspace
+from segsvc.storage.errors import StoreDamagedError
+from segsvc.tokens_file import TokensFileError, hash_token, load_tokens
 from segsvc.v1 import changes_pb2, people_pb2, segments_pb2
 
 S = segments_pb2
@@ -313,6 +315,24 @@ def test_a_taken_port_is_a_clear_error(api, api_servers, tmp_path):
     config = api_servers.config(listen=api.address, data_dir=tmp_path / "other")
     with pytest.raises(ServerConfigError, match="cannot listen on"):
         build_server(config)
+    # The port is taken before the data directory is created.
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_store_that_cannot_open_after_the_bind_frees_the_port(api_servers, tmp_path):
+    data = tmp_path / "lost"
+    data.mkdir()
+    (data / "segsvc.lock").write_text("")  # a store was here; its data file is gone
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = api_servers.config(listen=f"127.0.0.1:{port}", data_dir=data)
+    with pytest.raises(StoreDamagedError, match="is missing"):
+        build_server(config)
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

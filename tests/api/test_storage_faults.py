@@ -12,14 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import lmdb
 import pytest
 from api_harness import attr, by_id, dynamic_segment, person, status_of
-from server_harness import REPO, ServerProcess, Stubs, serve_command
+from server_harness import REPO, ServerProcess, Stubs, resize, serve_command
 
 from segsvc.api.convert import people_columns_to_proto
 from segsvc.engine.bulk import PeopleColumns
@@ -30,40 +29,6 @@ from segsvc.v1 import conditions_pb2 as C
 
 WORKSPACE = b"default\x00"
 FULL = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-# -- a bounded disk --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
-    """`mount(mib)`: a fresh tmpfs of that size; unmounted (lazily, after any server on it
-    is killed) at the end of the test."""
-    mounted: list[Path] = []
-
-    def mount(mib: int) -> Path:
-        where = tmp_path / f"disk{len(mounted)}"
-        where.mkdir()
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(where)],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            pytest.fail(
-                f"cannot mount a {mib} MiB tmpfs on {where} (the storage fault tests run as "
-                f"root, as CI does): {result.stderr.strip()}"
-            )
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def resize(disk: Path, mib: int) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={mib}m", str(disk)], check=True)
-
 
 # -- helpers ---------------------------------------------------------------------------------
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cli_harness import Cli
 from click.testing import CliRunner
+from server_harness import remount, serve_command
 
 from segsvc.cli import main
 from segsvc.config import Config
@@ -91,9 +94,6 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
             "127.0.0.1:0",
             "--grace-seconds",
             "1",
-            # Quiet: nobody reads stderr after the first line, and a full pipe would block.
-            "--log-level",
-            "warning",
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -107,6 +107,8 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
                 address = match.group(1)
                 break
         assert address, "the server never said where it listens"
+        # Nobody reads the rest of the log, but a full pipe would block the server.
+        threading.Thread(target=process.stderr.read, daemon=True).start()
         yield process, address
     finally:
         if process.poll() is None:
@@ -277,7 +279,9 @@ def test_serve_refuses_usage_mistakes_in_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-tokens"
     assert_refused(
         run_serve("--data", str(data), "--tokens-file", str(missing)),
-        f"Invalid value for '--tokens-file': File '{missing}' does not exist",
+        # (click names the variable too: the value may have come from there)
+        f"Invalid value for '--tokens-file' (env var: 'SEGSVC_TOKENS_FILE'): File '{missing}' "
+        "does not exist",
     )
     assert_refused(run_serve("--data", str(data), "--tls-key", str(missing.parent)), "--tls-key")
     assert_refused(run_serve("--data", str(data), "--no-such-option"), "--no-such-option")
@@ -310,3 +314,97 @@ def test_a_second_serve_on_the_same_data_or_port_is_refused(
     assert [s["name"] for s in cli.json("segments", "list")["segments"]] == ["Kept"]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def test_serve_refuses_tls_files_it_cannot_read(tmp_path: Path, pem_files: dict[str, Path]) -> None:
+    data = tmp_path / "data"
+    missing = tmp_path / "missing.pem"
+    assert_refused(
+        run_serve("--data", str(data), "--tls-cert", str(missing), "--tls-key", str(missing)),
+        f"File '{missing}' does not exist",
+    )
+    assert_refused(
+        run_serve("--data", str(data), "--tls-cert", str(tmp_path), "--tls-key", str(tmp_path)),
+        f"File '{tmp_path}' is a directory",
+    )
+    der = tmp_path / "cert.der"
+    subprocess.run(
+        ["openssl", "x509", "-in", str(pem_files["cert"]), "-outform", "DER", "-out", str(der)],
+        check=True,
+    )
+    assert_refused(
+        run_serve("--data", str(data), "--tls-cert", str(der), "--tls-key", str(pem_files["key"])),
+        f"the TLS certificate {der} is not PEM text (DER? convert it with openssl)",
+    )
+    assert not data.exists()
+
+
+def test_serve_refuses_a_data_path_that_is_a_file(tmp_path: Path) -> None:
+    a_file = tmp_path / "data"
+    a_file.write_text("not a store")
+    assert_refused(run_serve("--data", str(a_file)), f"Directory '{a_file}' is a file")
+    assert a_file.read_text() == "not a store"
+
+
+def test_serve_refuses_a_data_directory_it_cannot_write(
+    tmp_path: Path, small_disk: Callable[[int], Path]
+) -> None:
+    disk = small_disk(8)
+    existing = disk / "existing"
+    existing.mkdir()
+    remount(disk, "ro")
+    assert_refused(
+        run_serve("--data", str(existing)),
+        f"the data directory {existing} is on a read-only filesystem",
+    )
+    new = disk / "new" / "data"
+    assert_refused(
+        run_serve("--data", str(new)),
+        f"cannot create the data directory {new}: {disk} is on a read-only filesystem",
+    )
+    assert sorted(p.name for p in disk.iterdir()) == ["existing"]
+    assert list(existing.iterdir()) == []
+
+
+def test_serve_refuses_a_new_store_on_a_full_disk(
+    tmp_path: Path, small_disk: Callable[[int], Path]
+) -> None:
+    disk = small_disk(8)
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    # 1 MiB left: less than the 8 MiB disk's reserve (1 MiB) and room to write beyond it.
+    (disk / "filler").write_bytes(b"\0" * (free - (1 << 20)))
+    data = disk / "data"
+    assert_refused(run_serve("--data", str(data)), f"the disk holding {data} is full: 1MiB free")
+    assert not data.exists()
+    (disk / "filler").unlink()
+    # With room again the same start goes ahead.
+    started = subprocess.Popen(
+        [*serve_command(), "--data", str(data), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert started.stderr is not None
+        assert "segsvc listening on" in started.stderr.readline()
+        started.send_signal(signal.SIGTERM)
+        assert started.wait(timeout=30) == 0
+    finally:
+        if started.poll() is None:
+            started.kill()
+            started.wait()
+    assert (data / "data.mdb").exists()
+
+
+def test_a_store_refused_after_the_port_is_bound_is_one_line_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    """Every check passes, the port is bound, and then opening the store fails (here: a
+    lock file without its data file, a lost store): still one line, and nothing added."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "segsvc.lock").write_text("")
+    assert_refused(
+        run_serve("--data", str(data)),
+        f"{data / 'data.mdb'} is missing, but {data} held a segsvc store",
+    )
+    assert sorted(p.name for p in data.iterdir()) == ["segsvc.lock"]

@@ -56,3 +56,22 @@ def test_client_only_install_talks_to_a_server(api, tmp_path):
     assert serve.returncode == 2
     assert "pip install 'segsvc[server]'" in serve.stderr
     assert not (tmp_path / "d").exists()
+
+    # The tokens tooling needs none of the server's dependencies.
+    def tokens(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(venv / "bin" / "segsvc"), "--json", "tokens", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={"SEGSVC_TOKENS_FILE": str(tmp_path / "tokens")},
+        )
+
+    added = tokens("add", "--workspace", "light", "--role", "write", "--name", "etl")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["name"] == "etl"
+    assert json.loads(tokens("list").stdout) == {
+        "tokens": [{"name": "etl", "workspace": "light", "role": "write"}]
+    }
+    assert tokens("revoke", "etl").returncode == 0
+    assert json.loads(tokens("list").stdout) == {"tokens": []}

@@ -50,6 +50,19 @@ def fail(message: str) -> NoReturn:
     raise CliError(message)
 
 
+def require_import_extra(command: str) -> None:
+    """Fails with the one line that says how to get what reading files as columns needs
+    (pyarrow, numpy: the `segsvc[import]` extra), when it is missing."""
+    try:
+        import numpy  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        fail(
+            f"{command} reads files with {exc.name}, which is not installed: "
+            "pip install 'segsvc[import]'"
+        )
+
+
 def by_option(func: F) -> F:
     """The `--by id|email|phone` option: which unique key the person arguments are."""
     return click.option(

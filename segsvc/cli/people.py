@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from segsvc.cli.common import (
     Session,
     by_option,
+    fail,
     finish,
     pass_session,
     person_ref,
+    require_import_extra,
     segment_names,
 )
 from segsvc.cli.output import (
@@ -24,15 +29,16 @@ from segsvc.cli.output import (
     to_dict,
     value_type,
 )
-from segsvc.cli.readers import (
-    PersonBuilder,
-    parse_types,
-    read_people_csv,
-    read_people_jsonl,
-    read_proto_lines,
-)
-from segsvc.cli.upload import bulk_load
+from segsvc.cli.readers import IMPORT_FORMATS, PersonBuilder, parse_types, read_proto_lines
+from segsvc.cli.upload import bulk_load, column_load
 from segsvc.v1 import people_pb2
+
+if TYPE_CHECKING:
+    # The import commands read files with pyarrow (the `segsvc[import]` extra), so
+    # segsvc.cli.columnar is imported when they run, not for every command.
+    from segsvc.cli.columnar import Source
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _INPUT = click.Path(exists=True, dir_okay=False, path_type=Path)
 _PEOPLE_COUNTS = ("created", "updated", "unchanged")
@@ -117,48 +123,97 @@ def upsert(session: Session, file: Path) -> None:
     )
 
 
+def import_options(command: F) -> F:
+    """The options of the commands that import a file as columns: format, declared types,
+    CSV delimiter and encoding."""
+    options = (
+        click.option(
+            "--format",
+            "file_format",
+            type=click.Choice(IMPORT_FORMATS),
+            help="Default: jsonl for .jsonl/.ndjson, parquet for .parquet, else csv.",
+        ),
+        click.option(
+            "--types",
+            "types_spec",
+            default="",
+            metavar="COL=TYPE,...",
+            help="Declared types (string, number, bool, timestamp); a CSV header may say "
+            "name:type too. Others are typed value by value (CSV, JSON text) or kept as the "
+            "file types them (JSON numbers and booleans, Parquet).",
+        ),
+        click.option("--delimiter", default=",", show_default=True, help="CSV: the separator."),
+        click.option("--encoding", default="utf-8", show_default=True, help="CSV: the encoding."),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @people.command("import")
 @click.argument("file", type=_INPUT)
-@click.option(
-    "--format",
-    "file_format",
-    type=click.Choice(["csv", "jsonl"]),
-    help="Default: jsonl for .jsonl/.ndjson files, else csv.",
-)
+@import_options
 @click.option("--id-column", default="id", show_default=True, help="The column of the ids.")
-@click.option(
-    "--types",
-    "types_spec",
-    default="",
-    metavar="COL=TYPE,...",
-    help="Declared attribute types (string, number, bool, timestamp); others are inferred.",
-)
-@click.option("--delimiter", default=",", show_default=True, help="CSV: the field separator.")
-@click.option("--encoding", default="utf-8-sig", show_default=True, help="CSV: the encoding.")
 @pass_session
 def import_people(
     session: Session,
     file: Path,
     file_format: str | None,
-    id_column: str,
     types_spec: str,
     delimiter: str,
     encoding: str,
+    id_column: str,
 ) -> None:
-    """Create or update people from a CSV file with a header row (or flat JSON Lines).
+    """Create or update people from a CSV file with a header row, JSON Lines of flat objects
+    or Parquet, read as columns and sent as columns (the bulk-load form).
 
-    Columns: the id column, email, phone, unsubscribed and tags (separated by |) are the
-    built-in fields; every other column is an attribute. Values are typed as declared with
-    --types, otherwise per value: true/false -> bool, a number -> number (a leading zero keeps
-    it text), an ISO-8601 date or time -> timestamp, anything else -> string. Empty cells
-    leave the stored value alone. Rejected rows are listed by line; exit 1 then.
+    Columns: the id column, email, phone, unsubscribed and tags (separated by |, or a JSON
+    list) are the built-in fields; every other column is an attribute. Values are typed as
+    declared with --types or a `name:type` CSV header, otherwise per value: true/false ->
+    bool, a number -> number (a leading zero keeps it text), an ISO-8601 date or time ->
+    timestamp, anything else -> string (JSON and Parquet values keep their own types).
+    Empty cells leave the stored value alone. Rejected rows are listed by their row in the
+    file (1 is the first row after the header) and column; exit 1 then.
 
     \b
     Example:
       segsvc people import customers.csv --types zip=string,signed_up=timestamp
     """
-    if file_format is None:
-        file_format = "jsonl" if file.suffix.lower() in (".jsonl", ".ndjson") else "csv"
+    source = source_of("segsvc people import", file, file_format, types_spec, delimiter, encoding)
+    from segsvc.cli import columnar
+
+    builtins = {id_column: "id"}
+    layout = columnar.Layout(source, builtins)
+
+    def check_header() -> None:
+        _name_builtins(builtins, source.columns, id_column, PersonBuilder.BUILTINS)
+        columnar.check_header(
+            source.columns, {"ids": id_column}, file, "name the id column with --id-column"
+        )
+        check_types(source, builtins)
+
+    finish(
+        column_load(
+            session,
+            session.client.people.StreamUpsertPeople,
+            source.requests(check_header, partial(columnar.people_request, layout)),
+            total=source.total_rows,
+            description=f"importing {file.name}",
+            counts=_PEOPLE_COUNTS,
+        )
+    )
+
+
+def source_of(
+    command: str,
+    file: Path,
+    file_format: str | None,
+    types_spec: str,
+    delimiter: str,
+    encoding: str,
+) -> Source:
+    """The file to import as columns, its options checked (pyarrow asked for first)."""
+    require_import_extra(command)
     try:
         codecs.lookup(encoding)
     except LookupError:
@@ -167,23 +222,28 @@ def import_people(
         ) from None
     if len(delimiter) != 1:
         raise click.BadParameter("one character", param_hint="--delimiter")
-    builder = PersonBuilder(id_column, parse_types(types_spec))
-    records = (
-        read_people_jsonl(file, builder)
-        if file_format == "jsonl"
-        else read_people_csv(file, builder, delimiter=delimiter, encoding=encoding)
-    )
-    finish(
-        bulk_load(
-            session,
-            session.client.people.StreamUpsertPeople,
-            records,
-            _request,
-            total=file.stat().st_size,
-            description=f"importing {file.name}",
-            counts=_PEOPLE_COUNTS,
-        )
-    )
+    from segsvc.cli.columnar import Source
+    from segsvc.cli.columnar import file_format as format_of
+
+    return Source(file, format_of(file, file_format), delimiter, encoding, parse_types(types_spec))
+
+
+def _name_builtins(
+    builtins: dict[str, str], columns: list[str], key_column: str, fields: tuple[str, ...]
+) -> None:
+    """Adds the file's columns that are built-in fields (named case-insensitively)."""
+    for column in columns:
+        if column != key_column and column.lower() in fields:
+            builtins[column] = column.lower()
+
+
+def check_types(source: Source, builtins: dict[str, str]) -> None:
+    for column in source.types:
+        if column in builtins:
+            fail(f"--types: {column!r} is a built-in field; only attributes take a type")
+    missing = sorted(set(source.types) - set(source.columns))
+    if missing:
+        fail(f"--types names columns the file does not have: {', '.join(missing)}")
 
 
 @people.command("delete")

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from segsvc.cli.common import Session, finish, pass_session
-from segsvc.cli.people import check_types, import_options, source_of
+from segsvc.cli.import_files import check_types, import_options, source_of
 from segsvc.cli.readers import read_proto_lines
 from segsvc.cli.upload import bulk_load, column_load
 from segsvc.v1 import people_pb2
 
 if TYPE_CHECKING:
-    from segsvc.cli import columnar
+    from segsvc.cli.columnar import Built
 
 _CREATE_MISSING = click.option(
     "--create-missing-people",
@@ -111,13 +111,15 @@ def import_events(
       segsvc events import purchases.csv --types plan=string,amount=number
     """
     source = source_of("segsvc events import", file, file_format, types_spec, delimiter, encoding)
-    from segsvc.cli import columnar
+    # Here, not at the top: pyarrow and numpy are the `segsvc[import]` extra.
+    from segsvc.cli.columnar import Layout, events_request
+    from segsvc.cli.columnar import check_header as check_columns
 
     builtins = {person_column: "person", name_column: "name"}
-    layout = columnar.Layout(source, builtins)
+    layout = Layout(source, builtins)
 
     def check_header() -> None:
-        columnar.check_header(
+        check_columns(
             source.columns,
             {"person ids": person_column, "event names": name_column},
             file,
@@ -127,8 +129,8 @@ def import_events(
             builtins[timestamp_column] = "timestamp"
         check_types(source, builtins)
 
-    def build(batch: Any, first_row: int) -> columnar.Built[people_pb2.StreamTrackEventsRequest]:
-        return columnar.events_request(layout, batch, first_row, create_missing_people)
+    def build(batch: Any, first_row: int) -> Built[people_pb2.StreamTrackEventsRequest]:
+        return events_request(layout, batch, first_row, create_missing_people)
 
     finish(
         column_load(

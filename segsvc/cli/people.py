@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import codecs
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
 from segsvc.cli.common import (
     Session,
     by_option,
-    fail,
     finish,
     pass_session,
     person_ref,
-    require_import_extra,
     segment_names,
 )
+from segsvc.cli.import_files import check_types, import_options, name_builtins, source_of
 from segsvc.cli.output import (
     count_outcomes,
     format_time,
@@ -29,16 +26,14 @@ from segsvc.cli.output import (
     to_dict,
     value_type,
 )
-from segsvc.cli.readers import IMPORT_FORMATS, PersonBuilder, parse_types, read_proto_lines
+from segsvc.cli.readers import PersonBuilder, read_proto_lines
 from segsvc.cli.upload import bulk_load, column_load
 from segsvc.v1 import people_pb2
 
 if TYPE_CHECKING:
     # The import commands read files with pyarrow (the `segsvc[import]` extra), so
     # segsvc.cli.columnar is imported when they run, not for every command.
-    from segsvc.cli.columnar import Source
-
-F = TypeVar("F", bound=Callable[..., Any])
+    pass
 
 _INPUT = click.Path(exists=True, dir_okay=False, path_type=Path)
 _PEOPLE_COUNTS = ("created", "updated", "unchanged")
@@ -123,33 +118,6 @@ def upsert(session: Session, file: Path) -> None:
     )
 
 
-def import_options(command: F) -> F:
-    """The options of the commands that import a file as columns: format, declared types,
-    CSV delimiter and encoding."""
-    options = (
-        click.option(
-            "--format",
-            "file_format",
-            type=click.Choice(IMPORT_FORMATS),
-            help="Default: jsonl for .jsonl/.ndjson, parquet for .parquet, else csv.",
-        ),
-        click.option(
-            "--types",
-            "types_spec",
-            default="",
-            metavar="COL=TYPE,...",
-            help="Declared types (string, number, bool, timestamp); a CSV header may say "
-            "name:type too. Others are typed value by value (CSV, JSON text) or kept as the "
-            "file types them (JSON numbers and booleans, Parquet).",
-        ),
-        click.option("--delimiter", default=",", show_default=True, help="CSV: the separator."),
-        click.option("--encoding", default="utf-8", show_default=True, help="CSV: the encoding."),
-    )
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
 @people.command("import")
 @click.argument("file", type=_INPUT)
 @import_options
@@ -180,14 +148,16 @@ def import_people(
       segsvc people import customers.csv --types zip=string,signed_up=timestamp
     """
     source = source_of("segsvc people import", file, file_format, types_spec, delimiter, encoding)
-    from segsvc.cli import columnar
+    # Here, not at the top: pyarrow and numpy are the `segsvc[import]` extra.
+    from segsvc.cli.columnar import Layout, people_request
+    from segsvc.cli.columnar import check_header as check_columns
 
     builtins = {id_column: "id"}
-    layout = columnar.Layout(source, builtins)
+    layout = Layout(source, builtins)
 
     def check_header() -> None:
-        _name_builtins(builtins, source.columns, id_column, PersonBuilder.BUILTINS)
-        columnar.check_header(
+        name_builtins(builtins, source.columns, id_column, PersonBuilder.BUILTINS)
+        check_columns(
             source.columns, {"ids": id_column}, file, "name the id column with --id-column"
         )
         check_types(source, builtins)
@@ -196,54 +166,12 @@ def import_people(
         column_load(
             session,
             session.client.people.StreamUpsertPeople,
-            source.requests(check_header, partial(columnar.people_request, layout)),
+            source.requests(check_header, partial(people_request, layout)),
             total=source.total_rows,
             description=f"importing {file.name}",
             counts=_PEOPLE_COUNTS,
         )
     )
-
-
-def source_of(
-    command: str,
-    file: Path,
-    file_format: str | None,
-    types_spec: str,
-    delimiter: str,
-    encoding: str,
-) -> Source:
-    """The file to import as columns, its options checked (pyarrow asked for first)."""
-    require_import_extra(command)
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise click.BadParameter(
-            f"unknown encoding {encoding!r}", param_hint="--encoding"
-        ) from None
-    if len(delimiter) != 1:
-        raise click.BadParameter("one character", param_hint="--delimiter")
-    from segsvc.cli.columnar import Source
-    from segsvc.cli.columnar import file_format as format_of
-
-    return Source(file, format_of(file, file_format), delimiter, encoding, parse_types(types_spec))
-
-
-def _name_builtins(
-    builtins: dict[str, str], columns: list[str], key_column: str, fields: tuple[str, ...]
-) -> None:
-    """Adds the file's columns that are built-in fields (named case-insensitively)."""
-    for column in columns:
-        if column != key_column and column.lower() in fields:
-            builtins[column] = column.lower()
-
-
-def check_types(source: Source, builtins: dict[str, str]) -> None:
-    for column in source.types:
-        if column in builtins:
-            fail(f"--types: {column!r} is a built-in field; only attributes take a type")
-    missing = sorted(set(source.types) - set(source.columns))
-    if missing:
-        fail(f"--types names columns the file does not have: {', '.join(missing)}")
 
 
 @people.command("delete")

@@ -8,14 +8,13 @@ light client.
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from segsvc.cli.common import fail, require_import_extra
+from segsvc.cli.common import check_encoding, fail, require_import_extra
 from segsvc.cli.readers import IMPORT_FORMATS, parse_types
 
 if TYPE_CHECKING:
@@ -61,12 +60,7 @@ def source_of(
 ) -> Source:
     """The file to import as columns, its options checked (pyarrow asked for first)."""
     require_import_extra(command)
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise click.BadParameter(
-            f"unknown encoding {encoding!r}", param_hint="--encoding"
-        ) from None
+    check_encoding(encoding)
     if len(delimiter) != 1:
         raise click.BadParameter("one character", param_hint="--delimiter")
     from segsvc.cli.columnar import Source

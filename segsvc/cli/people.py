@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -29,11 +28,6 @@ from segsvc.cli.output import (
 from segsvc.cli.readers import PersonBuilder, read_proto_lines
 from segsvc.cli.upload import bulk_load, column_load
 from segsvc.v1 import people_pb2
-
-if TYPE_CHECKING:
-    # The import commands read files with pyarrow (the `segsvc[import]` extra), so
-    # segsvc.cli.columnar is imported when they run, not for every command.
-    pass
 
 _INPUT = click.Path(exists=True, dir_okay=False, path_type=Path)
 _PEOPLE_COUNTS = ("created", "updated", "unchanged")

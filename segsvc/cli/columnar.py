@@ -125,9 +125,11 @@ class Source:
         reader = pacsv.open_csv(
             self.path,
             read_options=pacsv.ReadOptions(
-                column_names=names, skip_rows=1, encoding=encoding, block_size=1 << 23
+                column_names=names, skip_rows=1, encoding=encoding, block_size=1 << 22
             ),
-            parse_options=pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True),
+            parse_options=pacsv.ParseOptions(
+                delimiter=self.delimiter, newlines_in_values=quoted_newlines(self.path)
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()),
                 null_values=[""],
@@ -177,6 +179,26 @@ class Source:
     def infers(self) -> bool:
         """Whether undeclared text is typed value by value (text formats) or kept text."""
         return self.format != "parquet"
+
+
+def quoted_newlines(path: Path, chunk: int = 1 << 24) -> bool:
+    """Whether a quoted CSV field of the file spans lines: some line break comes after an
+    odd number of double quotes (an escaped quote is two, so the parity holds). pyarrow
+    parses three to four times slower when it has to allow for that, so it is asked to
+    only when the file needs it; one pass with numpy over the bytes decides."""
+    odd = False
+    with path.open("rb") as raw:
+        while block := raw.read(chunk):
+            if b'"' not in block:
+                if odd and b"\n" in block:
+                    return True
+                continue
+            data = np.frombuffer(block, dtype=np.uint8)
+            parity = (np.cumsum(data == ord('"')) + odd) % 2
+            if parity[data == ord("\n")].any():
+                return True
+            odd = bool(parity[-1])
+    return False
 
 
 def _cut(batch: pa.RecordBatch, rows: int) -> Iterator[pa.RecordBatch]:
@@ -317,15 +339,15 @@ def typed_columns(
     present = ~_mask(pc.is_null(text))
     if declared is None and not infer:
         return [Typed("string", _strings(text), present)]
-    lowered = pc.utf8_lower(text)
-    numeric = _mask(pc.match_substring_regex(text, _NUMBER))
     if declared == "string":
         return [Typed("string", _strings(text), present)]
+    numeric = _mask(pc.match_substring_regex(text, _NUMBER))
     if declared == "number":
         values, ok = _numbers(text, numeric)
         errors.add(np.flatnonzero(present & ~ok), column, _says(text, "is not a number"))
         return [Typed("number", values, ok)]
     if declared == "bool":
+        lowered = pc.utf8_lower(text)
         truth = _mask(pc.is_in(lowered, pa.array(_TRUE)))
         ok = truth | _mask(pc.is_in(lowered, pa.array(_FALSE)))
         errors.add(
@@ -334,10 +356,9 @@ def typed_columns(
             _says(text, "is not a boolean (true/false, yes/no, 1/0)"),
         )
         return [Typed("bool", truth, ok)]
-    iso = _mask(pc.match_substring_regex(text, _ISO_TIME))
     if declared == "timestamp":
         epochs, epoch_ok = _numbers(text, numeric)
-        seconds, ok = _times(text, iso & ~numeric)
+        seconds, ok = _times(text, _mask(pc.match_substring_regex(text, _ISO_TIME)) & ~numeric)
         seconds[epoch_ok] = np.floor(epochs[epoch_ok]).astype(np.int64)
         ok |= epoch_ok
         errors.add(
@@ -346,19 +367,28 @@ def typed_columns(
             _says(text, "is not an ISO-8601 date/time or epoch seconds"),
         )
         return [Typed("timestamp", seconds, ok)]
-    # Value by value: bool, then number (not codes), then time, else string.
-    is_bool = _mask(pc.is_in(lowered, pa.array(["true", "false"])))
+    # Value by value: bool, then number (not codes), then time, else string. Each test
+    # runs only if some cell is left for it (a column of numbers costs two patterns).
+    out = []
     code = _mask(pc.match_substring_regex(text, _CODE))
-    values, is_number = _numbers(text, numeric & ~code & ~is_bool)
-    seconds, is_time = _times(text, iso & ~numeric & ~is_bool)
-    is_string = present & ~is_bool & ~is_number & ~is_time
-    out = [
-        Typed("bool", _mask(pc.equal(lowered, "true")), is_bool),
-        Typed("number", values, is_number),
-        Typed("timestamp", seconds, is_time),
-        Typed("string", _strings(text), is_string),
-    ]
-    return [typed for typed in out if typed.valid.any()]
+    values, is_number = _numbers(text, numeric & ~code)
+    if is_number.any():
+        out.append(Typed("number", values, is_number))
+    rest = present & ~is_number
+    if rest.any() and not numeric[rest].all():
+        lowered = pc.utf8_lower(text)
+        is_bool = rest & _mask(pc.is_in(lowered, pa.array(["true", "false"])))
+        if is_bool.any():
+            out.append(Typed("bool", _mask(pc.equal(lowered, "true")), is_bool))
+        rest &= ~is_bool
+        iso = _mask(pc.match_substring_regex(text, _ISO_TIME))
+        seconds, is_time = _times(text, rest & ~numeric & iso)
+        if is_time.any():
+            out.append(Typed("timestamp", seconds, is_time))
+        rest &= ~is_time
+    if rest.any():
+        out.append(Typed("string", _strings(text), rest))
+    return out
 
 
 def _says(text: Any, what: str) -> Any:

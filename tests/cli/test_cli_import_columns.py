@@ -157,3 +157,19 @@ def test_a_missing_pyarrow_is_asked_for_in_one_line(
         "error: segsvc people import reads files with pyarrow, which is not installed: "
         "pip install 'segsvc[import]'"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "spans"),
+    [
+        ('id,note\n1,"a, b"\n2,plain\n', False),
+        ('id,note\n1,"say ""hi""\nthere"\n', True),
+        ('id,note\n1,"""quoted"""\n2,x\n', False),
+        ("id\n1\n2\n", False),
+    ],
+)
+def test_quoted_newlines_are_found_across_chunks(tmp_path: Path, text: str, spans: bool) -> None:
+    path = tmp_path / "f.csv"
+    path.write_text(text, encoding="utf-8")
+    for chunk in (1, 3, 1 << 20):
+        assert columnar.quoted_newlines(path, chunk) is spans

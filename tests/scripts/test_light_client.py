@@ -56,3 +56,13 @@ def test_client_only_install_talks_to_a_server(api, tmp_path):
     assert serve.returncode == 2
     assert "pip install 'segsvc[server]'" in serve.stderr
     assert not (tmp_path / "d").exists()
+    # Importing files as columns needs pyarrow (the `segsvc[import]` extra): one line says so.
+    (tmp_path / "people.csv").write_text("id\nann\n", encoding="utf-8")
+    imported = subprocess.run(
+        [str(venv / "bin" / "segsvc"), "--server", api.address, "people", "import", "people.csv"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert imported.returncode == 2
+    assert imported.stderr.strip().endswith("pip install 'segsvc[import]'")

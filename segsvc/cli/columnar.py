@@ -87,6 +87,8 @@ class Source:
     # Filled by `batches`: the column names, and the rows in the file when known up front.
     columns: list[str] = field(default_factory=list)
     total_rows: int | None = None
+    # CSV lines that are not rows (wrong number of cells), until `requests` reports them.
+    malformed: list[str] = field(default_factory=list)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The file's rows, a batch at a time. CSV cells arrive as text (typed by us, so a
@@ -128,7 +130,9 @@ class Source:
                 column_names=names, skip_rows=1, encoding=encoding, block_size=1 << 22
             ),
             parse_options=pacsv.ParseOptions(
-                delimiter=self.delimiter, newlines_in_values=quoted_newlines(self.path)
+                delimiter=self.delimiter,
+                newlines_in_values=quoted_newlines(self.path),
+                invalid_row_handler=self._malformed_line,
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()),
@@ -139,6 +143,15 @@ class Source:
         )
         for batch in reader:
             yield from _cut(batch, self.batch_rows)
+
+    def _malformed_line(self, row: Any) -> str:
+        """A line with more or fewer cells than the header: skipped and kept to report (the
+        streaming reader does not know its line number)."""
+        self.malformed.append(
+            f"a line with {row.actual_columns} cells where the header has "
+            f"{row.expected_columns} columns was skipped: {row.text[:200]!r}"
+        )
+        return "skip"
 
     def _jsonl(self) -> Iterator[pa.RecordBatch]:
         from pyarrow import json as pajson
@@ -171,7 +184,12 @@ class Source:
         for batch in self.batches():
             if first_row == 1:
                 check_header()
-            yield build(batch, first_row)
+            built = build(batch, first_row)
+            # Lines that are not rows are not numbered: each is reported at the first row
+            # of the block it was found in.
+            built.rejected.extend((first_row, "", "", why) for why in self.malformed)
+            self.malformed.clear()
+            yield built
             first_row += batch.num_rows
         if first_row == 1:
             check_header()  # a file of no rows still names its columns
@@ -449,12 +467,12 @@ class Built(Generic[Req]):
     """One stream message built from a batch of rows: the request, the file's row number
     (1-based, the header not counted) of each row it carries, which file column each wire
     column came from (to name them in the server's errors), and the rows the client
-    rejected: file row -> (key, column, what is wrong)."""
+    rejected: (file row, key, column, what is wrong)."""
 
     request: Req
     rows: np.ndarray
     names: dict[str, str]
-    rejected: dict[int, tuple[str, str, str]]
+    rejected: list[tuple[int, str, str, str]]
 
 
 class Layout:
@@ -587,10 +605,10 @@ def _built(
     keys: Any,
     first_row: int,
 ) -> Built[Req]:
-    rejected = {
-        first_row + row: (keys[row].as_py() or "", column, why)
+    rejected = [
+        (first_row + row, keys[row].as_py() or "", column, why)
         for row, (column, why) in errors.by_row.items()
-    }
+    ]
     return Built(request, np.flatnonzero(keep) + first_row, names, rejected)
 
 

@@ -222,7 +222,7 @@ class ColumnBatch(Protocol[Req_co]):
     """One stream message of columns built from a batch of a file's rows (see
     segsvc.cli.columnar): the request, the file row of each row it carries (1-based, the
     header not counted), the wire column -> file column names, and the rows the client
-    rejected (file row -> (key, column, what is wrong))."""
+    rejected: (file row, key, column, what is wrong)."""
 
     @property
     def request(self) -> Req_co: ...
@@ -234,7 +234,7 @@ class ColumnBatch(Protocol[Req_co]):
     def names(self) -> Mapping[str, str]: ...
 
     @property
-    def rejected(self) -> Mapping[int, tuple[str, str, str]]: ...
+    def rejected(self) -> Sequence[tuple[int, str, str, str]]: ...
 
 
 _WIRE_COLUMN = re.compile(r"^columns\.(\w+(?:\[\d+\])?)")
@@ -260,8 +260,8 @@ def column_load(
     def requests() -> Iterator[tuple[Req, int]]:
         nonlocal rows
         for batch in batches:
-            for row, (key, column, error) in batch.rejected.items():
-                local.add(Record(row, 0, key, None, f"{column}: {error}"))
+            for row, key, column, error in batch.rejected:
+                local.add(Record(row, 0, key, None, f"{column}: {error}" if column else error))
             if not len(batch.rows):
                 continue
             firsts.append(sum(len(b.rows) for b in sent[-1:]) + (firsts[-1] if firsts else 0))

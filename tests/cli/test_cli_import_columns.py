@@ -173,3 +173,17 @@ def test_quoted_newlines_are_found_across_chunks(tmp_path: Path, text: str, span
     path.write_text(text, encoding="utf-8")
     for chunk in (1, 3, 1 << 20):
         assert columnar.quoted_newlines(path, chunk) is spans
+
+
+def test_lines_that_are_not_rows_are_reported_and_the_rest_imported(
+    cli: Cli, tmp_path: Path
+) -> None:
+    source = tmp_path / "people.csv"
+    source.write_text("id,plan\nu1,pro\nu2,free,extra\nu3,team\n", encoding="utf-8")
+    summary = cli.json("people", "import", str(source), exit_code=1)
+    assert (summary["rows"], summary["created"], summary["rejected"]) == (3, 2, 1)
+    [error] = summary["errors"]
+    assert error["error"] == (
+        "a line with 3 cells where the header has 2 columns was skipped: 'u2,free,extra'"
+    )
+    assert cli.json("people", "get", "u3")["attributes"]["plan"] == {"string_value": "team"}

@@ -140,5 +140,6 @@ def import_events(
             total=source.total_rows,
             description=f"importing {file.name}",
             counts=("tracked",),
+            file=file.name,
         )
     )

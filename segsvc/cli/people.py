@@ -164,6 +164,7 @@ def import_people(
             total=source.total_rows,
             description=f"importing {file.name}",
             counts=_PEOPLE_COUNTS,
+            file=file.name,
         )
     )
 

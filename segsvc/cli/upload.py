@@ -174,14 +174,16 @@ def report_load(
     place_of: Callable[[types_pb2.ItemResult], tuple[int, str]],
     counts: Sequence[str],
     word: str = "line",
+    file: str = "",
 ) -> int:
     """Reports a bulk load's summary with every rejected line (or row), the client's
     (`local`: (place, key, what is wrong), `local_count` of them in all) and the server's,
-    whose place and field name in the file `place_of` gives. Returns the exit code (1 if
-    any was rejected). `counts` names the summary's fields to show beside rows and
-    rejected."""
-    rows = [
-        ItemRow(f"{word} {place}", key, "invalid", error, rejected=True)
+    whose place and field name in the file `place_of` gives; `file` names the file in each
+    (and in the JSON document). Returns the exit code (1 if any was rejected). `counts`
+    names the summary's fields to show beside rows and rejected."""
+    where = f"{file} {word}" if file else word
+    placed = [
+        (place, ItemRow(f"{where} {place}", key, "invalid", error, rejected=True))
         for place, key, error in local
     ]
     errors = []
@@ -192,20 +194,26 @@ def report_load(
         # number says where it is in the file, so only the field within the item is shown.
         field = column or _BATCH_INDEX.sub("", item.field)
         message = f"{field}: {item.error}" if field else item.error
-        rows.append(ItemRow(f"{word} {place}", item.key, outcome_name(item.outcome), message, True))
+        row = ItemRow(f"{where} {place}", item.key, outcome_name(item.outcome), message, True)
+        placed.append((place, row))
     errors += [
         {word: place, "key": key, "outcome": "OUTCOME_INVALID", "error": error, "field": ""}
         for place, key, error in local
     ]
     errors.sort(key=lambda error: int(error[word]))
-    rows.sort(key=lambda row: int(row.where.removeprefix(f"{word} ")))
+    placed.sort(key=lambda pair: pair[0])
+    rows = [row for _, row in placed]
 
     rejected = summary.rejected + local_count
-    document = to_dict(summary) | {
-        "rows": summary.received + local_count,
-        "rejected": rejected,
-        "errors": errors,
-    }
+    document = (
+        ({"file": file} if file else {})
+        | to_dict(summary)
+        | {
+            "rows": summary.received + local_count,
+            "rejected": rejected,
+            "errors": errors,
+        }
+    )
     shown = {"rows": summary.received + local_count}
     shown |= {name: int(getattr(summary, name)) for name in counts}
     shown["rejected"] = rejected
@@ -248,6 +256,7 @@ def column_load(
     total: int | None,
     description: str,
     counts: Sequence[str],
+    file: str,
 ) -> int:
     """Stream batches of columns to a bulk method, with a progress bar in rows and rows/s
     that ends when the server has answered, then report the summary with every rejected
@@ -289,4 +298,4 @@ def column_load(
         return int(batch.rows[item.index - firsts[at]]), column
 
     local_rows = [(r.line, r.key, r.error) for r in local.listed]
-    return report_load(session, summary, local_rows, local.count, place_of, counts, "row")
+    return report_load(session, summary, local_rows, local.count, place_of, counts, "row", file)

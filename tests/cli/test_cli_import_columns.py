@@ -42,8 +42,9 @@ def test_people_csv_rows_the_server_rejects_name_their_row_and_column(
         (4, "d", "OUTCOME_CONFLICT"),
     ]
     assert summary["errors"][1]["error"] == "score: 'lots' is not a number"
+    assert summary["file"] == "people.csv"
     human = cli("people", "import", str(source))
-    assert "row 2" in human.stdout and "email" in human.stdout
+    assert "people.csv row 2" in human.stdout and "email" in human.stdout
     a = cli.json("people", "get", "a")["attributes"]
     assert a == {
         "score": {"number_value": 1.5},

@@ -24,6 +24,7 @@ This file is the command line and the order of the phases; the work is in
     bench_writes   updates, live events, fsync floor, tick, restart
     bench_grpc     the same through a real server (--grpc) and the bulk load (--bulk-only)
     bench_cli      `segsvc members import` against `segsvc serve`
+    bench_imports  `segsvc people import` / `events import` of CSV files, events as columns
     bench_report   the rows, their formatting and the final table
 beside bench_duckdb (the DuckDB peer) and gen_data (the data and the segments).
 """
@@ -48,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gen_data
 from bench_cli import bench_cli_import
 from bench_grpc import bench_grpc, bench_simple_load, serve_child
+from bench_imports import bench_file_imports
 from bench_reads import bench_audience, bench_counts, bench_create, bench_event_segments
 from bench_report import Report, Row, describe, machine, ms, rate, revision, verdict
 from bench_setup import WORKSPACE, Setup, build, child, open_engine, verify
@@ -254,6 +256,12 @@ def main() -> None:
         action="store_true",
         help="only the bulk load of --people simple profiles (engine, gRPC, DuckDB)",
     )
+    parser.add_argument(
+        "--imports-only",
+        action="store_true",
+        help="only `segsvc people import` of a --people-row CSV and `segsvc events import` "
+        "of a --stream-events-row CSV against segsvc serve, and StreamTrackEvents as columns",
+    )
     parser.add_argument("--seed", type=int, default=gen_data.DEFAULT_SEED)
     parser.add_argument("--data", help="keep the data here instead of a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -274,6 +282,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="segsvc-bulk-") as tmp:
             bench_simple_load(report, args.people, Path(tmp))
         report.print(f"bulk load, {args.people:,} simple profiles\nmachine: {machine()}")
+        sys.exit(1 if report.mismatches else 0)
+    if args.imports_only:
+        report = Report()
+        print(f"machine: {machine()}\ncode: {revision()}")
+        with tempfile.TemporaryDirectory(prefix="segsvc-imports-") as tmp:
+            bench_file_imports(report, args.people, args.stream_events, Path(tmp), args.seed)
+        report.print(
+            f"file imports, {args.people:,} people and {args.stream_events:,} events\n"
+            f"machine: {machine()}"
+        )
         sys.exit(1 if report.mismatches else 0)
     started = time.perf_counter()
     code_at_start = revision()

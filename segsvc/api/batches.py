@@ -13,14 +13,25 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
-from segsvc.engine.bulk import BulkResult, PeopleColumns
+from segsvc.engine.bulk import BulkResult
 from segsvc.engine.errors import InvalidArgument
 from segsvc.engine.model import ItemResult
 
 Message = TypeVar("Message")
 Item = TypeVar("Item")
+
+
+class Rows(Protocol):
+    """Columns of many items (PeopleColumns, EventColumns): cut into parts by row."""
+
+    def __len__(self) -> int: ...
+
+    def slice(self, start: int, stop: int) -> Self: ...
+
+
+Columns = TypeVar("Columns", bound=Rows)
 
 
 @dataclass
@@ -123,9 +134,9 @@ class BulkTally(Generic[Message, Item]):
 
     def apply_columns(
         self,
-        decode: Callable[[], PeopleColumns],
+        decode: Callable[[], Columns],
         ids: Sequence[str],
-        call: Callable[[PeopleColumns, int], BulkResult],
+        call: Callable[[Columns, int], BulkResult],
         part_size: int,
     ) -> None:
         """Decodes and applies the columns of one stream message with `call(part,
@@ -145,8 +156,7 @@ class BulkTally(Generic[Message, Item]):
             part = columns.slice(start, start + part_size)
             result = call(part, self.received)
             counts = Counter(result.counts())
-            counts["invalid"] = sum(1 for e in result.errors if e.outcome == "invalid")
-            counts["conflict"] = sum(1 for e in result.errors if e.outcome == "conflict")
+            counts.update(e.outcome for e in result.errors)
             self._count(len(part), counts, result.errors)
 
     def _count(self, items: int, counts: Counter[str], errors: Sequence[ItemResult]) -> None:

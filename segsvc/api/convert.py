@@ -37,6 +37,7 @@ from segsvc.api.scalars import value_from_proto as value_from_proto
 from segsvc.api.scalars import value_to_proto as value_to_proto
 from segsvc.engine.bulk import ATTRIBUTE_VALUES, AttributeColumn, Column, PeopleColumns
 from segsvc.engine.errors import InvalidArgument, Violation
+from segsvc.engine.event_columns import EventColumns
 from segsvc.engine.events import EventInput
 from segsvc.engine.index import KIND_DTYPES
 from segsvc.engine.model import (
@@ -109,33 +110,6 @@ def people_columns(msg: people_pb2.PeopleColumns, path: str = "columns") -> Peop
     naming it: the rows cannot be told apart then."""
     ids = list(msg.ids)
     n = len(ids)
-
-    def column(owner: Any, field: str, kind: Kind, here: str) -> Column | None:
-        if not owner.HasField(field):
-            return None
-        sub = getattr(owner, field)
-        name = "seconds" if kind == "timestamp" else "values"
-        raw = getattr(sub, name)
-        if len(raw) != n:
-            raise InvalidArgument(
-                f"{len(raw)} values for {n} rows (one per id, placeholders where not valid)",
-                f"{here}.{name}",
-            )
-        values: Any = list(raw) if kind == "string" else np.array(raw, dtype=KIND_DTYPES[kind])
-        return Column(kind, values, _validity(sub.valid, n, f"{here}.valid"), f"{here}.{name}")
-
-    attributes = []
-    for k, attribute in enumerate(msg.attributes):
-        here = f"{path}.attributes[{k}]"
-        which = attribute.WhichOneof("values")
-        if which is None:
-            raise InvalidArgument(
-                "set one of strings, numbers, bools or timestamps", f"{here}.values"
-            )
-        kind = _COLUMN_KINDS[which]
-        made = column(attribute, which, kind, f"{here}.{which}")
-        assert made is not None and ATTRIBUTE_VALUES[kind].startswith(which)
-        attributes.append(AttributeColumn(attribute.name, made, f"{here}.name"))
     counts = None
     if len(msg.tag_counts) or len(msg.tags):
         counts = np.array(msg.tag_counts, dtype=np.int64)
@@ -149,14 +123,68 @@ def people_columns(msg: people_pb2.PeopleColumns, path: str = "columns") -> Peop
     return PeopleColumns(
         ids=ids,
         path=path,
-        emails=column(msg, "emails", "string", f"{path}.emails"),
-        phones=column(msg, "phones", "string", f"{path}.phones"),
-        unsubscribed=column(msg, "unsubscribed", "bool", f"{path}.unsubscribed"),
-        created_at=column(msg, "created_at", "timestamp", f"{path}.created_at"),
-        attributes=tuple(attributes),
+        emails=_column(msg, "emails", "string", f"{path}.emails", n),
+        phones=_column(msg, "phones", "string", f"{path}.phones", n),
+        unsubscribed=_column(msg, "unsubscribed", "bool", f"{path}.unsubscribed", n),
+        created_at=_column(msg, "created_at", "timestamp", f"{path}.created_at", n),
+        attributes=_named_columns(msg.attributes, n, f"{path}.attributes"),
         tags=list(msg.tags),
         tag_counts=counts,
     )
+
+
+def event_columns(msg: people_pb2.EventColumns, path: str = "columns") -> EventColumns:
+    """The columns of a bulk event load, decoded whole as `people_columns` decodes people,
+    with the same rules; `names` must have one entry per person id."""
+    person_ids = list(msg.person_ids)
+    n = len(person_ids)
+    if len(msg.names) != n:
+        raise InvalidArgument(
+            f"{len(msg.names)} names for {n} rows (one per person id)", f"{path}.names"
+        )
+    return EventColumns(
+        person_ids=person_ids,
+        names=list(msg.names),
+        timestamps=_column(msg, "timestamps", "timestamp", f"{path}.timestamps", n),
+        properties=_named_columns(msg.properties, n, f"{path}.properties"),
+        path=path,
+    )
+
+
+def _column(owner: Any, field: str, kind: Kind, here: str, n: int) -> Column | None:
+    """The typed column `owner.field` of `n` rows (None when unset); INVALID_ARGUMENT
+    naming it when its length is not `n`."""
+    if not owner.HasField(field):
+        return None
+    sub = getattr(owner, field)
+    name = "seconds" if kind == "timestamp" else "values"
+    raw = getattr(sub, name)
+    if len(raw) != n:
+        raise InvalidArgument(
+            f"{len(raw)} values for {n} rows (one per row, placeholders where not valid)",
+            f"{here}.{name}",
+        )
+    values: Any = list(raw) if kind == "string" else np.array(raw, dtype=KIND_DTYPES[kind])
+    return Column(kind, values, _validity(sub.valid, n, f"{here}.valid"), f"{here}.{name}")
+
+
+def _named_columns(
+    messages: Iterable[people_pb2.AttributeColumn], n: int, path: str
+) -> tuple[AttributeColumn, ...]:
+    """AttributeColumn messages (attributes, event properties) of `n` rows."""
+    out = []
+    for k, message in enumerate(messages):
+        here = f"{path}[{k}]"
+        which = message.WhichOneof("values")
+        if which is None:
+            raise InvalidArgument(
+                "set one of strings, numbers, bools or timestamps", f"{here}.values"
+            )
+        kind = _COLUMN_KINDS[which]
+        made = _column(message, which, kind, f"{here}.{which}", n)
+        assert made is not None and ATTRIBUTE_VALUES[kind].startswith(which)
+        out.append(AttributeColumn(message.name, made, f"{here}.name"))
+    return tuple(out)
 
 
 def _validity(valid: bytes, n: int, path: str) -> np.ndarray | None:
@@ -183,11 +211,24 @@ def people_columns_to_proto(cols: PeopleColumns) -> people_pb2.PeopleColumns:
     ):
         if column is not None:
             _fill(getattr(msg, field), column)
-    for attribute in cols.attributes:
-        kind = attribute.column.kind
-        which = next(w for w, k in _COLUMN_KINDS.items() if k == kind)
-        _fill(getattr(msg.attributes.add(name=attribute.name), which), attribute.column)
+    _fill_named(msg.attributes, cols.attributes)
     return msg
+
+
+def event_columns_to_proto(cols: EventColumns) -> people_pb2.EventColumns:
+    """The wire form of event columns (the inverse of `event_columns`)."""
+    msg = people_pb2.EventColumns(person_ids=cols.person_ids, names=cols.names)
+    if cols.timestamps is not None:
+        _fill(msg.timestamps, cols.timestamps)
+    _fill_named(msg.properties, cols.properties)
+    return msg
+
+
+def _fill_named(target: Any, columns: Iterable[AttributeColumn]) -> None:
+    for typed in columns:
+        kind = typed.column.kind
+        which = next(w for w, k in _COLUMN_KINDS.items() if k == kind)
+        _fill(getattr(target.add(name=typed.name), which), typed.column)
 
 
 def _fill(target: Any, column: Column) -> None:

@@ -12,6 +12,8 @@ import grpc
 from segsvc.api import convert
 from segsvc.api.base import EngineServicer
 from segsvc.api.batches import BulkTally, decode_batch, outcome_counts
+from segsvc.engine.bulk import BulkResult
+from segsvc.engine.event_columns import EventColumns
 from segsvc.engine.events import EventInput
 from segsvc.engine.model import ItemResult
 from segsvc.engine.people import PersonUpsert
@@ -102,10 +104,17 @@ class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServiceServicer):
     def TrackEvents(
         self, request: people_pb2.TrackEventsRequest, context: grpc.ServicerContext
     ) -> people_pb2.TrackEventsResponse:
+        workspace = self._workspace()
         batch = decode_batch(request.events, convert.event_input, _event_key, "events")
         results = batch.merge(
-            self._workspace().track_events(batch.items, request.create_missing_people, "events")
+            workspace.track_events(batch.items, request.create_missing_people, "events")
         )
+        if request.HasField("columns"):
+            # Rows of the columns count on from the events (one index space per request).
+            columns = convert.event_columns(request.columns)
+            first = len(request.events)
+            bulk = workspace.track_columns(columns, request.create_missing_people, first)
+            results += bulk.results(columns.person_ids, first)
         counts = outcome_counts(results)
         return people_pb2.TrackEventsResponse(
             results=convert.item_results_to_proto(results),
@@ -124,8 +133,17 @@ class PeopleServicer(EngineServicer, people_pb2_grpc.PeopleServiceServicer):
             workspace.limits.max_batch_items,
             MAX_LISTED_ERRORS,
         )
+        part_size = workspace.limits.max_batch_items * BULK_BATCH_FACTOR
         for request in request_iterator:
-            tally.apply(request.events, _tracker(workspace, request.create_missing_people))
+            create = request.create_missing_people
+            tally.apply(request.events, _tracker(workspace, create))
+            if request.HasField("columns"):
+                tally.apply_columns(
+                    partial(convert.event_columns, request.columns),
+                    request.columns.person_ids,
+                    _column_tracker(workspace, create),
+                    part_size,
+                )
         return people_pb2.StreamTrackEventsResponse(
             received=tally.received,
             tracked=tally.counts["tracked"],
@@ -139,5 +157,14 @@ def _tracker(
 ) -> Callable[[list[EventInput], str], list[ItemResult]]:
     def track(events: list[EventInput], path: str) -> list[ItemResult]:
         return workspace.track_events(events, create_missing_people, path)
+
+    return track
+
+
+def _column_tracker(
+    workspace: Workspace, create_missing_people: bool
+) -> Callable[[EventColumns, int], BulkResult]:
+    def track(columns: EventColumns, first_index: int) -> BulkResult:
+        return workspace.track_columns(columns, create_missing_people, first_index)
 
     return track

@@ -3,6 +3,7 @@ resolution of SEGMENT arguments (an id or an exact name)."""
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn, TypeVar
@@ -48,6 +49,29 @@ def finish(code: int) -> None:
 
 def fail(message: str) -> NoReturn:
     raise CliError(message)
+
+
+def check_encoding(encoding: str) -> None:
+    """Refuses an --encoding Python does not know, as a usage error naming the option."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise click.BadParameter(
+            f"unknown encoding {encoding!r}", param_hint="--encoding"
+        ) from None
+
+
+def require_import_extra(command: str) -> None:
+    """Fails with the one line that says how to get what reading files as columns needs
+    (pyarrow, numpy: the `segsvc[import]` extra), when it is missing."""
+    try:
+        import numpy  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        fail(
+            f"{command} reads files with {exc.name}, which is not installed: "
+            "pip install 'segsvc[import]'"
+        )
 
 
 def by_option(func: F) -> F:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import csv
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import click
 from segsvc.cli.common import (
     Session,
     by_option,
+    check_encoding,
     confirm,
     finish,
     pass_session,
@@ -289,12 +289,7 @@ def import_members(
       segsvc members import "Beta testers" signups.csv --by email --column email
     """
     if encoding:
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise click.BadParameter(
-                f"unknown encoding {encoding!r}", param_hint="--encoding"
-            ) from None
+        check_encoding(encoding)
     sep = _delimiter(delimiter)
     column_is_name = bool(column) and not column.isdigit()
     if header is None:

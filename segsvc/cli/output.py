@@ -25,12 +25,14 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from segsvc.v1 import types_pb2
 
@@ -118,6 +120,14 @@ def item_rows(results: Iterable[types_pb2.ItemResult]) -> list[ItemRow]:
     ]
 
 
+class RowRateColumn(ProgressColumn):
+    """Rows per second, as rich's TransferSpeedColumn shows bytes per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} rows/s")
+
+
 class Tracker:
     """A handle on one progress bar; safe to update from the thread gRPC uses to send a stream."""
 
@@ -183,13 +193,16 @@ class Output:
         self, description: str, total: float | None = None, *, unit: str = "bytes"
     ) -> Iterator[Tracker]:
         """A progress bar on stderr, shown only on a terminal and never with `--json`.
-        `unit` is "bytes" (sizes and speed) or "items" (a count)."""
+        `unit` is "bytes" (sizes and speed), "rows" (a count and rows/s) or "items" (a
+        count)."""
         columns: list[str | ProgressColumn] = [
             TextColumn("{task.description}"),
             BarColumn(),
         ]
         if unit == "bytes":
             columns += [DownloadColumn(), TransferSpeedColumn()]
+        elif unit == "rows":
+            columns += [TextColumn("{task.completed:,.0f} rows"), RowRateColumn()]
         else:
             columns += [MofNCompleteColumn()]
         columns.append(TimeRemainingColumn())

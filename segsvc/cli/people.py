@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import codecs
+from functools import partial
 from pathlib import Path
 
 import click
@@ -15,6 +15,7 @@ from segsvc.cli.common import (
     person_ref,
     segment_names,
 )
+from segsvc.cli.import_files import check_types, import_options, name_builtins, source_of
 from segsvc.cli.output import (
     count_outcomes,
     format_time,
@@ -24,14 +25,8 @@ from segsvc.cli.output import (
     to_dict,
     value_type,
 )
-from segsvc.cli.readers import (
-    PersonBuilder,
-    parse_types,
-    read_people_csv,
-    read_people_jsonl,
-    read_proto_lines,
-)
-from segsvc.cli.upload import bulk_load
+from segsvc.cli.readers import PersonBuilder, read_proto_lines
+from segsvc.cli.upload import bulk_load, column_load
 from segsvc.v1 import people_pb2
 
 _INPUT = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -119,69 +114,57 @@ def upsert(session: Session, file: Path) -> None:
 
 @people.command("import")
 @click.argument("file", type=_INPUT)
-@click.option(
-    "--format",
-    "file_format",
-    type=click.Choice(["csv", "jsonl"]),
-    help="Default: jsonl for .jsonl/.ndjson files, else csv.",
-)
+@import_options
 @click.option("--id-column", default="id", show_default=True, help="The column of the ids.")
-@click.option(
-    "--types",
-    "types_spec",
-    default="",
-    metavar="COL=TYPE,...",
-    help="Declared attribute types (string, number, bool, timestamp); others are inferred.",
-)
-@click.option("--delimiter", default=",", show_default=True, help="CSV: the field separator.")
-@click.option("--encoding", default="utf-8-sig", show_default=True, help="CSV: the encoding.")
 @pass_session
 def import_people(
     session: Session,
     file: Path,
     file_format: str | None,
-    id_column: str,
     types_spec: str,
     delimiter: str,
     encoding: str,
+    id_column: str,
 ) -> None:
-    """Create or update people from a CSV file with a header row (or flat JSON Lines).
+    """Create or update people from a CSV file with a header row, JSON Lines of flat objects
+    or Parquet, read as columns and sent as columns (the bulk-load form).
 
-    Columns: the id column, email, phone, unsubscribed and tags (separated by |) are the
-    built-in fields; every other column is an attribute. Values are typed as declared with
-    --types, otherwise per value: true/false -> bool, a number -> number (a leading zero keeps
-    it text), an ISO-8601 date or time -> timestamp, anything else -> string. Empty cells
-    leave the stored value alone. Rejected rows are listed by line; exit 1 then.
+    Columns: the id column, email, phone, unsubscribed and tags (separated by |, or a JSON
+    list) are the built-in fields; every other column is an attribute. Values are typed as
+    declared with --types or a `name:type` CSV header, otherwise per value: true/false ->
+    bool, a number -> number (a leading zero keeps it text), an ISO-8601 date or time ->
+    timestamp, anything else -> string (JSON and Parquet values keep their own types).
+    Empty cells leave the stored value alone. Rejected rows are listed by their row in the
+    file (1 is the first row after the header) and column; exit 1 then.
 
     \b
     Example:
       segsvc people import customers.csv --types zip=string,signed_up=timestamp
     """
-    if file_format is None:
-        file_format = "jsonl" if file.suffix.lower() in (".jsonl", ".ndjson") else "csv"
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise click.BadParameter(
-            f"unknown encoding {encoding!r}", param_hint="--encoding"
-        ) from None
-    if len(delimiter) != 1:
-        raise click.BadParameter("one character", param_hint="--delimiter")
-    builder = PersonBuilder(id_column, parse_types(types_spec))
-    records = (
-        read_people_jsonl(file, builder)
-        if file_format == "jsonl"
-        else read_people_csv(file, builder, delimiter=delimiter, encoding=encoding)
-    )
+    source = source_of("segsvc people import", file, file_format, types_spec, delimiter, encoding)
+    # Here, not at the top: pyarrow and numpy are the `segsvc[import]` extra.
+    from segsvc.cli.columnar import Layout, people_request
+    from segsvc.cli.columnar import check_header as check_columns
+
+    builtins = {id_column: "id"}
+    layout = Layout(source, builtins)
+
+    def check_header() -> None:
+        name_builtins(builtins, source.columns, id_column, PersonBuilder.BUILTINS)
+        check_columns(
+            source.columns, {"ids": id_column}, file, "name the id column with --id-column"
+        )
+        check_types(source, builtins)
+
     finish(
-        bulk_load(
+        column_load(
             session,
             session.client.people.StreamUpsertPeople,
-            records,
-            _request,
-            total=file.stat().st_size,
+            source.requests(check_header, partial(people_request, layout)),
+            total=source.total_rows,
             description=f"importing {file.name}",
             counts=_PEOPLE_COUNTS,
+            file=file.name,
         )
     )
 

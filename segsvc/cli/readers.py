@@ -28,6 +28,8 @@ from segsvc.v1 import people_pb2, types_pb2
 M = TypeVar("M", bound=Message)
 
 VALUE_TYPES = ("string", "number", "bool", "timestamp")
+# The formats the import commands read as columns (segsvc.cli.columnar).
+IMPORT_FORMATS = ("csv", "jsonl", "parquet")
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0"}
 
 
-def _epoch_seconds(text: str) -> int:
+def epoch_seconds(text: str) -> int:
     """Whole UTC seconds of an ISO-8601 date or date-time (UTC unless it names an offset);
     ValueError if it is not one."""
     moment = datetime.fromisoformat(text)
@@ -136,7 +138,7 @@ def infer_into(value: types_pb2.Value, text: str) -> None:
                 return
         elif _ISO_TIME.fullmatch(text):
             try:
-                value.timestamp_value.seconds = _epoch_seconds(text)
+                value.timestamp_value.seconds = epoch_seconds(text)
                 return
             except ValueError:
                 pass  # e.g. 2024-02-30: not a date after all, so a string
@@ -181,7 +183,7 @@ def declared_value(text: str, type_name: str) -> types_pb2.Value:
         return value
     value = types_pb2.Value()
     try:
-        value.timestamp_value.seconds = _epoch_seconds(text)
+        value.timestamp_value.seconds = epoch_seconds(text)
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO-8601 date/time or epoch seconds") from None
     return value

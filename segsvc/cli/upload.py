@@ -9,8 +9,8 @@ from __future__ import annotations
 import bisect
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -18,9 +18,10 @@ from google.protobuf.message import Message
 from segsvc.cli.common import Session
 from segsvc.cli.output import ItemRow, Output, outcome_name, report_batch, to_dict
 from segsvc.cli.readers import Record
-from segsvc.v1 import people_pb2
+from segsvc.v1 import people_pb2, types_pb2
 
 Req = TypeVar("Req")
+Req_co = TypeVar("Req_co", covariant=True)
 # What a bulk method answers at the end of its stream.
 BulkSummary = TypeVar(
     "BulkSummary", people_pb2.StreamUpsertPeopleResponse, people_pb2.StreamTrackEventsResponse
@@ -43,9 +44,12 @@ def stream_upload(
     *,
     total: int | None,
     description: str,
+    unit: str = "bytes",
+    acknowledged: Callable[[], int] | None = None,
 ) -> Resp:
     """Send `requests` as one client stream and return the server's answer, with a progress
     bar over `total` (each request comes with the progress reached once it is built).
+    `acknowledged` gives where the bar ends once the server answered (default `total`).
 
     gRPC pulls the requests from its own thread. If producing them fails (an unreadable
     file), the call is cancelled, so the server never takes a truncated stream for a whole
@@ -55,7 +59,7 @@ def stream_upload(
     call_started = threading.Event()
     calls: list[grpc.CallFuture[Resp]] = []
 
-    with out.progress(description, total) as bar:
+    with out.progress(description, total, unit=unit) as bar:
 
         def feed() -> Iterator[Req]:
             try:
@@ -79,8 +83,10 @@ def stream_upload(
         except KeyboardInterrupt:
             call.cancel()  # type: ignore[no-untyped-call]
             raise
-        if total is not None:
-            bar.update(total)
+        end = total if acknowledged is None else acknowledged()
+        if end is not None:
+            bar.set_total(end)
+            bar.update(end)
     return response
 
 
@@ -154,33 +160,61 @@ def bulk_load(
             yield build(batch), position
 
     summary = stream_upload(session.out, method, batches(), total=total, description=description)
+    local_rows = [(r.line, r.key, r.error) for r in local.listed]
+    return report_load(
+        session, summary, local_rows, local.count, lambda e: (lines.line_of(e.index), ""), counts
+    )
 
-    rows = [
-        ItemRow(f"line {r.line}", r.key, "invalid", r.error, rejected=True) for r in local.listed
+
+def report_load(
+    session: Session,
+    summary: BulkSummary,
+    local: Sequence[tuple[int, str, str]],
+    local_count: int,
+    place_of: Callable[[types_pb2.ItemResult], tuple[int, str]],
+    counts: Sequence[str],
+    word: str = "line",
+    file: str = "",
+) -> int:
+    """Reports a bulk load's summary with every rejected line (or row), the client's
+    (`local`: (place, key, what is wrong), `local_count` of them in all) and the server's,
+    whose place and field name in the file `place_of` gives; `file` names the file in each
+    (and in the JSON document). Returns the exit code (1 if any was rejected). `counts`
+    names the summary's fields to show beside rows and rejected."""
+    where = f"{file} {word}" if file else word
+    placed = [
+        (place, ItemRow(f"{where} {place}", key, "invalid", error, rejected=True))
+        for place, key, error in local
     ]
-    errors = [to_dict(error) | {"line": lines.line_of(error.index)} for error in summary.errors]
-    for error, item in zip(errors, summary.errors, strict=True):
+    errors = []
+    for item in summary.errors:
+        place, column = place_of(item)
+        errors.append(to_dict(item) | {word: place})
         # The field path names the item's place in its batch ("people[3].email"); the line
         # number says where it is in the file, so only the field within the item is shown.
-        field = _BATCH_INDEX.sub("", item.field)
+        field = column or _BATCH_INDEX.sub("", item.field)
         message = f"{field}: {item.error}" if field else item.error
-        rows.append(
-            ItemRow(f"line {error['line']}", item.key, outcome_name(item.outcome), message, True)
-        )
+        row = ItemRow(f"{where} {place}", item.key, outcome_name(item.outcome), message, True)
+        placed.append((place, row))
     errors += [
-        {"line": r.line, "key": r.key, "outcome": "OUTCOME_INVALID", "error": r.error, "field": ""}
-        for r in local.listed
+        {word: place, "key": key, "outcome": "OUTCOME_INVALID", "error": error, "field": ""}
+        for place, key, error in local
     ]
-    errors.sort(key=lambda error: int(error["line"]))
-    rows.sort(key=lambda row: int(row.where.removeprefix("line ")))
+    errors.sort(key=lambda error: int(error[word]))
+    placed.sort(key=lambda pair: pair[0])
+    rows = [row for _, row in placed]
 
-    rejected = summary.rejected + local.count
-    document = to_dict(summary) | {
-        "rows": summary.received + local.count,
-        "rejected": rejected,
-        "errors": errors,
-    }
-    shown = {"rows": summary.received + local.count}
+    rejected = summary.rejected + local_count
+    document = (
+        ({"file": file} if file else {})
+        | to_dict(summary)
+        | {
+            "rows": summary.received + local_count,
+            "rejected": rejected,
+            "errors": errors,
+        }
+    )
+    shown = {"rows": summary.received + local_count}
     shown |= {name: int(getattr(summary, name)) for name in counts}
     shown["rejected"] = rejected
     listed = rows[:SHOWN_ON_TERMINAL]
@@ -188,5 +222,80 @@ def bulk_load(
         session.out, document, shown, listed, show_all=False, more_rejected=rejected - len(listed)
     )
     if len(listed) < rejected and not session.out.json:
-        session.out.note(f"--json lists every rejected line (up to {MAX_LISTED} of each kind)")
+        session.out.note(f"--json lists every rejected {word} (up to {MAX_LISTED} of each kind)")
     return code
+
+
+class ColumnBatch(Protocol[Req_co]):
+    """One stream message of columns built from a batch of a file's rows (see
+    segsvc.cli.columnar): the request, the file row of each row it carries (1-based, the
+    header not counted), the wire column -> file column names, and the rows the client
+    rejected: (file row, key, column, what is wrong)."""
+
+    @property
+    def request(self) -> Req_co: ...
+
+    @property
+    def rows(self) -> Any: ...  # a numpy array of ints (numpy is not the light client's)
+
+    @property
+    def names(self) -> Mapping[str, str]: ...
+
+    @property
+    def rejected(self) -> Sequence[tuple[int, str, str, str]]: ...
+
+
+_WIRE_COLUMN = re.compile(r"^columns\.(\w+(?:\[\d+\])?)")
+
+
+def column_load(
+    session: Session,
+    method: grpc.StreamUnaryMultiCallable[Req, BulkSummary],
+    batches: Iterable[ColumnBatch[Req]],
+    *,
+    total: int | None,
+    description: str,
+    counts: Sequence[str],
+    file: str,
+) -> int:
+    """Stream batches of columns to a bulk method, with a progress bar in rows and rows/s
+    that ends when the server has answered, then report the summary with every rejected
+    row, the client's and the server's, by its row in the file and its column."""
+    firsts: list[int] = []
+    sent: list[ColumnBatch[Req]] = []
+    local = _LocalRejects()
+    rows = 0
+
+    def requests() -> Iterator[tuple[Req, int]]:
+        nonlocal rows
+        for batch in batches:
+            for row, key, column, error in batch.rejected:
+                local.add(Record(row, 0, key, None, f"{column}: {error}" if column else error))
+            if not len(batch.rows):
+                continue
+            firsts.append(sum(len(b.rows) for b in sent[-1:]) + (firsts[-1] if firsts else 0))
+            sent.append(batch)
+            # The bar counts a batch once gRPC takes the next one: the rows sent so far,
+            # not the rows read; it ends only when the server has answered.
+            yield batch.request, rows
+            rows += len(batch.rows)
+
+    summary = stream_upload(
+        session.out,
+        method,
+        requests(),
+        total=total,
+        description=description,
+        unit="rows",
+        acknowledged=lambda: rows + local.count,
+    )
+
+    def place_of(item: types_pb2.ItemResult) -> tuple[int, str]:
+        at = bisect.bisect_right(firsts, item.index) - 1
+        batch = sent[at]
+        found = _WIRE_COLUMN.match(item.field)
+        column = batch.names.get(found.group(1), "") if found else ""
+        return int(batch.rows[item.index - firsts[at]]), column
+
+    local_rows = [(r.line, r.key, r.error) for r in local.listed]
+    return report_load(session, summary, local_rows, local.count, place_of, counts, "row", file)

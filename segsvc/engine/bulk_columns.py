@@ -10,7 +10,7 @@ builds these columns straight from the wire).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any, cast
@@ -37,8 +37,8 @@ from segsvc.engine.values import (
 )
 
 # Row outcomes, as codes: `BulkResult.outcomes[i]` for row i.
-REJECTED, CREATED, UPDATED, UNCHANGED = 0, 1, 2, 3
-OUTCOME_WORDS = {CREATED: "created", UPDATED: "updated", UNCHANGED: "unchanged"}
+REJECTED, CREATED, UPDATED, UNCHANGED, TRACKED = 0, 1, 2, 3, 4
+OUTCOME_WORDS = {CREATED: "created", UPDATED: "updated", UNCHANGED: "unchanged", TRACKED: "tracked"}
 OUTCOME_CODES = {word: code for code, word in OUTCOME_WORDS.items()}
 
 # How the wire form names an attribute column's values, per kind.
@@ -108,31 +108,11 @@ class PeopleColumns:
         """Upserts (of the fields columns carry) as columns, named as the wire form names
         them: one column per attribute and kind, so an attribute holding values of two
         kinds gets two."""
-        n = len(rows)
 
         def column(kind: Kind, cells: list[Any], name: str) -> Column | None:
-            if all(c is None for c in cells):
-                return None
-            present = np.array([c is not None for c in cells], dtype=bool)
-            filler = _FILLERS[kind]
-            values: Any = [filler if c is None else c for c in cells]
-            if kind != "string":
-                values = np.array(values, dtype=KIND_DTYPES[kind])
-            return Column(kind, values, None if present.all() else present, f"{path}.{name}")
+            return column_of(kind, cells, f"{path}.{name}")
 
-        cells: dict[tuple[str, Kind], list[Any]] = {}
-        for i, row in enumerate(rows):
-            for name, value in row.attributes.items():
-                key = (name, kind_of(value))
-                if key not in cells:
-                    cells[key] = [None] * n
-                cells[key][i] = value
-        attributes = []
-        for k, ((name, kind), values) in enumerate(cells.items()):
-            here = f"attributes[{k}]"
-            made = column(kind, values, f"{here}.{ATTRIBUTE_VALUES[kind]}")
-            assert made is not None
-            attributes.append(AttributeColumn(name, made, f"{path}.{here}.name"))
+        attributes = typed_columns_of([row.attributes for row in rows], path, "attributes")
         created = [None if r.created_at is None else int(r.created_at) for r in rows]
         counts = [len(r.add_tags) for r in rows]
         return PeopleColumns(
@@ -142,7 +122,7 @@ class PeopleColumns:
             phones=column("string", [r.phone for r in rows], "phones.values"),
             unsubscribed=column("bool", [r.unsubscribed for r in rows], "unsubscribed.values"),
             created_at=column("timestamp", created, "created_at.seconds"),
-            attributes=tuple(attributes),
+            attributes=attributes,
             tags=[tag for row in rows for tag in row.add_tags],
             tag_counts=np.array(counts, dtype=np.int64) if any(counts) else None,
         )
@@ -192,11 +172,7 @@ class PeopleColumns:
         tags = self.row_tags()
         out = []
         for row, pid in enumerate(self.ids):
-            attributes: dict[str, Value] = {}
-            for attribute in self.attributes:
-                value = attribute.column.value(row)
-                if value is not None:
-                    attributes[attribute.name] = value
+            attributes = values_at(self.attributes, row)
             created = one(self.created_at, row)
             out.append(
                 PersonUpsert(
@@ -212,6 +188,51 @@ class PeopleColumns:
         return out
 
 
+def column_of(kind: Kind, cells: Sequence[Any], path: str) -> Column | None:
+    """A column of one value per row (None: the row has none); None when no row has one."""
+    if all(c is None for c in cells):
+        return None
+    present = np.array([c is not None for c in cells], dtype=bool)
+    filler = _FILLERS[kind]
+    values: Any = [filler if c is None else c for c in cells]
+    if kind != "string":
+        values = np.array(values, dtype=KIND_DTYPES[kind])
+    return Column(kind, values, None if present.all() else present, path)
+
+
+def typed_columns_of(
+    rows: Sequence[Mapping[str, Value]], path: str, field: str
+) -> tuple[AttributeColumn, ...]:
+    """Named values row by row (attributes, properties) as typed columns, named as the wire
+    form names them (`path.field[k]`): one column per name and kind, so a name holding
+    values of two kinds gets two."""
+    n = len(rows)
+    cells: dict[tuple[str, Kind], list[Any]] = {}
+    for i, row in enumerate(rows):
+        for name, value in row.items():
+            key = (name, kind_of(value))
+            if key not in cells:
+                cells[key] = [None] * n
+            cells[key][i] = value
+    out = []
+    for k, ((name, kind), values) in enumerate(cells.items()):
+        here = f"{field}[{k}]"
+        made = column_of(kind, values, f"{path}.{here}.{ATTRIBUTE_VALUES[kind]}")
+        assert made is not None
+        out.append(AttributeColumn(name, made, f"{path}.{here}.name"))
+    return tuple(out)
+
+
+def values_at(columns: Sequence[AttributeColumn], row: int) -> dict[str, Value]:
+    """Row `row` of named typed columns, as the map of values it stands for."""
+    values: dict[str, Value] = {}
+    for typed in columns:
+        value = typed.column.value(row)
+        if value is not None:
+            values[typed.name] = value
+    return values
+
+
 def _typed(kind: Kind, raw: Any) -> Value:
     if kind == "string":
         return str(raw)
@@ -224,20 +245,19 @@ def _typed(kind: Kind, raw: Any) -> Value:
 
 @dataclass
 class BulkResult:
-    """Per row an outcome code (REJECTED, CREATED, UPDATED, UNCHANGED); the rejected rows
-    as results, in row order."""
+    """Per row an outcome code (REJECTED, or one of `reported`); the rejected rows as
+    results, in row order."""
 
     outcomes: np.ndarray
     errors: list[ItemResult]
+    # The outcomes rows of this kind of write can have: people are created, updated or
+    # unchanged; events tracked.
+    reported: tuple[int, ...] = (CREATED, UPDATED, UNCHANGED)
 
     def counts(self) -> dict[str, int]:
-        tally = np.bincount(self.outcomes, minlength=4).tolist()
-        return {
-            "created": tally[CREATED],
-            "updated": tally[UPDATED],
-            "unchanged": tally[UNCHANGED],
-            "rejected": tally[REJECTED],
-        }
+        tally = np.bincount(self.outcomes, minlength=len(OUTCOME_WORDS) + 1).tolist()
+        counted = {OUTCOME_WORDS[code]: tally[code] for code in self.reported}
+        return counted | {"rejected": tally[REJECTED]}
 
     def results(self, ids: Sequence[str], first_index: int) -> list[ItemResult]:
         """Every row as an ItemResult (for calls that answer per item)."""
@@ -281,13 +301,7 @@ def check_columns(
     def at(path: str, row: int) -> str:
         return f"{path}[{first_index + row}]"
 
-    ids = cols.ids
-    if not _all_keys(ids, 256):
-        for row, pid in enumerate(ids):
-            try:
-                check_key(pid, "the person id", at(f"{cols.path}.ids", row))
-            except InvalidArgument as exc:
-                fail(row, exc.violations[0].description, exc.violations[0].field)
+    check_keys(cols.ids, "the person id", f"{cols.path}.ids", fail, at)
     emails = _normalized(cols.emails, plain_emails, 254, normalize_email, fail, at, True)
     phones = _normalized(
         cols.phones,
@@ -298,40 +312,87 @@ def check_columns(
         at,
         False,
     )
-    attributes = []
-    if len(cols.attributes) > limits.max_attributes_per_person:
-        per_row = np.zeros(n, dtype=np.int64)
-        for attribute in cols.attributes:
-            per_row[attribute.column.rows(n)] += 1
-        for row in np.flatnonzero(per_row > limits.max_attributes_per_person).tolist():
-            fail(
-                row,
-                f"more than {limits.max_attributes_per_person} attributes",
-                f"{cols.path}.attributes",
-            )
-    seen: dict[str, np.ndarray] = {}
-    for attribute in cols.attributes:
-        column = attribute.column
-        rows = column.rows(n)
-        try:
-            check_name(attribute.name, "the attribute name", attribute.name_path)
-        except InvalidArgument as exc:
-            for row in rows.tolist():
-                fail(row, exc.violations[0].description, attribute.name_path)
-        taken = seen.get(attribute.name)
-        if taken is not None:
-            for row in rows[taken[rows]].tolist():
-                fail(row, f"attribute {attribute.name!r} has a value in two columns", column.path)
-            taken[rows] = True
-        else:
-            seen[attribute.name] = np.zeros(n, dtype=bool)
-            seen[attribute.name][rows] = True
-        attributes.append(_check_values(column, rows, limits, fail, at))
+    attributes = check_typed_columns(
+        cols.attributes,
+        n,
+        TypedRules("attribute", "attributes", limits.max_attributes_per_person, check_name),
+        f"{cols.path}.attributes",
+        limits,
+        fail,
+        at,
+    )
     if cols.tag_counts is not None:
         _check_tags(cols, limits, fail, at)
     if cols.created_at is not None:
         _check_values(cols.created_at, cols.created_at.rows(n), limits, fail, at)
     return Checked(errors, emails, phones, attributes)
+
+
+Fail = Callable[[int, str, str], None]
+At = Callable[[str, int], str]
+
+
+def check_keys(values: Sequence[str], what: str, path: str, fail: Fail, at: At) -> None:
+    """check_key over a column of keys (ids, event names): one pass over the joined strings
+    when all pass, else value by value for the messages."""
+    if _all_keys(values, 256):
+        return
+    for row, value in enumerate(values):
+        try:
+            check_key(value, what, at(path, row))
+        except InvalidArgument as exc:
+            fail(row, exc.violations[0].description, exc.violations[0].field)
+
+
+@dataclass(frozen=True)
+class TypedRules:
+    """What typed columns hold (a person's attributes, an event's properties): the word for
+    one, how many a row may have, and the check of a name."""
+
+    noun: str
+    plural: str
+    max_per_row: int
+    check_name: Callable[[str, str, str], object]
+
+
+def check_typed_columns(
+    columns: Sequence[AttributeColumn],
+    n: int,
+    rules: TypedRules,
+    path: str,
+    limits: Limits,
+    fail: Fail,
+    at: At,
+) -> list[Column]:
+    """Checks named typed columns of `n` rows as the one-by-one path checks a map of values:
+    at most `rules.max_per_row` per row, valid names, one value per name and row, valid
+    values. Returns the columns in canonical form."""
+    if len(columns) > rules.max_per_row:
+        per_row = np.zeros(n, dtype=np.int64)
+        for typed in columns:
+            per_row[typed.column.rows(n)] += 1
+        for row in np.flatnonzero(per_row > rules.max_per_row).tolist():
+            fail(row, f"more than {rules.max_per_row} {rules.plural}", path)
+    checked = []
+    seen: dict[str, np.ndarray] = {}
+    for typed in columns:
+        column = typed.column
+        rows = column.rows(n)
+        try:
+            rules.check_name(typed.name, f"the {rules.noun} name", typed.name_path)
+        except InvalidArgument as exc:
+            for row in rows.tolist():
+                fail(row, exc.violations[0].description, typed.name_path)
+        taken = seen.get(typed.name)
+        if taken is not None:
+            for row in rows[taken[rows]].tolist():
+                fail(row, f"{rules.noun} {typed.name!r} has a value in two columns", column.path)
+            taken[rows] = True
+        else:
+            seen[typed.name] = np.zeros(n, dtype=bool)
+            seen[typed.name][rows] = True
+        checked.append(_check_values(column, rows, limits, fail, at))
+    return checked
 
 
 def _all_keys(values: Sequence[str], max_length: int) -> bool:

@@ -11,18 +11,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from segsvc.engine.audiences import Audiences
+from segsvc.engine.bulk_columns import REJECTED, TRACKED, BulkResult
 from segsvc.engine.change_feed import ChangeFeed
 from segsvc.engine.core import Persist, WorkspaceCore
 from segsvc.engine.errors import InvalidArgument, NotFound
+from segsvc.engine.event_columns import EventColumns, check_event_columns, event_rows, take
 from segsvc.engine.events import EventInput, validate_event
 from segsvc.engine.model import ItemResult, PersonKey
 from segsvc.engine.ops import EventsOp, Op, TickOp
 from segsvc.engine.people import PersonRecord
-from segsvc.engine.people_rows import persist_people
+from segsvc.engine.people_rows import BulkReader, persist_people
+from segsvc.engine.people_writes import BULK_BATCH_FACTOR
 from segsvc.engine.requests import rejected
 from segsvc.engine.values import Timestamp, Value
 from segsvc.storage.store import Txn
@@ -83,6 +87,82 @@ class EventWrites:
                 return None, results, persist_people(core, ())
             people = tuple(born.values())
             return EventsOp(now, people, tuple(rows)), results, persist_people(core, people)
+
+        return core.commit(resolve)
+
+    def track_columns(
+        self, columns: EventColumns, create_missing_people: bool, first_index: int
+    ) -> BulkResult:
+        """Events as columns (`first_index`: the position of row 0 in the client's stream),
+        ending as the same events through `track_events` would: the same people created,
+        events stored, outcomes and errors, but checked column by column, the people looked
+        up once per distinct id in one batched read, and logged as columns."""
+        core = self.core
+        n = len(columns)
+        core.check_batch(n, columns.path, core.limits.max_batch_items * BULK_BATCH_FACTOR)
+        checked = check_event_columns(columns, core.limits, first_index)
+        reader = BulkReader(core)
+
+        def resolve(txn: Txn) -> tuple[Op | None, BulkResult, Persist | None]:
+            now = core.clock.now()
+            retention = core.config.event_retention_seconds
+            oldest = max(now - retention, core.state.event_leaves.floor)
+            errors: dict[int, tuple[str, str, str]] = {
+                row: ("invalid", *error) for row, error in checked.errors.items()
+            }
+            times = np.full(n, now, dtype=np.int64)
+            stamps = columns.timestamps
+            if stamps is not None:
+                given = stamps.rows(n)
+                times[given] = stamps.values[given]
+                for rows, why in (
+                    (times > now + MAX_FUTURE_SKEW_SECONDS, _TOO_NEW),
+                    (times < oldest, f"older than the event retention ({retention // 86400} days)"),
+                ):
+                    for row in np.flatnonzero(rows).tolist():
+                        where = f"{stamps.path}[{first_index + row}]"
+                        errors.setdefault(row, ("invalid", why, where))
+            for row, (why, where) in checked.person_errors.items():
+                errors.setdefault(row, ("invalid", why, where))
+            accepted = _rows_without(errors, n)
+            ids = take(columns.person_ids, accepted)
+            distinct = list(dict.fromkeys(ids))
+            reader.txn = txn
+            ordinal_of = dict(zip(distinct, reader.ordinals("id", distinct), strict=True))
+            missing = [pid for pid in distinct if ordinal_of[pid] is None]
+            born: list[tuple[int, None, PersonRecord]] = []
+            if create_missing_people:
+                stamp = Timestamp(now)
+                for pid in missing:
+                    ordinal = ordinal_of[pid] = core.state.next_ordinal + len(born)
+                    born.append(
+                        (ordinal, None, PersonRecord(pid, created_at=stamp, updated_at=stamp))
+                    )
+            elif missing:
+                path = f"{columns.path}.person_ids"
+                for row, pid in zip(accepted.tolist(), ids, strict=True):
+                    if ordinal_of[pid] is None:
+                        where = f"{path}[{first_index + row}]"
+                        errors[row] = ("not_found", f"no person with id {pid!r}", where)
+                accepted = _rows_without(errors, n)
+                ids = take(columns.person_ids, accepted)
+            ordinals = np.fromiter(map(ordinal_of.__getitem__, ids), np.uint32, len(ids))
+            outcomes = np.full(n, REJECTED, dtype=np.uint8)
+            outcomes[accepted] = TRACKED
+            result = BulkResult(
+                outcomes,
+                [
+                    ItemResult(first_index + row, columns.person_ids[row], *errors[row])
+                    for row in sorted(errors)
+                ],
+                (TRACKED,),
+            )
+            if not len(accepted):
+                return None, result, None
+            batches = event_rows(columns, checked.properties, accepted, ordinals, times[accepted])
+            people = tuple(born)
+            op = EventsOp(now, people, batches=tuple(batches))
+            return op, result, persist_people(core, people)
 
         return core.commit(resolve)
 
@@ -163,3 +243,13 @@ class EventWrites:
             if total:
                 log.info("workspace %s: dropped %d past or orphaned events", core.name, total)
             return total
+
+
+_TOO_NEW = f"more than {MAX_FUTURE_SKEW_SECONDS} s in the future (check the sender's clock)"
+
+
+def _rows_without(errors: dict[int, Any], n: int) -> np.ndarray:
+    """The rows of `n` that have no error, ascending."""
+    keep = np.ones(n, dtype=bool)
+    keep[list(errors)] = False
+    return np.flatnonzero(keep)

@@ -10,7 +10,7 @@ and checkpoints, like every other part of the state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 from segsvc.config import Limits
 from segsvc.engine.conditions import All, Any_, Expr, Not
 from segsvc.engine.errors import InvalidArgument
-from segsvc.engine.index import anniversary_days
+from segsvc.engine.index import FieldValues, anniversary_days
 from segsvc.engine.leaves import (
     AttrAnniversary,
     AttrEquals,
@@ -30,7 +30,7 @@ from segsvc.engine.leaves import (
     _text_match,
 )
 from segsvc.engine.model import PersonKey
-from segsvc.engine.values import Timestamp, Value, check_key, check_value
+from segsvc.engine.values import Kind, Timestamp, Value, check_key, check_value
 
 MAX_PROPERTIES = 100
 DAY = 86_400
@@ -64,6 +64,82 @@ def validate_event(event: EventInput, path: str, limits: Limits) -> dict[str, Va
     return props
 
 
+@dataclass(frozen=True)
+class PropertyValues:
+    """One property of a batch of events, of one kind. In `values` (the columnar form the
+    people index takes its bulk updates in) the ordinals are the batch's row numbers that
+    have the property, ascending."""
+
+    key: str
+    values: FieldValues
+
+
+@dataclass(frozen=True)
+class EventRows:
+    """Events of one name as columns, in the order they are appended: who, when, and each
+    property's values on the rows that have it. What the operation log records and the
+    event logs take in; the events of a call are one EventRows per name."""
+
+    name: str
+    ordinals: np.ndarray  # uint32
+    times: np.ndarray  # int64
+    properties: tuple[PropertyValues, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.ordinals)
+
+    @staticmethod
+    def of_events(name: str, rows: Sequence[tuple[int, int, dict[str, Value]]]) -> EventRows:
+        """Events given one by one, (ordinal, time, properties), as columns."""
+        n = len(rows)
+        # property -> (row, value) pairs, properties in order of first appearance.
+        pairs: dict[str, list[tuple[int, Value]]] = {}
+        for row, (_, _, props) in enumerate(rows):
+            for key, value in props.items():
+                found = pairs.get(key)
+                if found is None:
+                    found = pairs[key] = []
+                found.append((row, value))
+        properties = [
+            PropertyValues(key, values)
+            for key, found in pairs.items()
+            for values in FieldValues.split(found)
+        ]
+        return EventRows(
+            name,
+            np.fromiter((r[0] for r in rows), np.uint32, n),
+            np.fromiter((r[1] for r in rows), np.int64, n),
+            tuple(properties),
+        )
+
+    @staticmethod
+    def group(events: Sequence[tuple[int, str, int, dict[str, Value]]]) -> list[EventRows]:
+        """Events given one by one, (ordinal, name, time, properties), one EventRows per
+        name in order of first appearance."""
+        by_name: dict[str, list[tuple[int, int, dict[str, Value]]]] = {}
+        for ordinal, name, ts, props in events:
+            by_name.setdefault(name, []).append((ordinal, ts, props))
+        return [EventRows.of_events(name, rows) for name, rows in by_name.items()]
+
+    def to_plain(self) -> list[Any]:
+        return [
+            self.name,
+            self.ordinals.astype("<u4").tobytes(),
+            self.times.astype("<i8").tobytes(),
+            [[prop.key, prop.values.to_plain()] for prop in self.properties],
+        ]
+
+    @classmethod
+    def from_plain(cls, data: Any) -> EventRows:
+        name, ordinals, times, properties = data
+        return cls(
+            name,
+            np.frombuffer(ordinals, dtype="<u4").astype(np.uint32),
+            np.frombuffer(times, dtype="<i8").astype(np.int64),
+            tuple(PropertyValues(key, FieldValues.from_plain(v)) for key, v in properties),
+        )
+
+
 class _Column:
     """One property across a log's events, one typed array per value type (an event's
     property has one value, so at most one of them is set per row)."""
@@ -77,29 +153,28 @@ class _Column:
         self.times: np.ndarray | None = None  # int64 with `has_time`
         self.has_time: np.ndarray | None = None
 
-    def store(self, kind: type, rows: np.ndarray, values: list[Any], size: int) -> None:
-        """Sets `values` (all of one Python type) at `rows`."""
-        if kind is str:
+    def store(self, kind: Kind, rows: np.ndarray, values: Any, size: int) -> None:
+        """Sets `values` (of one kind: a list of strings, else a numpy array) at `rows`."""
+        if kind == "string":
             self.codes = _grow(self.codes, size, -1, np.int32)
             code_of, vocabulary = self.code_of, self.vocabulary
-            codes = []
-            for value in values:
-                code = code_of.get(value)
-                if code is None:
-                    code = code_of[value] = len(vocabulary)
+            # New values get codes in order of first appearance (dict.fromkeys keeps it), and
+            # the lookup runs in C (map over a dict method): no Python loop per event.
+            for value in dict.fromkeys(values):
+                if value not in code_of:
+                    code_of[value] = len(vocabulary)
                     vocabulary.append(value)
-                codes.append(code)
-            self.codes[rows] = codes
-        elif kind is bool:
+            self.codes[rows] = np.fromiter(map(code_of.__getitem__, values), np.int32, len(rows))
+        elif kind == "bool":
             self.bools = _grow(self.bools, size, -1, np.int8)
             self.bools[rows] = values
-        elif kind is float:
+        elif kind == "number":
             self.numbers = _grow(self.numbers, size, np.nan, np.float64)
             self.numbers[rows] = values
         else:
             self.times = _grow(self.times, size, 0, np.int64)
             self.has_time = _grow(self.has_time, size, False, np.bool_)
-            self.times[rows] = [int(v) for v in values]
+            self.times[rows] = values
             self.has_time[rows] = True
 
     def grow_to(self, size: int) -> None:
@@ -166,30 +241,24 @@ class EventLog:
         self.max_time_before_append = MIN_TIME
 
     def append(self, rows: list[tuple[int, int, dict[str, Value]]]) -> tuple[int, int]:
+        """Appends events given one by one (ordinal, time, properties); returns the range of
+        rows they now occupy."""
+        return self.append_rows(EventRows.of_events("", rows))
+
+    def append_rows(self, batch: EventRows) -> tuple[int, int]:
         """Appends events column by column; returns the range of rows they now occupy."""
-        start, end = self.size, self.size + len(rows)
+        start, end = self.size, self.size + len(batch)
         self.ordinals = _grow(self.ordinals, end, 0, np.uint32)
         self.times = _grow(self.times, end, 0, np.int64)
-        self.ordinals[start:end] = np.fromiter((r[0] for r in rows), np.uint32, len(rows))
-        self.times[start:end] = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-        # property -> value type -> (rows, values): one vectorised store per group.
-        groups: dict[str, dict[type, tuple[list[int], list[Any]]]] = {}
-        for row, (_, _, props) in enumerate(rows, start):
-            for key, value in props.items():
-                by_type = groups.get(key)
-                if by_type is None:
-                    by_type = groups[key] = {}
-                group = by_type.get(type(value))
-                if group is None:
-                    group = by_type[type(value)] = ([], [])
-                group[0].append(row)
-                group[1].append(value)
-        for key, by_type in groups.items():
-            col = self.columns.get(key)
+        self.ordinals[start:end] = batch.ordinals
+        self.times[start:end] = batch.times
+        for prop in batch.properties:
+            col = self.columns.get(prop.key)
             if col is None:
-                col = self.columns[key] = _Column()
-            for kind, (where, values) in by_type.items():
-                col.store(kind, np.asarray(where, dtype=np.int64), values, end)
+                col = self.columns[prop.key] = _Column()
+            values = prop.values
+            rows = values.ordinals.astype(np.int64) + start
+            col.store(values.kind, rows, values.values, end)
         for col in self.columns.values():
             col.grow_to(end)
         self.size = end
@@ -432,19 +501,14 @@ class EventStore:
     def __init__(self) -> None:
         self.logs: dict[str, EventLog] = {}
 
-    def append(
-        self, rows: Iterable[tuple[int, str, int, dict[str, Value]]]
-    ) -> dict[str, tuple[int, int]]:
+    def append(self, batches: Iterable[EventRows]) -> dict[str, tuple[int, int]]:
         """Appends events; returns, per event name, the rows they occupy in its log."""
-        by_name: dict[str, list[tuple[int, int, dict[str, Value]]]] = {}
-        for ordinal, name, ts, props in rows:
-            by_name.setdefault(name, []).append((ordinal, ts, props))
         ranges = {}
-        for name, chosen in by_name.items():
-            log = self.logs.get(name)
+        for batch in batches:
+            log = self.logs.get(batch.name)
             if log is None:
-                log = self.logs[name] = EventLog()
-            ranges[name] = log.append(chosen)
+                log = self.logs[batch.name] = EventLog()
+            ranges[batch.name] = log.append_rows(batch)
         return ranges
 
     def oldest(self) -> int:

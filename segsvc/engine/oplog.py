@@ -97,7 +97,7 @@ def replay_weight(op: Op) -> int:
         # profile moves about 10 values.
         return len(op.people) + (op.delta.size() // 100 if op.delta else 0)
     if isinstance(op, EventsOp):
-        return len(op.people) + len(op.events) // 3
+        return len(op.people) + op.count() // 3
     if isinstance(op, MembersOp):
         return 1 + len(op.ordinals) // 100
     return 1

@@ -11,6 +11,7 @@ import msgpack
 
 from segsvc.engine import conditions
 from segsvc.engine.conditions import Node
+from segsvc.engine.events import EventRows
 from segsvc.engine.index import IndexDelta
 from segsvc.engine.people import PersonRecord, pack_value, unpack_value
 from segsvc.engine.values import Value
@@ -76,12 +77,24 @@ class MembersOp:
 
 @dataclass(frozen=True)
 class EventsOp:
-    """Events, and the bare people created for them (`create_missing_people`)."""
+    """Events, and the bare people created for them (`create_missing_people`).
+
+    The events come one by one (`events`) or as columns, one EventRows per name
+    (`batches`, what a bulk load logs: encoded as a few byte strings per column, where
+    one by one costs a msgpack map per event)."""
 
     at: int
     people: tuple[tuple[int, PersonRecord | None, PersonRecord | None], ...]
     # (ordinal, name, timestamp, properties)
-    events: tuple[tuple[int, str, int, dict[str, Value]], ...]
+    events: tuple[tuple[int, str, int, dict[str, Value]], ...] = ()
+    batches: tuple[EventRows, ...] = ()
+
+    def rows(self) -> list[EventRows]:
+        """Every event of the operation as columns, one EventRows per name."""
+        return [*EventRows.group(self.events), *self.batches] if self.events else list(self.batches)
+
+    def count(self) -> int:
+        return len(self.events) + sum(len(batch) for batch in self.batches)
 
 
 @dataclass(frozen=True)
@@ -149,6 +162,8 @@ def encode(op: Op) -> bytes:
     elif isinstance(op, EventsOp):
         events = [[o, n, t, {k: pack_value(v) for k, v in p.items()}] for o, n, t, p in op.events]
         body = ["events", op.at, [[o, _rec(a), _rec(b)] for o, a, b in op.people], events]
+        if op.batches:
+            body.append([batch.to_plain() for batch in op.batches])
     else:
         body = ["tick", op.at, op.event_cutoff]
     return seal(msgpack.packb(body, use_bin_type=True))
@@ -174,7 +189,8 @@ def decode(data: bytes) -> Op:
     if kind == "events":
         people = tuple((o, _from_rec(a), _from_rec(b)) for o, a, b in d[2])
         events = tuple((o, n, t, {k: unpack_value(v) for k, v in p.items()}) for o, n, t, p in d[3])
-        return EventsOp(at, people, events)
+        batches = tuple(EventRows.from_plain(b) for b in d[4]) if len(d) > 4 else ()
+        return EventsOp(at, people, events, batches)
     if kind == "tick":
         return TickOp(at, d[2])
     raise ValueError(f"unknown operation {kind!r}")

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from itertools import chain
 from typing import Any
 
+import numpy as np
+
 from segsvc.engine.bulk import Plan, Reader
 from segsvc.engine.core import LOOKUP_CHAR, Persist, WorkspaceCore
 from segsvc.engine.people import PersonRecord, unpack_record
@@ -95,7 +97,19 @@ class BulkReader(Reader):
     def ordinals(self, kind: str, values: Sequence[str]) -> list[int | None]:
         assert self.txn is not None
         keys = self.keys(kind, values)
-        found = self.txn.get_many("lookup", sorted(keys))
+        if not keys:
+            return []
+        # Sorted with numpy (fixed-width bytes sort as the keys do: they hold no NUL), so
+        # that when everyone is found (events of known people, a re-import) the values
+        # come back in that order and are decoded and put back in place in one go.
+        order = np.argsort(np.array(keys), kind="stable")
+        in_order = [keys[i] for i in order.tolist()]
+        every = self.txn.values_of("lookup", in_order)
+        if every is not None:
+            ordinals = np.empty(len(keys), dtype=np.int64)
+            ordinals[order] = np.frombuffer(b"".join(every), dtype=">u4")
+            return list(ordinals.tolist())
+        found = self.txn.get_many("lookup", in_order)
         if not found:  # a load of new people
             return [None] * len(keys)
         return [None if (raw := found.get(k)) is None else read_u32(raw) for k in keys]

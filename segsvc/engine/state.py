@@ -440,7 +440,7 @@ class WorkspaceState:
         self._topo = None
 
     def _apply_events(self, op: EventsOp, out: list[ChangeBatch]) -> None:
-        ranges = self.events.append(op.events)
+        ranges = self.events.append(op.rows())
         moved = BitMap()
         seeds: set[int] = set()
         for leaf, holds in self.event_leaves.on_append(ranges, op.at, self.next_ordinal).items():

@@ -29,6 +29,7 @@ from segsvc.engine.change_feed import ChangeFeed
 from segsvc.engine.clock import Clock
 from segsvc.engine.conditions import Node
 from segsvc.engine.core import WorkspaceCore
+from segsvc.engine.event_columns import EventColumns
 from segsvc.engine.event_writes import EventWrites
 from segsvc.engine.events import EventInput
 from segsvc.engine.members import Members
@@ -133,6 +134,14 @@ class Workspace:
         """Records events. Unknown people are rejected, or created bare (by id only) when
         `create_missing_people` is set."""
         return self._events.track_events(events, create_missing_people, path)
+
+    def track_columns(
+        self, columns: EventColumns, create_missing_people: bool = False, first_index: int = 0
+    ) -> BulkResult:
+        """Bulk tracking: many events as columns (see segsvc.engine.event_columns), with the
+        meaning and the outcome of `track_events` on the same rows. Results count rows from
+        `first_index` (a row's position in a longer stream)."""
+        return self._events.track_columns(columns, create_missing_people, first_index)
 
     # -- segments ---------------------------------------------------------------------------
 

@@ -98,6 +98,15 @@ class Txn:
         with self._txn.cursor(db=self._dbs[table]) as cursor:
             return {bytes(k): bytes(v) for k, v in cursor.getmulti(keys)}
 
+    def values_of(self, table: str, sorted_keys: list[bytes]) -> list[bytes] | None:
+        """The values of `sorted_keys` (ascending), in that order, when every one exists;
+        None when some do not (then `get_many` says which)."""
+        with self._txn.cursor(db=self._dbs[table]) as cursor:
+            found = cursor.getmulti(sorted_keys)
+        if len(found) != len(sorted_keys):
+            return None
+        return [bytes(v) for _, v in found]
+
     def put_many(self, table: str, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Writes many rows with one cursor (sorted keys write fastest)."""
         try:

@@ -745,19 +745,27 @@ class TrackEventsRequest(_message.Message):
 
     EVENTS_FIELD_NUMBER: _builtins.int
     CREATE_MISSING_PEOPLE_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     create_missing_people: _builtins.bool
     """Create a bare person for an unknown id instead of rejecting the event."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    @_builtins.property
+    def columns(self) -> Global___EventColumns:
+        """More events, column by column: the bulk form. Its rows come after `events` (item
+        indexes go on counting from there) and each means what the Event it stands for means.
+        """
+
     def __init__(
         self,
         *,
         events: _abc.Iterable[Global___Event] | None = ...,
         create_missing_people: _builtins.bool = ...,
+        columns: Global___EventColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_missing_people", b"create_missing_people", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "create_missing_people", b"create_missing_people", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -773,22 +781,77 @@ class StreamTrackEventsRequest(_message.Message):
 
     EVENTS_FIELD_NUMBER: _builtins.int
     CREATE_MISSING_PEOPLE_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     create_missing_people: _builtins.bool
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    @_builtins.property
+    def columns(self) -> Global___EventColumns: ...
     def __init__(
         self,
         *,
         events: _abc.Iterable[Global___Event] | None = ...,
         create_missing_people: _builtins.bool = ...,
+        columns: Global___EventColumns | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_missing_people", b"create_missing_people", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "create_missing_people", b"create_missing_people", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamTrackEventsRequest: _TypeAlias = StreamTrackEventsRequest  # noqa: Y015
+
+@_typing.final
+class EventColumns(_message.Message):
+    """Many events as columns: row i of every column is event i, and means what an Event with
+    those fields means; it is validated, applied or rejected on its own. The columns follow
+    the rules of PeopleColumns (one slot per row, `valid` bitmaps least significant bit
+    first, an empty `valid`: every row has a value), and a row's result names it by its index
+    and the column that is wrong, e.g. `columns.properties[1].strings.values[17]`. A column
+    whose length is not the number of rows rejects every row of the message (StreamTrackEvents)
+    or fails the call with INVALID_ARGUMENT (TrackEvents).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_IDS_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def person_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required, one per row: the external id of the person who did it."""
+
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required, one per row: the event's name."""
+
+    @_builtins.property
+    def timestamps(self) -> Global___TimestampColumn:
+        """When (UTC seconds); rows without a value are stamped with the server's now."""
+
+    @_builtins.property
+    def properties(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttributeColumn]:
+        """Typed properties, one column each. Two columns may share a name (a property holding
+        values of several types) as long as no row has a value in both.
+        """
+
+    def __init__(
+        self,
+        *,
+        person_ids: _abc.Iterable[_builtins.str] | None = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        timestamps: Global___TimestampColumn | None = ...,
+        properties: _abc.Iterable[Global___AttributeColumn] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamps", b"timestamps"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names", "person_ids", b"person_ids", "properties", b"properties", "timestamps", b"timestamps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventColumns: _TypeAlias = EventColumns  # noqa: Y015
 
 @_typing.final
 class TrackEventsResponse(_message.Message):

@@ -118,7 +118,8 @@ class PeopleServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamTrackEvents(self, request_iterator, context):
-        """Bulk load of events; one summary at the end.
+        """Bulk load of events; one summary at the end. Send them as `columns` (one column per
+        field) for the fast path.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

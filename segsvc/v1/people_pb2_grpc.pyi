@@ -55,7 +55,9 @@ class PeopleServiceStub:
     TrackEvents: _grpc.UnaryUnaryMultiCallable[_people_pb2.TrackEventsRequest, _people_pb2.TrackEventsResponse]
     """Records events (page views and message activity are events too)."""
     StreamTrackEvents: _grpc.StreamUnaryMultiCallable[_people_pb2.StreamTrackEventsRequest, _people_pb2.StreamTrackEventsResponse]
-    """Bulk load of events; one summary at the end."""
+    """Bulk load of events; one summary at the end. Send them as `columns` (one column per
+    field) for the fast path.
+    """
 
 @_typing.type_check_only
 class PeopleServiceAsyncStub(PeopleServiceStub):
@@ -84,7 +86,9 @@ class PeopleServiceAsyncStub(PeopleServiceStub):
     TrackEvents: _aio.UnaryUnaryMultiCallable[_people_pb2.TrackEventsRequest, _people_pb2.TrackEventsResponse]  # type: ignore[assignment]
     """Records events (page views and message activity are events too)."""
     StreamTrackEvents: _aio.StreamUnaryMultiCallable[_people_pb2.StreamTrackEventsRequest, _people_pb2.StreamTrackEventsResponse]  # type: ignore[assignment]
-    """Bulk load of events; one summary at the end."""
+    """Bulk load of events; one summary at the end. Send them as `columns` (one column per
+    field) for the fast path.
+    """
 
 class PeopleServiceServicer(metaclass=_abc_1.ABCMeta):
     """People and their events.
@@ -146,6 +150,8 @@ class PeopleServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_people_pb2.StreamTrackEventsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_people_pb2.StreamTrackEventsResponse, _abc.Awaitable[_people_pb2.StreamTrackEventsResponse]]:
-        """Bulk load of events; one summary at the end."""
+        """Bulk load of events; one summary at the end. Send them as `columns` (one column per
+        field) for the fast path.
+        """
 
 def add_PeopleServiceServicer_to_server(servicer: PeopleServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

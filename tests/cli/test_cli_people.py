@@ -11,20 +11,23 @@ from cli_harness import Cli
 def test_import_csv_types_values_and_reports_bad_rows(cli: Cli, tmp_path: Path) -> None:
     source = tmp_path / "customers.csv"
     source.write_text(
-        "id,email,unsubscribed,tags,plan,ltv,vip,signed_up,zip,note\n"  # line 1
+        "id,email,unsubscribed,tags,plan,ltv,vip,signed_up,zip,note\n"  # the header
         "u1,Alice@Example.com,false,beta|early,pro,120.5,true,2024-03-01T10:00:00Z,01234,\n"
-        'u2,,,,free,0,false,2024-03-02,90210,"a, quoted\nnote"\n'  # lines 3-4
-        "u3,c@example.com,maybe,,pro,1,,,,\n"  # line 5: bad unsubscribed
-        ",nobody@example.com,,,,,,,,\n"  # line 6: no id
-        "u4,d@example.com,true,,team,,,,,\n",  # line 7
+        'u2,,,,free,0,false,2024-03-02,90210,"a, quoted\nnote"\n'  # row 2, on two lines
+        "u3,c@example.com,maybe,,pro,1,,,,\n"  # row 3: bad unsubscribed
+        ",nobody@example.com,,,,,,,,\n"  # row 4: no id
+        "u4,d@example.com,true,,team,,,,,\n",  # row 5
         encoding="utf-8",
     )
     result = cli("--json", "people", "import", str(source), "--types", "ltv=number")
     assert result.exit_code == 1, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["rows"], summary["created"], summary["rejected"]) == (5, 3, 2)
-    assert [(e["line"], e["key"]) for e in summary["errors"]] == [(5, "u3"), (6, "")]
-    assert "unsubscribed" in summary["errors"][0]["error"]
+    assert [(e["row"], e["key"]) for e in summary["errors"]] == [(3, "u3"), (4, "")]
+    assert summary["errors"][0]["error"] == (
+        "unsubscribed: 'maybe' is not a boolean (true/false, yes/no, 1/0)"
+    )
+    assert summary["errors"][1]["error"] == "id: empty; every row needs an id"
 
     alice = cli.json("people", "get", "u1")
     assert alice["email"] == "alice@example.com"  # case-folded by the server

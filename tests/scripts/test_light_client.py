@@ -75,3 +75,14 @@ def test_client_only_install_talks_to_a_server(api, tmp_path):
     }
     assert tokens("revoke", "etl").returncode == 0
     assert json.loads(tokens("list").stdout) == {"tokens": []}
+
+    # Importing files as columns needs pyarrow (the `segsvc[import]` extra): one line says so.
+    (tmp_path / "people.csv").write_text("id\nann\n", encoding="utf-8")
+    imported = subprocess.run(
+        [str(venv / "bin" / "segsvc"), "--server", api.address, "people", "import", "people.csv"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert imported.returncode == 2
+    assert imported.stderr.strip().endswith("pip install 'segsvc[import]'")

@@ -30,7 +30,8 @@ from typing import Any, Literal, cast
 
 import grpc
 
-from segsvc.api.interception import Behaviour, StreamBehaviour, rewrap
+from segsvc.api.calls import note_workspace
+from segsvc.api.interception import Behaviour, StreamBehaviour, rewrap, steps_in
 from segsvc.config import DEFAULT_WORKSPACE
 from segsvc.engine.engine import check_workspace_name
 from segsvc.engine.errors import InvalidArgument, PermissionDenied, Unauthenticated
@@ -183,6 +184,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
         def scope() -> contextvars.Context:
             caller = self.authorize(method, metadata)
+            note_workspace(caller.workspace)
             context = contextvars.copy_context()
             context.run(_caller.set, caller)
             return context
@@ -196,18 +198,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def streaming(behaviour: StreamBehaviour) -> StreamBehaviour:
             def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 call_scope = scope()
-                responses = call_scope.run(behaviour, request, context)
-                try:
-                    while True:
-                        try:
-                            response = call_scope.run(next, responses)
-                        except StopIteration:
-                            return
-                        yield response
-                finally:
-                    close = getattr(responses, "close", None)
-                    if close is not None:
-                        call_scope.run(close)
+                yield from steps_in(call_scope, call_scope.run(behaviour, request, context))
 
             return run
 

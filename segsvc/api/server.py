@@ -32,12 +32,15 @@ from segsvc.api.auth import AuthInterceptor, Token, TokensFileError, load_tokens
 from segsvc.api.changes import ChangesServicer
 from segsvc.api.decoding import DecodingInterceptor
 from segsvc.api.errors import ErrorInterceptor
+from segsvc.api.metrics import CallObserver, MetricsHttp, ServerMetrics, start_metrics_http
 from segsvc.api.people import PeopleServicer
 from segsvc.api.reflection import enable_reflection
 from segsvc.api.segments import SegmentsServicer
 from segsvc.api.workspaces import WorkspacesServicer
 from segsvc.config import Config
 from segsvc.engine.engine import Engine
+from segsvc.engine.observer import NO_OBSERVER
+from segsvc.logs import configure_logging
 from segsvc.storage.errors import StorageError
 from segsvc.v1 import (
     audiences_pb2,
@@ -98,8 +101,11 @@ class SegsvcServer(grpc.Server):
         health_servicer: health.HealthServicer,
         stopping: threading.Event,
         executor: ThreadPoolExecutor,
+        metrics_http: MetricsHttp | None = None,
     ) -> None:
         self._inner = inner
+        # The /metrics endpoint (None without --metrics-listen), stopped with the server.
+        self.metrics_http = metrics_http
         self.port = port
         self.engine = engine
         self._owns_engine = owns_engine
@@ -138,6 +144,8 @@ class SegsvcServer(grpc.Server):
 
     def _stop_by_deadline(self, grace: float | None) -> None:
         try:
+            if self.metrics_http is not None:
+                self.metrics_http.stop()
             calls_deadline = time.monotonic() + (grace or 0.0) + STOP_DEADLINE_SECONDS
             ended = _finishes_by(
                 lambda: self._inner.stop(grace).wait(), calls_deadline, "grpc-stop"
@@ -207,9 +215,15 @@ def build_server(config: Config, engine: Engine | None = None) -> SegsvcServer:
     """As create_server, returning the SegsvcServer (with .port, .engine, .health)."""
     tokens, credentials = check_startup(config)
     owns_engine = engine is None
-    running_engine = engine if engine is not None else Engine(config)
+    metrics = ServerMetrics() if config.metrics_listen is not None else None
+    # A server that opens its engine feeds the engine's timings to its metrics; an engine
+    # given by the caller reports to whatever observer it was made with.
+    observer = metrics.engine_observer if metrics is not None else NO_OBSERVER
+    running_engine = engine if engine is not None else Engine(config, observer=observer)
     try:
-        return _start(config, running_engine, owns_engine, AuthInterceptor(tokens), credentials)
+        return _start(
+            config, running_engine, owns_engine, AuthInterceptor(tokens), credentials, metrics
+        )
     except BaseException:
         if owns_engine:
             running_engine.close()
@@ -222,7 +236,12 @@ def check_startup(config: Config) -> tuple[list[Token] | None, grpc.ServerCreden
     ServerConfigError / TokensFileError saying what to change."""
     tokens = load_tokens(config.tokens_file) if config.tokens_file is not None else None
     check_listen_address(config.listen, authenticated=tokens is not None)
-    return tokens, _tls_credentials(config)
+    credentials = _tls_credentials(config)
+    if config.metrics_listen is not None:
+        check_metrics_address(
+            config.metrics_listen, guarded=tokens is not None or credentials is not None
+        )
+    return tokens, credentials
 
 
 def _start(
@@ -231,8 +250,16 @@ def _start(
     owns_engine: bool,
     auth: AuthInterceptor,
     credentials: grpc.ServerCredentials | None,
+    metrics: ServerMetrics | None,
 ) -> SegsvcServer:
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="segsvc-rpc")
+    # Outermost of all: it sees every call's final status, whoever set it. Left out when it
+    # has nothing to do, so that it costs nothing then.
+    observing: list[grpc.ServerInterceptor] = (  # type: ignore[type-arg]
+        [CallObserver(metrics.rpc if metrics is not None else None, config.access_log)]
+        if metrics is not None or config.access_log
+        else []
+    )
     max_bytes = config.limits.max_message_bytes
     inner = grpc.server(
         executor,
@@ -240,6 +267,7 @@ def _start(
         # admission comes after auth, so refused callers take no stream slot; requests are
         # parsed innermost, so nobody unauthenticated or refused gets anything parsed.
         interceptors=[
+            *observing,
             ErrorInterceptor(),
             auth,
             StreamAdmission(stream_budget(config.workers)),
@@ -264,11 +292,35 @@ def _start(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
     enable_reflection(inner, (*SEGSVC_SERVICES, health.SERVICE_NAME))
     port = _bind(inner, config.listen, credentials)
+    metrics_http = None
+    if metrics is not None and config.metrics_listen is not None:
+        metrics.watch(engine)
+        metrics_http = _serve_metrics(config, metrics)
     inner.start()
     # Ready: the engine finished loading before the server was built.
     for service in ("", *SEGSVC_SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return SegsvcServer(inner, port, engine, owns_engine, health_servicer, stopping, executor)
+    return SegsvcServer(
+        inner, port, engine, owns_engine, health_servicer, stopping, executor, metrics_http
+    )
+
+
+def _serve_metrics(config: Config, metrics: ServerMetrics) -> MetricsHttp:
+    """The /metrics endpoint on config.metrics_listen: HTTPS with the server's certificate
+    when it has one."""
+    assert config.metrics_listen is not None
+    host, port = split_listen(config.metrics_listen)
+    tls = (
+        (str(config.tls_cert), str(config.tls_key))
+        if config.tls_cert is not None and config.tls_key is not None
+        else None
+    )
+    try:
+        return start_metrics_http(host, int(port), metrics.registry, tls)
+    except OSError as exc:
+        raise ServerConfigError(
+            f"cannot serve metrics on {config.metrics_listen}: {exc.strerror or exc}"
+        ) from None
 
 
 def _bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -303,6 +355,19 @@ def check_listen_address(listen: str, authenticated: bool) -> None:
     raise ServerConfigError(
         f"refusing to listen on {listen} without authentication: anyone on the network "
         "could read and change every segment. Give a tokens file, or listen on 127.0.0.1"
+    )
+
+
+def check_metrics_address(listen: str, guarded: bool) -> None:
+    """/metrics tells workspace names and sizes to whoever connects: beyond this machine only
+    on a server that guards its data (tokens or TLS) anyway."""
+    host, _ = split_listen(listen)
+    if guarded or _is_loopback(host):
+        return
+    raise ServerConfigError(
+        f"refusing to serve metrics on {listen} without tokens or TLS: workspace names and "
+        "sizes would be open to the network. Give a tokens file or TLS, or use "
+        "--metrics-listen 127.0.0.1:PORT"
     )
 
 
@@ -441,15 +506,18 @@ def serve(config: Config) -> None:
     stop is bounded (see STOP_DEADLINE_SECONDS): when calls are stuck the process still exits.
     A refused start prints one line `segsvc: <why>` and exits with status 2."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging()
+    metrics = ServerMetrics() if config.metrics_listen is not None else None
     try:
         # Checked before the engine opens the data, so a refusal is quick and touches nothing.
         tokens, credentials = check_startup(config)
         check_port_free(config.listen)
+        if config.metrics_listen is not None:
+            check_port_free(config.metrics_listen)
         check_data_dir(config.data_dir)
-        engine = Engine(config)
+        engine = Engine(
+            config, observer=metrics.engine_observer if metrics is not None else NO_OBSERVER
+        )
     except (ServerConfigError, TokensFileError, StorageError) as exc:
         _refuse(exc)
     shutdown = threading.Event()
@@ -460,7 +528,7 @@ def serve(config: Config) -> None:
 
     try:
         engine.start_ticker()
-        server = _start(config, engine, True, AuthInterceptor(tokens), credentials)
+        server = _start(config, engine, True, AuthInterceptor(tokens), credentials, metrics)
     except ServerConfigError as exc:
         engine.close()
         _refuse(exc)
@@ -476,6 +544,14 @@ def serve(config: Config) -> None:
             file=sys.stderr,
             flush=True,
         )
+        if server.metrics_http is not None:
+            metrics_host, _ = split_listen(str(config.metrics_listen))
+            scheme = "http" if config.tls_cert is None else "https"
+            print(
+                f"segsvc metrics on {scheme}://{metrics_host}:{server.metrics_http.port}/metrics",
+                file=sys.stderr,
+                flush=True,
+            )
         # A timed wait, so the main thread wakes for the signal handler on every platform.
         while not shutdown.wait(1.0):
             pass

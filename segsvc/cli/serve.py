@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -10,6 +9,7 @@ import click
 
 from segsvc.cli.output import EXIT_ERROR
 from segsvc.config import DEFAULT_DATA, DEFAULT_LISTEN, Config
+from segsvc.logs import LOG_FORMATS, configure_logging
 
 _DEFAULTS = Config()
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -131,6 +131,31 @@ class _ServeCommand(click.Command):
     default="info",
     show_default=True,
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    envvar="SEGSVC_LOG_FORMAT",
+    show_envvar=True,
+    help="json: one JSON object a line (time, level, logger, message and fields).",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    envvar="SEGSVC_ACCESS_LOG",
+    show_envvar=True,
+    help="One line per call on the segsvc.access logger (never tokens or people's data).",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    envvar="SEGSVC_METRICS_LISTEN",
+    show_envvar=True,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (https with --tls-cert). "
+    "Off by default; beyond loopback only with tokens or TLS.",
+)
 def serve(
     data: Path,
     listen: str,
@@ -147,6 +172,9 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     log_level: str,
+    log_format: str,
+    access_log: bool,
+    metrics_listen: str | None,
 ) -> None:
     """Run the server in the foreground until SIGTERM or Ctrl-C.
 
@@ -172,10 +200,10 @@ def serve(
         tokens_file=tokens_file,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        metrics_listen=metrics_listen,
+        access_log=access_log,
     )
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level, log_format)
     # Imported only here: the client commands must not load the engine, LMDB and bitmaps,
     # and a client-only install (`pip install segsvc`) has none of them.
     try:

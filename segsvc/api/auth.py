@@ -57,7 +57,12 @@ READ_METHODS = frozenset(
     }
 )
 # Calls about the whole server rather than one workspace: admin tokens only.
-ADMIN_METHODS = frozenset({"/segsvc.v1.WorkspacesService/ListWorkspaces"})
+ADMIN_METHODS = frozenset(
+    {
+        "/segsvc.v1.WorkspacesService/ListWorkspaces",
+        "/segsvc.v1.WorkspacesService/GetServerStatus",
+    }
+)
 # Load balancers and grpcurl-style tools use these without credentials.
 PUBLIC_SERVICES = (
     "/grpc.health.v1.Health/",

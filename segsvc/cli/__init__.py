@@ -21,6 +21,7 @@ from segsvc.cli import (
     people,
     segments,
     serve,
+    status,
     watch,
     workspaces,
 )
@@ -112,3 +113,4 @@ main.add_command(events.events)
 main.add_command(watch.watch)
 main.add_command(audience.audience)
 main.add_command(workspaces.workspaces)
+main.add_command(status.status)

@@ -216,7 +216,10 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         writes = method not in READ_METHODS and method not in ADMIN_METHODS
         if self._tokens is None:
             return Caller(requested or DEFAULT_WORKSPACE, "admin", writes)
+        # For the access log, also of calls refused below: the workspace they were after.
+        note_workspace(requested)
         token = self._find(values.get("authorization", ""))
+        note_workspace(requested or token.workspace)
         needed = "admin" if method in ADMIN_METHODS else "write" if writes else "read"
         if _RANK[token.role] < _RANK[needed]:
             raise PermissionDenied(

@@ -300,13 +300,11 @@ def _final_code(context: Any, exc: BaseException | None) -> grpc.StatusCode:
     code = context.code()
     if code is not None:
         return code  # type: ignore[no-any-return]
-    if exc is None:
-        return grpc.StatusCode.OK
     if isinstance(exc, GeneratorExit | grpc.RpcError) or not context.is_active():
-        # The client went away: grpc closed the response stream, or the request stream
-        # raised.
+        # The client went away: grpc closed the response stream, the request stream raised,
+        # or a handler saw the call inactive and returned (a change-feed follower does).
         return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN
+    return grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
 
 
 def _details(context: Any) -> str:

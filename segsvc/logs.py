@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +24,22 @@ _STANDARD_ATTRIBUTES = frozenset(
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # The access log writes a line per call: the time text is made once per second.
+        self._second = -1
+        self._second_text = ""
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -41,10 +55,57 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes lines in batches: a record of WARNING or above is written
+    out at once (with all before it), the others at most FLUSH_SECONDS later. With an access
+    line per call, a write system call per line costs a short call a tenth of its time; a
+    process killed outright loses at most the last FLUSH_SECONDS of INFO lines."""
+
+    FLUSH_SECONDS = 0.1
+
+    def __init__(self) -> None:
+        # A buffer of our own over stderr's descriptor: sys.stderr writes out every line.
+        super().__init__(open(2, "w", buffering=1 << 16, closefd=False))  # noqa: SIM115
+        self._pending = False
+        self._stop = threading.Event()
+        threading.Thread(target=self._flush_often, name="segsvc-log-flush", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            with self.lock:  # type: ignore[union-attr]
+                self.stream.write(text + self.terminator)
+                if record.levelno >= logging.WARNING:
+                    self.stream.flush()
+                    self._pending = False
+                else:
+                    self._pending = True
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self.stream.flush()
+            self._pending = False
+
+    def _flush_often(self) -> None:
+        while not self._stop.wait(self.FLUSH_SECONDS):
+            if self._pending:
+                self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+        super().close()
+
+
 def configure_logging(level: str = "info", log_format: str = "text") -> None:
     """Sends every log record at `level` or above to stderr in `log_format` (text or json),
-    replacing any handler the root logger had."""
-    handler = logging.StreamHandler()
+    replacing any handler the root logger had. logging.shutdown() (at exit) writes out what
+    is still buffered."""
+    handler = BatchingStreamHandler()
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )

@@ -24,6 +24,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -184,7 +185,7 @@ class CallObserver(HandlerInterceptor):
 
     def __init__(self, rpc: RpcMetrics | None, access: bool) -> None:
         self._rpc = rpc
-        self._access = access
+        self._access_writer = _AccessWriter() if access else None
         self._methods: dict[str, _Method] = {}
 
     def wrap(
@@ -258,40 +259,175 @@ class CallObserver(HandlerInterceptor):
             method.received.inc(call.received)
             if call.sent:
                 method.sent.inc(call.sent)
-        if self._access:
+        if self._access_writer is not None:
             self._log(call, code, seconds)
 
     def _log(self, call: _Call, code: grpc.StatusCode, seconds: float) -> None:
         level = logging.ERROR if code in _SERVER_FAULTS else logging.INFO
-        if not access_log.isEnabledFor(level):
+        if self._access_writer is None or not access_log.isEnabledFor(level):
             return
-        method = call.method
+        notes = call.notes
+        line = AccessLine(
+            call.method,
+            code,
+            level,
+            time.time(),
+            seconds,
+            notes.workspace,
+            call.context.peer(),
+            (call.received, notes.items_in, call.sent, call.items_out),
+            "" if code is grpc.StatusCode.OK else _details(call.context),
+        )
+        if level >= logging.WARNING:
+            line.write()  # at once: an on-call engineer waits for these
+        else:
+            self._access_writer.add(line)
+
+    def flush(self) -> None:
+        """Writes the access lines still waiting (the writer does every 50 ms)."""
+        if self._access_writer is not None:
+            self._access_writer.drain()
+
+    def close(self) -> None:
+        """Writes the waiting access lines and stops the writer thread."""
+        if self._access_writer is not None:
+            self._access_writer.close()
+
+
+class AccessLine:
+    """The facts of one finished call, taken on its thread; made into a log record later."""
+
+    __slots__ = (
+        "at",
+        "code",
+        "counts",
+        "details",
+        "level",
+        "method",
+        "peer",
+        "seconds",
+        "workspace",
+    )
+
+    def __init__(
+        self,
+        method: _Method,
+        code: grpc.StatusCode,
+        level: int,
+        at: float,
+        seconds: float,
+        workspace: str,
+        peer: str,
+        counts: tuple[int, int, int, int],
+        details: str,
+    ) -> None:
+        self.method = method
+        self.code = code
+        self.level = level
+        self.at = at
+        self.seconds = seconds
+        self.workspace = workspace
+        self.peer = peer
+        self.counts = counts
+        self.details = details
+
+    def write(self) -> None:
+        method = self.method
+        msgs_in, items_in, msgs_out, items_out = self.counts
+        duration_ms = round(self.seconds * 1000, 3)
         fields: dict[str, Any] = {
             "rpc": method.short,
             "grpc_service": method.service,
             "grpc_method": method.name,
-            "grpc_code": code.name,
-            "duration_ms": round(seconds * 1000, 3),
-            "workspace": call.notes.workspace,
-            "peer": call.context.peer(),
-            "msgs_in": call.received,
-            "msgs_out": call.sent,
-            "items_in": call.notes.items_in,
-            "items_out": call.items_out,
+            "grpc_code": self.code.name,
+            "duration_ms": duration_ms,
+            "workspace": self.workspace,
+            "peer": self.peer,
+            "msgs_in": msgs_in,
+            "msgs_out": msgs_out,
+            "items_in": items_in,
+            "items_out": items_out,
         }
         text = (
-            f"{method.short} {code.name} {fields['duration_ms']:.2f} ms "
-            f"workspace={fields['workspace'] or '-'} peer={fields['peer']} "
-            f"in={call.received}/{call.notes.items_in} out={call.sent}/{call.items_out}"
+            f"{method.short} {self.code.name} {duration_ms:.2f} ms "
+            f"workspace={self.workspace or '-'} peer={self.peer} "
+            f"in={msgs_in}/{items_in} out={msgs_out}/{items_out}"
         )
-        if code is not grpc.StatusCode.OK:
-            details = _details(call.context)
-            error_id = internal_error_id(details)
+        if self.code is not grpc.StatusCode.OK:
+            error_id = internal_error_id(self.details)
             if error_id is not None:
                 fields["error_id"] = error_id
-            fields["error"] = redact(details)
+            fields["error"] = redact(self.details)
             text += f": {fields['error']}"
-        access_log.log(level, text, extra=fields)
+        access_log.handle(_record(self.level, self.at, text, fields))
+
+
+# What every access record shares (logger, process, source line: none), taken once from a
+# record LogRecord made: its constructor looks all that up again for every record, and would
+# cost a line a quarter of its time.
+_TEMPLATE = access_log.makeRecord(access_log.name, logging.INFO, "", 0, "", (), None).__dict__
+
+
+def _record(level: int, at: float, text: str, fields: dict[str, Any]) -> logging.LogRecord:
+    """An access record at `level`, of time `at` (when the call ended, not when the line is
+    written), message `text`, with `fields` as its extra attributes; sent straight to the
+    handlers (Logger.log would also walk the stack for a caller that says nothing here)."""
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    attributes = record.__dict__
+    attributes.update(_TEMPLATE)
+    attributes.update(fields)
+    attributes["msg"] = text
+    attributes["levelno"] = level
+    attributes["levelname"] = logging.getLevelName(level)
+    attributes["created"] = at
+    attributes["msecs"] = (at - int(at)) * 1000
+    attributes["relativeCreated"] = (
+        _TEMPLATE["relativeCreated"] + (at - _TEMPLATE["created"]) * 1000
+    )
+    return record
+
+
+class _AccessWriter:
+    """Writes the access lines of finished calls from a thread of its own, a batch every
+    WRITE_INTERVAL_SECONDS, so that a call pays an append to a queue and not the record, the
+    formatting and the write (measured in segsvc serve: about 100 us of CPU a line, a fifth
+    of a whole GetSegment call). A queue past MAX_WAITING is written by the calls themselves:
+    memory stays bounded when the writer cannot keep up."""
+
+    WRITE_INTERVAL_SECONDS = 0.05
+    MAX_WAITING = 50_000
+
+    def __init__(self) -> None:
+        self._waiting: deque[AccessLine] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="segsvc-access-log", daemon=True)
+        self._thread.start()
+
+    def add(self, line: AccessLine) -> None:
+        self._waiting.append(line)
+        if len(self._waiting) > self.MAX_WAITING:
+            self.drain()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                line = self._waiting.popleft()
+            except IndexError:
+                return
+            try:
+                line.write()
+            except Exception:
+                logging.getLogger(__name__).exception("writing an access-log line failed")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.WRITE_INTERVAL_SECONDS):
+            self.drain()
+        self.drain()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.drain()
 
 
 def _final_code(context: Any, exc: BaseException | None) -> grpc.StatusCode:

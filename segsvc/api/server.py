@@ -102,10 +102,14 @@ class SegsvcServer(grpc.Server):
         stopping: threading.Event,
         executor: ThreadPoolExecutor,
         metrics_http: MetricsHttp | None = None,
+        call_observer: CallObserver | None = None,
     ) -> None:
         self._inner = inner
         # The /metrics endpoint (None without --metrics-listen), stopped with the server.
         self.metrics_http = metrics_http
+        # The metrics and access-log interceptor (None when both are off); its last access
+        # lines are written when the server has stopped.
+        self.call_observer = call_observer
         self.port = port
         self.engine = engine
         self._owns_engine = owns_engine
@@ -180,6 +184,8 @@ class SegsvcServer(grpc.Server):
         except Exception:
             log.exception("stopping the server failed")
         finally:
+            if self.call_observer is not None:
+                self.call_observer.close()
             self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -204,20 +210,26 @@ def _finishes_by(work: Callable[[], object], deadline: float, name: str) -> bool
     return done.wait(max(0.0, deadline - time.monotonic()))
 
 
-def create_server(config: Config, engine: Engine | None = None) -> tuple[grpc.Server, int]:
+def create_server(
+    config: Config, engine: Engine | None = None, metrics: ServerMetrics | None = None
+) -> tuple[grpc.Server, int]:
     """A started server on `config.listen` (port 0 picks a free port) and the port bound.
     Without `engine`, the server opens one on config.data_dir and closes it on stop()."""
-    server = build_server(config, engine)
+    server = build_server(config, engine, metrics)
     return server, server.port
 
 
-def build_server(config: Config, engine: Engine | None = None) -> SegsvcServer:
-    """As create_server, returning the SegsvcServer (with .port, .engine, .health)."""
+def build_server(
+    config: Config, engine: Engine | None = None, metrics: ServerMetrics | None = None
+) -> SegsvcServer:
+    """As create_server, returning the SegsvcServer (with .port, .engine, .health). With
+    config.metrics_listen the server serves `metrics` (new ones when not given; an engine
+    given by the caller reports its timings to the observer it was made with, such as
+    `metrics.engine_observer`)."""
     tokens, credentials = check_startup(config)
     owns_engine = engine is None
-    metrics = ServerMetrics() if config.metrics_listen is not None else None
-    # A server that opens its engine feeds the engine's timings to its metrics; an engine
-    # given by the caller reports to whatever observer it was made with.
+    if metrics is None and config.metrics_listen is not None:
+        metrics = ServerMetrics()
     observer = metrics.engine_observer if metrics is not None else NO_OBSERVER
     running_engine = engine if engine is not None else Engine(config, observer=observer)
     try:
@@ -255,10 +267,13 @@ def _start(
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="segsvc-rpc")
     # Outermost of all: it sees every call's final status, whoever set it. Left out when it
     # has nothing to do, so that it costs nothing then.
-    observing: list[grpc.ServerInterceptor] = (  # type: ignore[type-arg]
-        [CallObserver(metrics.rpc if metrics is not None else None, config.access_log)]
+    call_observer = (
+        CallObserver(metrics.rpc if metrics is not None else None, config.access_log)
         if metrics is not None or config.access_log
-        else []
+        else None
+    )
+    observing: list[grpc.ServerInterceptor] = (  # type: ignore[type-arg]
+        [] if call_observer is None else [call_observer]
     )
     max_bytes = config.limits.max_message_bytes
     inner = grpc.server(
@@ -301,7 +316,15 @@ def _start(
     for service in ("", *SEGSVC_SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return SegsvcServer(
-        inner, port, engine, owns_engine, health_servicer, stopping, executor, metrics_http
+        inner,
+        port,
+        engine,
+        owns_engine,
+        health_servicer,
+        stopping,
+        executor,
+        metrics_http,
+        call_observer,
     )
 
 

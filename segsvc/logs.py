@@ -61,7 +61,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     line per call, a write system call per line costs a short call a tenth of its time; a
     process killed outright loses at most the last FLUSH_SECONDS of INFO lines."""
 
-    FLUSH_SECONDS = 0.1
+    FLUSH_SECONDS = 0.25
 
     def __init__(self) -> None:
         # A buffer of our own over stderr's descriptor: sys.stderr writes out every line.

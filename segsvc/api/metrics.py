@@ -284,7 +284,7 @@ class CallObserver(HandlerInterceptor):
             self._access_writer.add(line)
 
     def flush(self) -> None:
-        """Writes the access lines still waiting (the writer does every 50 ms)."""
+        """Writes the access lines still waiting (the writer does every quarter second)."""
         if self._access_writer is not None:
             self._access_writer.drain()
 
@@ -394,7 +394,7 @@ class _AccessWriter:
     of a whole GetSegment call). A queue past MAX_WAITING is written by the calls themselves:
     memory stays bounded when the writer cannot keep up."""
 
-    WRITE_INTERVAL_SECONDS = 0.05
+    WRITE_INTERVAL_SECONDS = 0.25
     MAX_WAITING = 50_000
 
     def __init__(self) -> None:

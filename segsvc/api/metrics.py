@@ -48,6 +48,7 @@ from segsvc.engine.engine import Engine
 from segsvc.engine.observer import EngineObserver, WorkspaceObserver
 
 access_log = logging.getLogger("segsvc.access")
+HEALTH_SERVICE = "grpc.health.v1.Health"
 
 # go-grpc-prometheus's spelling of status codes (codes.Code.String() in Go).
 GO_CODE_NAMES = {
@@ -123,6 +124,8 @@ class _Method:
         else:
             self.grpc_type = "server_stream" if handler.response_streaming else "unary"
         self.response_batch_fields = _response_batch_fields(service, name)
+        # Load balancers check health every few seconds: counted, but not access-logged.
+        self.logged = service != HEALTH_SERVICE
         self.rpc: RpcMetrics | None = None
         self._handled: dict[grpc.StatusCode, Any] = {}
 
@@ -156,11 +159,23 @@ def _response_batch_fields(service: str, name: str) -> tuple[str, ...]:
 class _Call:
     """One call under way: its counts, and its end."""
 
-    __slots__ = ("context", "items_out", "method", "notes", "received", "sent", "started")
+    __slots__ = (
+        "context",
+        "counting",
+        "items_out",
+        "method",
+        "notes",
+        "received",
+        "sent",
+        "started",
+    )
 
-    def __init__(self, method: _Method, context: grpc.ServicerContext) -> None:
+    def __init__(self, method: _Method, context: grpc.ServicerContext, counting: bool) -> None:
         self.method = method
         self.context = context
+        # Message counters move as messages pass, so a stream open for days shows its
+        # traffic while it runs.
+        self.counting = counting
         self.notes = CallNotes()
         self.received = 0
         self.sent = 0
@@ -170,10 +185,14 @@ class _Call:
     def requests(self, requests: Iterator[Any]) -> Iterator[Any]:
         for request in requests:
             self.received += 1
+            if self.counting:
+                self.method.received.inc()
             yield request
 
     def response(self, response: Any) -> Any:
         self.sent += 1
+        if self.counting:
+            self.method.sent.inc()
         for name in self.method.response_batch_fields:
             self.items_out += len(getattr(response, name))
         return response
@@ -208,17 +227,19 @@ class CallObserver(HandlerInterceptor):
             self._methods[full_method] = method
         return method
 
-    def _begin(self, method: _Method, request: Any, context: grpc.ServicerContext) -> _Call:
-        call = _Call(method, context)
+    def _begin(self, method: _Method, context: grpc.ServicerContext) -> _Call:
+        call = _Call(method, context, counting=self._rpc is not None)
         if self._rpc is not None:
             method.started.inc()
         if not method.request_streaming:
             call.received = 1
+            if self._rpc is not None:
+                method.received.inc()
         return call
 
     def _unary(self, method: _Method, behaviour: Behaviour) -> Behaviour:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
-            call = self._begin(method, request, context)
+            call = self._begin(method, context)
             if method.request_streaming:
                 request = call.requests(request)
             scope = open_notes(call.notes)
@@ -235,7 +256,7 @@ class CallObserver(HandlerInterceptor):
 
     def _streaming(self, method: _Method, behaviour: StreamBehaviour) -> StreamBehaviour:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            call = self._begin(method, request, context)
+            call = self._begin(method, context)
             if method.request_streaming:
                 request = call.requests(request)
             scope = open_notes(call.notes)
@@ -256,10 +277,7 @@ class CallObserver(HandlerInterceptor):
         if self._rpc is not None:
             method.handled(code).inc()
             method.handling.observe(seconds)
-            method.received.inc(call.received)
-            if call.sent:
-                method.sent.inc(call.sent)
-        if self._access_writer is not None:
+        if self._access_writer is not None and method.logged:
             self._log(call, code, seconds)
 
     def _log(self, call: _Call, code: grpc.StatusCode, seconds: float) -> None:
@@ -425,6 +443,7 @@ class _AccessWriter:
         self.drain()
 
     def close(self) -> None:
+        """Writes what waits and stops the thread; closing again does nothing more."""
         self._stop.set()
         self._thread.join(timeout=5)
         self.drain()

@@ -167,6 +167,9 @@ class SegsvcServer(grpc.Server):
                     STOP_DEADLINE_SECONDS,
                     grace or 0.0,
                 )
+            if self.call_observer is not None:
+                # The access lines of the calls before what the engine logs as it closes.
+                self.call_observer.close()
             if not self._owns_engine:
                 return
             if ended:

@@ -284,14 +284,14 @@ def main() -> None:
         help="only the cost of metrics and the access log over gRPC (--people, no events)",
     )
     parser.add_argument("--serve", metavar="PATH", help=argparse.SUPPRESS)
-    parser.add_argument("--ops", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ops", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--now", type=int, default=NOW, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
     if args.serve:
-        serve_child(args.serve, args.now, args.ops)
+        serve_child(args.serve, args.now, None if args.ops is None else args.ops == "on")
         return
     random.seed(args.seed)
     if args.bulk_only:

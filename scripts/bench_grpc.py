@@ -37,24 +37,26 @@ from segsvc.engine.observer import NO_OBSERVER
 from segsvc.engine.people import PersonUpsert
 
 
-def serve_child(path: str, now: int, ops: bool = False) -> None:
+def serve_child(path: str, now: int, ops: bool | None = None) -> None:
     """Runs in a fresh process: a real server over the stored state until stdin closes, on
     a clock fixed at `now` (the data's time: events of the last 90 days before gen_data.NOW
-    would be past the event retention on today's clock). `ops`: with Prometheus metrics
+    would be past the event retention on today's clock). `ops` True: with Prometheus metrics
     (engine timings included) and the access log, as `segsvc serve --metrics-listen` runs;
-    without, neither. Logging goes to stderr as JSON at INFO either way."""
+    False: neither, but logging as with them (JSON at INFO to stderr); None: neither, and
+    only warnings logged (the other phases' servers)."""
     from segsvc.api.metrics import ServerMetrics
     from segsvc.api.server import create_server  # type: ignore[import-not-found, unused-ignore]
     from segsvc.logs import configure_logging
 
-    configure_logging("info", "json")
+    if ops is not None:
+        configure_logging("info", "json")
     t0 = time.perf_counter()
     config = Config(
         data_dir=Path(path),
         map_size=MAP_SIZE,
         listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0" if ops else None,
-        access_log=ops,
+        access_log=bool(ops),
     )
     metrics = ServerMetrics() if ops else None
     observer = metrics.engine_observer if metrics is not None else NO_OBSERVER
@@ -234,13 +236,14 @@ def _event_to_proto(event: EventInput) -> Any:
 
 
 def start_server(
-    path: Path, now: int, ops: bool = False, log: Path | None = None
+    path: Path, now: int, ops: bool | None = None, log: Path | None = None
 ) -> tuple[subprocess.Popen[str], int]:
-    """A server child (serve_child) over `path`; its log goes to `log` (else inherited)."""
+    """A server child (serve_child) over `path`, `ops` as there; its log goes to `log`
+    (else inherited)."""
     command = [sys.executable, BENCH_SCRIPT, "--serve", str(path), "--now", str(now)]
     with open(log, "ab") if log is not None else contextlib.nullcontext() as stderr:
         proc = subprocess.Popen(
-            [*command, *(["--ops"] if ops else [])],
+            [*command, *([] if ops is None else ["--ops", "on" if ops else "off"])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,

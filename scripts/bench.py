@@ -50,6 +50,7 @@ import gen_data
 from bench_cli import bench_cli_import
 from bench_grpc import bench_grpc, bench_simple_load, serve_child
 from bench_imports import bench_file_imports
+from bench_ops import bench_ops_overhead
 from bench_reads import bench_audience, bench_counts, bench_create, bench_event_segments
 from bench_report import Report, Row, describe, machine, ms, rate, revision, verdict
 from bench_setup import WORKSPACE, Setup, build, child, open_engine, verify
@@ -209,6 +210,8 @@ def run(args: argparse.Namespace) -> Report:
                 print("checking counts after the events tracked over gRPC ...", flush=True)
                 compiler = setup.compiler(setup.clock.now())
                 report.mismatches += verify(setup, compiler, "after gRPC events")[0]
+            print("metrics and access log on vs off through servers ...", flush=True)
+            guarded(setup, report, "ops overhead phase", lambda: bench_ops_overhead(setup, report))
         if args.cli:
             print("importing members with the CLI into segsvc serve ...", flush=True)
             guarded(setup, report, "CLI phase", lambda: bench_cli_import(setup, report, args.seed))
@@ -218,6 +221,23 @@ def run(args: argparse.Namespace) -> Report:
         if not args.data and not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     return report
+
+
+def ops_only(args: argparse.Namespace) -> int:
+    """--ops-only: both systems loaded without events, then only the ops-overhead phase."""
+    report = Report()
+    people = 50_000 if args.quick else args.people
+    specs = gen_data.segments(args.segments, args.seed, events=0)
+    print(f"machine: {machine()}\ncode: {revision()}")
+    with tempfile.TemporaryDirectory(prefix="segsvc-ops-") as tmp:
+        print(f"loading {people:,} people and {len(specs)} segments ...", flush=True)
+        setup = build(people, specs, Path(tmp), args.seed)
+        print("metrics and access log on vs off through servers ...", flush=True)
+        bench_ops_overhead(setup, report)
+        setup.engine.close(checkpoint=False)
+        setup.con.close()
+    report.print(f"ops overhead, {people:,} people, {len(specs)} segments\nmachine: {machine()}")
+    return 1 if report.mismatches else 0
 
 
 def main() -> None:
@@ -266,14 +286,20 @@ def main() -> None:
     parser.add_argument("--data", help="keep the data here instead of a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ops-only",
+        action="store_true",
+        help="only the cost of metrics and the access log over gRPC (--people, no events)",
+    )
     parser.add_argument("--serve", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--ops", choices=["on", "off"], help=argparse.SUPPRESS)
     parser.add_argument("--now", type=int, default=NOW, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
     if args.serve:
-        serve_child(args.serve, args.now)
+        serve_child(args.serve, args.now, None if args.ops is None else args.ops == "on")
         return
     random.seed(args.seed)
     if args.bulk_only:
@@ -293,6 +319,8 @@ def main() -> None:
             f"machine: {machine()}"
         )
         sys.exit(1 if report.mismatches else 0)
+    if args.ops_only:
+        sys.exit(ops_only(args))
     started = time.perf_counter()
     code_at_start = revision()
     report = run(args)

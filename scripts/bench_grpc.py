@@ -5,6 +5,7 @@ DuckDB inserting the same rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -32,20 +33,36 @@ from segsvc.config import Config
 from segsvc.engine.clock import FakeClock
 from segsvc.engine.events import EventInput
 from segsvc.engine.model import AudienceSpec
+from segsvc.engine.observer import NO_OBSERVER
 from segsvc.engine.people import PersonUpsert
 
 
-def serve_child(path: str, now: int) -> None:
+def serve_child(path: str, now: int, ops: bool | None = None) -> None:
     """Runs in a fresh process: a real server over the stored state until stdin closes, on
     a clock fixed at `now` (the data's time: events of the last 90 days before gen_data.NOW
-    would be past the event retention on today's clock)."""
+    would be past the event retention on today's clock). `ops` True: with Prometheus metrics
+    (engine timings included) and the access log, as `segsvc serve --metrics-listen` runs;
+    False: neither, but logging as with them (JSON at INFO to stderr); None: neither, and
+    only warnings logged (the other phases' servers)."""
+    from segsvc.api.metrics import ServerMetrics
     from segsvc.api.server import create_server  # type: ignore[import-not-found, unused-ignore]
+    from segsvc.logs import configure_logging
 
+    if ops is not None:
+        configure_logging("info", "json")
     t0 = time.perf_counter()
-    config = Config(data_dir=Path(path), map_size=MAP_SIZE, listen="127.0.0.1:0")
-    engine = open_engine(Path(path), FakeClock(now))
+    config = Config(
+        data_dir=Path(path),
+        map_size=MAP_SIZE,
+        listen="127.0.0.1:0",
+        metrics_listen="127.0.0.1:0" if ops else None,
+        access_log=bool(ops),
+    )
+    metrics = ServerMetrics() if ops else None
+    observer = metrics.engine_observer if metrics is not None else NO_OBSERVER
+    engine = open_engine(Path(path), FakeClock(now), observer)
     # create_server hands back a started server.
-    server, port = create_server(config, engine)
+    server, port = create_server(config, engine, metrics)
     print(json.dumps({"port": port, "ready": time.perf_counter() - t0}), flush=True)
     sys.stdin.read()
     me = psutil.Process()
@@ -96,7 +113,7 @@ def bench_grpc(setup: Setup, report: Report, everyone: int, stream_events: int) 
             )
             for i in range(0, len(streamed), per_request)
         ]
-    proc, port = _start_server(setup.data_dir / "segsvc", now)
+    proc, port = start_server(setup.data_dir / "segsvc", now)
     try:
         channel = grpc.insecure_channel(
             f"127.0.0.1:{port}",
@@ -185,7 +202,7 @@ def bench_grpc(setup: Setup, report: Report, everyone: int, stream_events: int) 
                 )
         channel.close()
     finally:
-        _stop_server(proc, report)
+        stop_server(proc, report)
     if streamed:
         # The same events into DuckDB, so that the counts can be checked once more.
         compiler = setup.compiler(now)
@@ -218,13 +235,20 @@ def _event_to_proto(event: EventInput) -> Any:
     return msg
 
 
-def _start_server(path: Path, now: int) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, BENCH_SCRIPT, "--serve", str(path), "--now", str(now)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def start_server(
+    path: Path, now: int, ops: bool | None = None, log: Path | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    """A server child (serve_child) over `path`, `ops` as there; its log goes to `log`
+    (else inherited)."""
+    command = [sys.executable, BENCH_SCRIPT, "--serve", str(path), "--now", str(now)]
+    with open(log, "ab") if log is not None else contextlib.nullcontext() as stderr:
+        proc = subprocess.Popen(
+            [*command, *([] if ops is None else ["--ops", "on" if ops else "off"])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -233,7 +257,7 @@ def _start_server(path: Path, now: int) -> tuple[subprocess.Popen[str], int]:
     return proc, int(json.loads(line)["port"])
 
 
-def _stop_server(proc: subprocess.Popen[str], report: Report | None) -> None:
+def stop_server(proc: subprocess.Popen[str], report: Report | None) -> None:
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.close()
     try:
@@ -255,7 +279,7 @@ def _stop_server(proc: subprocess.Popen[str], report: Report | None) -> None:
         proc.wait(timeout=120)
 
 
-def _to_proto(upsert: PersonUpsert) -> Any:
+def upsert_to_proto(upsert: PersonUpsert) -> Any:
     from google.protobuf.timestamp_pb2 import Timestamp as ProtoTimestamp
 
     from segsvc.api.convert import value_to_proto
@@ -346,7 +370,7 @@ def bench_simple_load(report: Report, count: int, root: Path, per_request: int =
     }
     few = count // 5
     per_message = [
-        people_pb2.StreamUpsertPeopleRequest(people=[_to_proto(u) for u in b])
+        people_pb2.StreamUpsertPeopleRequest(people=[upsert_to_proto(u) for u in b])
         for b in gen_data.simple_people(few, chunk=1000)
     ]
     del versions, duck
@@ -356,7 +380,7 @@ def bench_simple_load(report: Report, count: int, root: Path, per_request: int =
         ("server", (("columns", requests[0]), ("re-import", requests[1]))),
         ("server-messages", (("messages", per_message),)),
     ):
-        proc, port = _start_server(root / folder, NOW)
+        proc, port = start_server(root / folder, NOW)
         try:
             channel = grpc.insecure_channel(
                 f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 256 * 2**20)]
@@ -369,7 +393,7 @@ def bench_simple_load(report: Report, count: int, root: Path, per_request: int =
                 )
             channel.close()
         finally:
-            _stop_server(proc, None)
+            stop_server(proc, None)
     for name, want, field_name in (
         ("columns", count, "created"),
         ("re-import", count, "updated"),

@@ -26,6 +26,7 @@ from segsvc.engine.clock import FakeClock
 from segsvc.engine.engine import Engine
 from segsvc.engine.events import EventInput
 from segsvc.engine.model import PersonKey
+from segsvc.engine.observer import NO_OBSERVER, EngineObserver
 from segsvc.engine.workspace import Workspace
 
 WORKSPACE = "default"
@@ -70,8 +71,8 @@ class Setup:
         return peer.SqlCompiler(self.specs, NOW if now is None else now)
 
 
-def open_engine(data_dir: Path, clock: FakeClock) -> Engine:
-    return Engine(Config(data_dir=data_dir, map_size=MAP_SIZE), clock)
+def open_engine(data_dir: Path, clock: FakeClock, observer: EngineObserver = NO_OBSERVER) -> Engine:
+    return Engine(Config(data_dir=data_dir, map_size=MAP_SIZE), clock, observer)
 
 
 def is_event_spec(spec: SegmentSpec) -> bool:

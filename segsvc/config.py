@@ -72,4 +72,8 @@ class Config:
     tokens_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # HOST:PORT of the Prometheus /metrics endpoint; None: no metrics.
+    metrics_listen: str | None = None
+    # One log line per call on the `segsvc.access` logger.
+    access_log: bool = True
     limits: Limits = field(default_factory=Limits)

@@ -25,7 +25,8 @@ from typing import Any
 
 import grpc
 
-from segsvc.api.interception import Behaviour, StreamBehaviour, rewrap
+from segsvc.api.calls import note_workspace
+from segsvc.api.interception import Behaviour, StreamBehaviour, rewrap, steps_in
 from segsvc.config import DEFAULT_WORKSPACE
 from segsvc.engine.errors import PermissionDenied, Unauthenticated
 from segsvc.tokens_file import Role, Token
@@ -50,7 +51,12 @@ READ_METHODS = frozenset(
     }
 )
 # Calls about the whole server rather than one workspace: admin tokens only.
-ADMIN_METHODS = frozenset({"/segsvc.v1.WorkspacesService/ListWorkspaces"})
+ADMIN_METHODS = frozenset(
+    {
+        "/segsvc.v1.WorkspacesService/ListWorkspaces",
+        "/segsvc.v1.WorkspacesService/GetServerStatus",
+    }
+)
 # Load balancers and grpcurl-style tools use these without credentials.
 PUBLIC_SERVICES = (
     "/grpc.health.v1.Health/",
@@ -108,6 +114,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
         def scope() -> contextvars.Context:
             caller = self.authorize(method, metadata)
+            note_workspace(caller.workspace)
             context = contextvars.copy_context()
             context.run(_caller.set, caller)
             return context
@@ -121,18 +128,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def streaming(behaviour: StreamBehaviour) -> StreamBehaviour:
             def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 call_scope = scope()
-                responses = call_scope.run(behaviour, request, context)
-                try:
-                    while True:
-                        try:
-                            response = call_scope.run(next, responses)
-                        except StopIteration:
-                            return
-                        yield response
-                finally:
-                    close = getattr(responses, "close", None)
-                    if close is not None:
-                        call_scope.run(close)
+                yield from steps_in(call_scope, call_scope.run(behaviour, request, context))
 
             return run
 
@@ -145,7 +141,10 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         writes = method not in READ_METHODS and method not in ADMIN_METHODS
         if self._tokens is None:
             return Caller(requested or DEFAULT_WORKSPACE, "admin", writes)
+        # For the access log, also of calls refused below: the workspace they were after.
+        note_workspace(requested)
         token = self._find(values.get("authorization", ""))
+        note_workspace(requested or token.workspace)
         needed = "admin" if method in ADMIN_METHODS else "write" if writes else "read"
         if _RANK[token.role] < _RANK[needed]:
             raise PermissionDenied(

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, descriptor_pool, message, message_factory
 
+from segsvc.api.calls import note_items_in
 from segsvc.api.interception import HandlerInterceptor, rewrap_requests
 from segsvc.config import Limits
 from segsvc.engine import conditions
@@ -167,6 +168,8 @@ class RequestDecoder:
     limits: Limits
     # Top-level fields holding a condition tree: field number -> field name (the path).
     tree_fields: dict[int, str]
+    # Top-level repeated fields: their lengths are the request's items in the access log.
+    batch_fields: tuple[str, ...] = ()
 
     @staticmethod
     def for_type(message_type: descriptor.Descriptor, limits: Limits) -> RequestDecoder:
@@ -181,7 +184,10 @@ class RequestDecoder:
                 f"{message_type.full_name}.{f.name} holds a condition tree below the top "
                 "level: teach decoding.RequestDecoder to find it"
             )
-        return RequestDecoder(message_factory.GetMessageClass(message_type), limits, tree_fields)
+        batch_fields = tuple(f.name for f in message_type.fields if f.is_repeated)
+        return RequestDecoder(
+            message_factory.GetMessageClass(message_type), limits, tree_fields, batch_fields
+        )
 
     @property
     def type_name(self) -> str:
@@ -199,12 +205,15 @@ class RequestDecoder:
                     f"at most {self.limits.max_definition_bytes}"
                 )
         try:
-            return self.message_class.FromString(data)
+            decoded = self.message_class.FromString(data)
         except message.Error as exc:
             raise InvalidArgument(
                 f"{which} is not a {self.type_name} message ({exc}): is the client built "
                 "from the same segsvc .proto files?"
             ) from None
+        if self.batch_fields:
+            note_items_in(sum(len(getattr(decoded, name)) for name in self.batch_fields))
+        return decoded
 
     def _check_trees(self, data: bytes) -> None:
         counter = _TreeCounter(data, self.limits)

@@ -10,6 +10,7 @@ traceback under the same id, and nothing of the exception text leaves the server
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any, NoReturn
@@ -83,10 +84,24 @@ def abort_for(exc: Exception, context: grpc.ServicerContext, method: str) -> NoR
     if code is not None:
         context.abort(code, _bounded(str(exc)))
     error_id = uuid.uuid4().hex[:12]
-    log.error("internal error %s in %s", error_id, method, exc_info=exc)
-    context.abort(
-        grpc.StatusCode.INTERNAL, f"internal error; see the server log (error id {error_id})"
+    log.error(
+        "internal error %s in %s",
+        error_id,
+        method,
+        exc_info=exc,
+        extra={"error_id": error_id, "rpc": method},
     )
+    context.abort(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE.format(error_id=error_id))
+
+
+_INTERNAL_MESSAGE = "internal error; see the server log (error id {error_id})"
+_INTERNAL_ID = re.compile(r"\(error id ([0-9a-f]{12})\)$")
+
+
+def internal_error_id(details: str) -> str | None:
+    """The error id in the message of an INTERNAL this interceptor sent (None in another)."""
+    found = _INTERNAL_ID.search(details)
+    return found.group(1) if found else None
 
 
 def bad_request_status(exc: errors.InvalidArgument) -> status_pb2.Status:

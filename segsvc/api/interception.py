@@ -10,6 +10,7 @@ message, or an iterator of them).
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -89,3 +90,19 @@ def rewrap_requests(
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, stream), **common)
     raise AssertionError("a method handler without a behaviour")
+
+
+def steps_in(scope: contextvars.Context, responses: Iterator[Any]) -> Iterator[Any]:
+    """`responses` with each step (and the close) run in `scope`: a streamed response's
+    handler code runs at every step, so a per-call context must be entered at every step."""
+    try:
+        while True:
+            try:
+                response = scope.run(next, responses)
+            except StopIteration:
+                return
+            yield response
+    finally:
+        close = getattr(responses, "close", None)
+        if close is not None:
+            scope.run(close)

@@ -34,12 +34,15 @@ from segsvc.api.auth import AuthInterceptor
 from segsvc.api.changes import ChangesServicer
 from segsvc.api.decoding import DecodingInterceptor
 from segsvc.api.errors import ErrorInterceptor
+from segsvc.api.metrics import CallObserver, MetricsHttp, ServerMetrics, start_metrics_http
 from segsvc.api.people import PeopleServicer
 from segsvc.api.reflection import enable_reflection
 from segsvc.api.segments import SegmentsServicer
 from segsvc.api.workspaces import WorkspacesServicer
 from segsvc.config import Config
 from segsvc.engine.engine import Engine
+from segsvc.engine.observer import NO_OBSERVER
+from segsvc.logs import configure_logging
 from segsvc.sizes import approximate_size, format_size
 from segsvc.storage.errors import StorageError
 from segsvc.storage.store import DATA_FILE, MiB, check_not_in_use, reserve_for
@@ -105,8 +108,15 @@ class SegsvcServer(grpc.Server):
         health_servicer: health.HealthServicer,
         stopping: threading.Event,
         executor: ThreadPoolExecutor,
+        metrics_http: MetricsHttp | None = None,
+        call_observer: CallObserver | None = None,
     ) -> None:
         self._inner = inner
+        # The /metrics endpoint (None without --metrics-listen), stopped with the server.
+        self.metrics_http = metrics_http
+        # The metrics and access-log interceptor (None when both are off); its last access
+        # lines are written when the server has stopped.
+        self.call_observer = call_observer
         self.port = port
         self.engine = engine
         self._owns_engine = owns_engine
@@ -148,6 +158,8 @@ class SegsvcServer(grpc.Server):
 
     def _stop_by_deadline(self, grace: float | None) -> None:
         try:
+            if self.metrics_http is not None:
+                self.metrics_http.stop()
             calls_deadline = time.monotonic() + (grace or 0.0) + STOP_DEADLINE_SECONDS
             ended = _finishes_by(
                 lambda: self._inner.stop(grace).wait(), calls_deadline, "grpc-stop"
@@ -165,6 +177,9 @@ class SegsvcServer(grpc.Server):
                     STOP_DEADLINE_SECONDS,
                     grace or 0.0,
                 )
+            if self.call_observer is not None:
+                # The access lines of the calls before what the engine logs as it closes.
+                self.call_observer.close()
             if not self._owns_engine:
                 return
             checkpointed: list[bool] = []
@@ -186,6 +201,8 @@ class SegsvcServer(grpc.Server):
         except Exception:
             log.exception("stopping the server failed")
         finally:
+            if self.call_observer is not None:
+                self.call_observer.close()
             self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -210,21 +227,30 @@ def _finishes_by(work: Callable[[], object], deadline: float, name: str) -> bool
     return done.wait(max(0.0, deadline - time.monotonic()))
 
 
-def create_server(config: Config, engine: Engine | None = None) -> tuple[grpc.Server, int]:
+def create_server(
+    config: Config, engine: Engine | None = None, metrics: ServerMetrics | None = None
+) -> tuple[grpc.Server, int]:
     """A started server on `config.listen` (port 0 picks a free port) and the port bound.
     Without `engine`, the server opens one on config.data_dir and closes it on stop()."""
-    server = build_server(config, engine)
+    server = build_server(config, engine, metrics)
     return server, server.port
 
 
-def build_server(config: Config, engine: Engine | None = None) -> SegsvcServer:
-    """As create_server, returning the SegsvcServer (with .port, .engine, .health)."""
+def build_server(
+    config: Config, engine: Engine | None = None, metrics: ServerMetrics | None = None
+) -> SegsvcServer:
+    """As create_server, returning the SegsvcServer (with .port, .engine, .health). With
+    config.metrics_listen the server serves `metrics` (new ones when not given; an engine
+    given by the caller reports its timings to the observer it was made with, such as
+    `metrics.engine_observer`)."""
     tokens, credentials = check_startup(config)
-    auth = AuthInterceptor(tokens)
-    bound = _bind_server(config, auth, credentials)
+    if metrics is None and config.metrics_listen is not None:
+        metrics = ServerMetrics()
+    observer = metrics.engine_observer if metrics is not None else NO_OBSERVER
+    bound = _bind_server(config, AuthInterceptor(tokens), credentials, metrics)
     owns_engine = engine is None
     try:
-        running_engine = engine if engine is not None else Engine(config)
+        running_engine = engine if engine is not None else Engine(config, observer=observer)
     except BaseException:
         bound.release()
         raise
@@ -242,7 +268,12 @@ def check_startup(config: Config) -> tuple[list[Token] | None, grpc.ServerCreden
     ServerConfigError / TokensFileError saying what to change."""
     tokens = load_tokens(config.tokens_file) if config.tokens_file is not None else None
     check_listen_address(config.listen, authenticated=tokens is not None)
-    return tokens, _tls_credentials(config)
+    credentials = _tls_credentials(config)
+    if config.metrics_listen is not None:
+        check_metrics_address(
+            config.metrics_listen, guarded=tokens is not None or credentials is not None
+        )
+    return tokens, credentials
 
 
 @dataclass
@@ -250,25 +281,44 @@ class _BoundServer:
     """A grpc server holding its port, not yet started: no servicer, nobody answered.
     Binding comes before the engine opens the data, so a taken port refuses the start before
     anything is created on disk; connections that arrive while the engine loads wait in the
-    listen backlog rather than being refused."""
+    listen backlog rather than being refused. The metrics endpoint, when asked for, is
+    already up (an empty scrape until the engine is watched)."""
 
     inner: grpc.Server
     executor: ThreadPoolExecutor
     port: int
+    metrics: ServerMetrics | None = None
+    call_observer: CallObserver | None = None
+    metrics_http: MetricsHttp | None = None
 
     def release(self) -> None:
         """Lets go of the port of a server that will never serve. grpc frees the port of a
         server that was never started only when the process ends, so it is started, with
         nothing to serve (a caller in that instant gets UNIMPLEMENTED), and stopped at once."""
+        if self.metrics_http is not None:
+            self.metrics_http.stop()
         self.inner.start()
         self.inner.stop(None).wait()
         self.executor.shutdown(wait=False)
 
 
 def _bind_server(
-    config: Config, auth: AuthInterceptor, credentials: grpc.ServerCredentials | None
+    config: Config,
+    auth: AuthInterceptor,
+    credentials: grpc.ServerCredentials | None,
+    metrics: ServerMetrics | None,
 ) -> _BoundServer:
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="segsvc-rpc")
+    # Outermost of all: it sees every call's final status, whoever set it. Left out when it
+    # has nothing to do, so that it costs nothing then.
+    call_observer = (
+        CallObserver(metrics.rpc if metrics is not None else None, config.access_log)
+        if metrics is not None or config.access_log
+        else None
+    )
+    observing: list[grpc.ServerInterceptor] = (  # type: ignore[type-arg]
+        [] if call_observer is None else [call_observer]
+    )
     max_bytes = config.limits.max_message_bytes
     inner = grpc.server(
         executor,
@@ -276,6 +326,7 @@ def _bind_server(
         # admission comes after auth, so refused callers take no stream slot; requests are
         # parsed innermost, so nobody unauthenticated or refused gets anything parsed.
         interceptors=[
+            *observing,
             ErrorInterceptor(),
             auth,
             StreamAdmission(stream_budget(config.workers)),
@@ -293,7 +344,14 @@ def _bind_server(
     except BaseException:
         executor.shutdown(wait=False)
         raise
-    return _BoundServer(inner, executor, port)
+    bound = _BoundServer(inner, executor, port, metrics, call_observer)
+    if metrics is not None and config.metrics_listen is not None:
+        try:
+            bound.metrics_http = _serve_metrics(config, metrics)
+        except BaseException:
+            bound.release()
+            raise
+    return bound
 
 
 def _start(config: Config, engine: Engine, owns_engine: bool, bound: _BoundServer) -> SegsvcServer:
@@ -309,13 +367,41 @@ def _start(config: Config, engine: Engine, owns_engine: bool, bound: _BoundServe
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
     enable_reflection(inner, (*SEGSVC_SERVICES, health.SERVICE_NAME))
+    if bound.metrics is not None:
+        bound.metrics.watch(engine)
     inner.start()
     # Ready: the engine finished loading before the server was built.
     for service in ("", *SEGSVC_SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     return SegsvcServer(
-        inner, bound.port, engine, owns_engine, health_servicer, stopping, bound.executor
+        inner,
+        bound.port,
+        engine,
+        owns_engine,
+        health_servicer,
+        stopping,
+        bound.executor,
+        bound.metrics_http,
+        bound.call_observer,
     )
+
+
+def _serve_metrics(config: Config, metrics: ServerMetrics) -> MetricsHttp:
+    """The /metrics endpoint on config.metrics_listen: HTTPS with the server's certificate
+    when it has one."""
+    assert config.metrics_listen is not None
+    host, port = split_listen(config.metrics_listen)
+    tls = (
+        (str(config.tls_cert), str(config.tls_key))
+        if config.tls_cert is not None and config.tls_key is not None
+        else None
+    )
+    try:
+        return start_metrics_http(host, int(port), metrics.registry, tls)
+    except OSError as exc:
+        raise ServerConfigError(
+            f"cannot serve metrics on {config.metrics_listen}: {exc.strerror or exc}"
+        ) from None
 
 
 def _bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -350,6 +436,19 @@ def check_listen_address(listen: str, authenticated: bool) -> None:
     raise ServerConfigError(
         f"refusing to listen on {listen} without authentication: anyone on the network "
         "could read and change every segment. Give a tokens file, or listen on 127.0.0.1"
+    )
+
+
+def check_metrics_address(listen: str, guarded: bool) -> None:
+    """/metrics tells workspace names and sizes to whoever connects: beyond this machine only
+    on a server that guards its data (tokens or TLS) anyway."""
+    host, _ = split_listen(listen)
+    if guarded or _is_loopback(host):
+        return
+    raise ServerConfigError(
+        f"refusing to serve metrics on {listen} without tokens or TLS: workspace names and "
+        "sizes would be open to the network. Give a tokens file or TLS, or use "
+        "--metrics-listen 127.0.0.1:PORT"
     )
 
 
@@ -518,21 +617,24 @@ def serve(config: Config) -> None:
     does the engine create or open the data directory."""
     started = time.monotonic()
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging()
+    metrics = ServerMetrics() if config.metrics_listen is not None else None
     try:
         tokens, credentials = check_startup(config)
         check_data_dir(config.data_dir, config.map_size)
         # The probe names the usual mistake (a port in use) better than grpc's bind would.
         check_port_free(config.listen)
+        if config.metrics_listen is not None:
+            check_port_free(config.metrics_listen)
         auth = AuthInterceptor(tokens)
-        bound = _bind_server(config, auth, credentials)
+        bound = _bind_server(config, auth, credentials, metrics)
     except (ServerConfigError, TokensFileError, StorageError) as exc:
         _refuse(exc)
     signal.signal(signal.SIGHUP, lambda signum, frame: reload_tokens(auth, config.tokens_file))
     try:
-        engine = Engine(config)
+        engine = Engine(
+            config, observer=metrics.engine_observer if metrics is not None else NO_OBSERVER
+        )
     except StorageError as exc:
         # Not bound.release(): the port goes with the process, without ever answering.
         _refuse(exc)
@@ -565,6 +667,14 @@ def serve(config: Config) -> None:
                 ready_seconds=time.monotonic() - started,
             ),
         )
+        if server.metrics_http is not None:
+            metrics_host, _ = split_listen(str(config.metrics_listen))
+            scheme = "http" if config.tls_cert is None else "https"
+            print(
+                f"segsvc metrics on {scheme}://{metrics_host}:{server.metrics_http.port}/metrics",
+                file=sys.stderr,
+                flush=True,
+            )
         # A timed wait, so the main thread wakes for the signal handler on every platform.
         while not shutdown.wait(1.0):
             pass

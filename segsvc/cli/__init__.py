@@ -23,6 +23,7 @@ from segsvc.cli import (
     people,
     segments,
     serve,
+    status,
     tokens,
     watch,
     workspaces,
@@ -117,3 +118,4 @@ main.add_command(watch.watch)
 main.add_command(audience.audience)
 main.add_command(workspaces.workspaces)
 main.add_command(tokens.tokens)
+main.add_command(status.status)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -11,6 +10,7 @@ import click
 
 from segsvc.cli.output import EXIT_ERROR
 from segsvc.config import DEFAULT_DATA, DEFAULT_LISTEN, Config
+from segsvc.logs import LOG_FORMATS, configure_logging
 from segsvc.sizes import format_size, parse_size
 
 MiB = 1 << 20
@@ -79,7 +79,8 @@ def _option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     """A `serve` option that can also come from the environment: SEGSVC_ and its long name
     in upper snake case (--map-size: SEGSVC_MAP_SIZE), shown in --help. The command line
     wins over the environment (click's order)."""
-    long_name = next(decl for decl in decls if decl.startswith("--"))
+    # A flag pair ("--access-log/--no-access-log") is named by its first half.
+    long_name = next(decl for decl in decls if decl.startswith("--")).split("/")[0]
     envvar = "SEGSVC_" + long_name.removeprefix("--").replace("-", "_").upper()
     return click.option(*decls, envvar=envvar, show_envvar=True, **attrs)
 
@@ -177,6 +178,25 @@ def _option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     default="info",
     show_default=True,
 )
+@_option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="json: one JSON object a line (time, level, logger, message and fields).",
+)
+@_option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="One line per call on the segsvc.access logger (never tokens or people's data).",
+)
+@_option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (https with --tls-cert). "
+    "Off by default; beyond loopback only with tokens or TLS.",
+)
 def serve(
     data: Path,
     listen: str,
@@ -193,6 +213,9 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     log_level: str,
+    log_format: str,
+    access_log: bool,
+    metrics_listen: str | None,
 ) -> None:
     """Run the server in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads the tokens
     file. Every option can also be set by the environment variable shown with it; the
@@ -220,10 +243,10 @@ def serve(
         tokens_file=tokens_file,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        metrics_listen=metrics_listen,
+        access_log=access_log,
     )
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level, log_format)
     # Imported only here: the client commands must not load the engine, LMDB and bitmaps,
     # and a client-only install (`pip install segsvc`) has none of them.
     try:

@@ -146,6 +146,11 @@ class Audiences:
                 out.append({n: attributes[n] for n in names if n in attributes})
         return out
 
+    def stored_snapshots(self) -> int:
+        """How many audience snapshots are stored (resumable) now."""
+        with self.core.store.read() as txn:
+            return sum(1 for _ in txn.scan("snapshots", self.core.prefix))
+
     def prune(self, txn: Txn, now: int) -> None:
         """Drops the snapshots past their retention, stored and kept."""
         p = self.core.prefix

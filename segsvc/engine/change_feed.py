@@ -25,6 +25,13 @@ PRUNE_BATCHES = 10_000
 class ChangeFeed:
     def __init__(self, core: WorkspaceCore) -> None:
         self.core = core
+        # Each live follower's cursor (the last seq it was given), by follower: how far
+        # behind they are is read from here when asked, at no cost to the writes.
+        self._cursors: dict[object, int] = {}
+
+    def follower_cursors(self) -> list[int]:
+        """The cursor of every follower following now."""
+        return list(self._cursors.values())
 
     def _batch(self, key: bytes, value: bytes) -> ChangeBatch:
         """A stored batch of changes; DataLoss naming it when it is damaged."""
@@ -90,16 +97,22 @@ class ChangeFeed:
     ) -> Iterator[list[Change]]:
         core = self.core
         cursor = after_seq
-        while not stop():
-            changes, cursor = self.read_changes(cursor, segment_ids, 1000)
-            if changes:
-                yield changes
-                continue
-            if not follow:
-                return
-            with core.changed:
-                if cursor >= core.committed_head:
-                    core.changed.wait(timeout=0.5)
+        follower = object()
+        self._cursors[follower] = cursor
+        try:
+            while not stop():
+                changes, cursor = self.read_changes(cursor, segment_ids, 1000)
+                self._cursors[follower] = cursor
+                if changes:
+                    yield changes
+                    continue
+                if not follow:
+                    return
+                with core.changed:
+                    if cursor >= core.committed_head:
+                        core.changed.wait(timeout=0.5)
+        finally:
+            del self._cursors[follower]
 
     def prune(self, txn: Txn, now: int) -> None:
         """Drops the oldest batches past the change retention and notes where the kept

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -26,6 +27,7 @@ from segsvc.engine import conditions
 from segsvc.engine.clock import Clock
 from segsvc.engine.errors import DataLoss, InvalidArgument, NotFound, data_loss, from_storage
 from segsvc.engine.model import ItemResult, PersonKey
+from segsvc.engine.observer import NO_WORKSPACE_OBSERVER, WorkspaceObserver
 from segsvc.engine.oplog import LmdbOperationLog, OperationLog, load_state, replay_weight
 from segsvc.engine.ops import CreateSegmentOp, Op, TickOp, UpdateSegmentOp
 from segsvc.engine.people import PersonRecord
@@ -34,7 +36,17 @@ from segsvc.engine.state import WorkspaceState
 from segsvc.engine.values import check_key, normalize_email, normalize_phone
 from segsvc.storage.errors import CorruptRecordError, StorageError, StorageFullError
 from segsvc.storage.records import reason
-from segsvc.storage.store import MiB, Store, Txn, describe_key, prefix, read_u32, u32, u64
+from segsvc.storage.store import (
+    MiB,
+    Store,
+    Txn,
+    describe_key,
+    prefix,
+    read_u32,
+    read_u64,
+    u32,
+    u64,
+)
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -45,6 +57,8 @@ Persist = Callable[[Txn], None]
 Resolve = Callable[[Txn], tuple[Op | None, R, Persist | None]]
 
 LOOKUP_CHAR = {"id": b"i", "email": b"e", "phone": b"p"}
+# meta key (+ workspace prefix): the clock time of the workspace's last checkpoint.
+CHECKPOINTED_AT = b"checkpointed:"
 
 
 class WorkspaceCore:
@@ -55,8 +69,10 @@ class WorkspaceCore:
         clock: Clock,
         config: Config,
         oplog: OperationLog | None = None,
+        observer: WorkspaceObserver = NO_WORKSPACE_OBSERVER,
     ) -> None:
         self.name = name
+        self.observer = observer
         self.store = store
         self.clock = clock
         self.config = config
@@ -78,6 +94,8 @@ class WorkspaceCore:
         # People deleted since their events were last dropped from memory (unknown after a
         # restart: assume some, so the first tick looks).
         self.deaths = 1
+        # When the last checkpoint was stored (clock seconds; None: never), for status.
+        self.checkpointed_at: int | None = None
         self.state = self.load()
         self.committed_head = self.state.change_seq - 1
 
@@ -87,8 +105,12 @@ class WorkspaceCore:
         """The state as of the last committed operation: checkpoint plus the log after it.
         A damaged checkpoint or log record raises CorruptRecordError: the state cannot be
         rebuilt without it."""
+        started = time.perf_counter()
         with self.store.read() as txn:
             state, replayed, weight = load_state(self.oplog, txn)
+            raw_time = txn.get("meta", CHECKPOINTED_AT + self.prefix)
+        self.checkpointed_at = read_u64(raw_time) if raw_time else None
+        self.observer.replayed(replayed, time.perf_counter() - started)
         # What is still only in the log counts toward the next checkpoint.
         self.items_since_checkpoint = weight
         if replayed:
@@ -103,6 +125,7 @@ class WorkspaceCore:
         and nothing changes: the log still holds all the checkpoint would have covered, so
         nothing is lost and the next start replays more."""
         with self.lock:
+            started = time.perf_counter()
             blob = self.state.to_bytes()
             room = self.store.room()
             try:
@@ -112,8 +135,10 @@ class WorkspaceCore:
                         f"{room.left // MiB} MiB left, {room.reserve // MiB} MiB of it kept "
                         "in reserve",
                     )
+                now = self.clock.now()
                 with self.store.write() as txn:
                     self.oplog.checkpoint(txn, blob, self.state.op_seq)
+                    txn.put("meta", CHECKPOINTED_AT + self.prefix, u64(now))
             except StorageError as exc:
                 self.checkpoint_retry_at = self.items_since_checkpoint + self.checkpoint_due()
                 log.warning(
@@ -126,6 +151,8 @@ class WorkspaceCore:
                 return False
             self.items_since_checkpoint = 0
             self.checkpoint_retry_at = 0
+            self.checkpointed_at = now
+            self.observer.checkpointed(time.perf_counter() - started)
             log.info(
                 "workspace %s: checkpoint at op %d (%d bytes)",
                 self.name,
@@ -149,6 +176,7 @@ class WorkspaceCore:
         with self.lock:
             self.check_room(frees)
             applied = False
+            started = time.perf_counter()
             try:
                 with self.store.write() as txn:
                     op, answer, persist = resolve(txn)
@@ -171,6 +199,7 @@ class WorkspaceCore:
             except BaseException as exc:
                 self._reload_after_failure(applied, exc)
                 raise
+            self.observer.committed(time.perf_counter() - started)
             self.items_since_checkpoint += replay_weight(op)
             if self.items_since_checkpoint >= max(self.checkpoint_due(), self.checkpoint_retry_at):
                 # The write is committed whatever becomes of the checkpoint: a failure other

@@ -7,12 +7,15 @@ import gc
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from segsvc.config import Config, name_problem
 from segsvc.engine.clock import Clock, SystemClock
 from segsvc.engine.errors import InvalidArgument, SegsvcError, from_storage
+from segsvc.engine.observer import NO_OBSERVER, EngineObserver
+from segsvc.engine.stats import EngineStats, process_memory
 from segsvc.engine.workspace import Workspace
 from segsvc.storage.errors import CorruptRecordError, StorageError, StoreDamagedError
 from segsvc.storage.store import Store
@@ -42,7 +45,9 @@ class Engine:
     """Raises StorageError (StoreDamagedError, StoreLockedError, ...) when the store cannot
     be opened whole: a damaged store is refused, never served in part or replaced."""
 
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, clock: Clock | None = None, observer: EngineObserver = NO_OBSERVER
+    ) -> None:
         # The state is millions of long-lived objects (index lists, bitmaps) and writes
         # allocate millions of short-lived ones: at the default thresholds the cyclic GC
         # rescans the whole heap many times per batch (a third of the load time, and most of
@@ -50,6 +55,9 @@ class Engine:
         gc.set_threshold(200_000, 50, 1000)
         self.config = config
         self.clock = clock or SystemClock()
+        self.observer = observer
+        # For uptime: a monotonic start, unmoved by clock changes (and by a test's clock).
+        self.started = time.monotonic()
         self.store = Store(config.data_dir, config.map_size)
         self._workspaces: dict[str, Workspace] = {}
         self._lock = threading.Lock()
@@ -91,7 +99,13 @@ class Engine:
                 # meanwhile, then move it all where the collector never rescans it.
                 gc.disable()
                 try:
-                    ws = Workspace(name, self.store, self.clock, self.config)
+                    ws = Workspace(
+                        name,
+                        self.store,
+                        self.clock,
+                        self.config,
+                        observer=self.observer.workspace(name),
+                    )
                 finally:
                     gc.enable()
                 gc.freeze()
@@ -143,6 +157,19 @@ class Engine:
             )
             for ws in sorted(self.workspaces(), key=lambda ws: ws.name)
         ]
+
+    def stats(self) -> EngineStats:
+        """Every workspace's stats (by name), the LMDB map and the process memory, now."""
+        room = self.store.room()
+        return EngineStats(
+            workspaces=[ws.stats() for ws in sorted(self.workspaces(), key=lambda ws: ws.name)],
+            map_used_bytes=self.store.map_size() - room.map_left,
+            map_size_bytes=self.store.map_size(),
+            memory=process_memory(),
+        )
+
+    def uptime_seconds(self) -> float:
+        return time.monotonic() - self.started
 
     def workspaces(self) -> list[Workspace]:
         return list(self._workspaces.values())

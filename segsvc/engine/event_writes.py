@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -195,8 +196,16 @@ class EventWrites:
 
     def tick(self) -> None:
         core = self.core
+        started = time.perf_counter()
+        # The change sequence before and after the tick's record is applied: both read under
+        # the write lock (resolve, then the rows step after apply), so only the tick's
+        # changes lie between them.
+        seqs: list[int] = []
 
-        def resolve(txn: Txn) -> tuple[Op | None, None, None]:
+        def count_changes(txn: Txn) -> None:
+            seqs.append(core.state.change_seq)
+
+        def resolve(txn: Txn) -> tuple[Op | None, None, Persist | None]:
             now = core.clock.now()
             self.feed.prune(txn, now)
             self.audiences.prune(txn, now)
@@ -204,10 +213,13 @@ class EventWrites:
             if not core.state.has_time_dependent() and core.state.events.oldest() >= cutoff:
                 core.record_history(txn, TickOp(now))
                 return None, None, None
-            return TickOp(now, cutoff), None, None
+            seqs.append(core.state.change_seq)
+            return TickOp(now, cutoff), None, count_changes
 
         core.commit(resolve, frees=True)
         self.compact_events(force=False)
+        moved = seqs[1] - seqs[0] if len(seqs) == 2 else 0
+        core.observer.ticked(time.perf_counter() - started, moved)
 
     def compact_events(self, force: bool) -> int:
         core = self.core

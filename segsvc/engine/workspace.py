@@ -43,12 +43,14 @@ from segsvc.engine.model import (
     PersonView,
     SegmentInfo,
 )
+from segsvc.engine.observer import NO_WORKSPACE_OBSERVER, WorkspaceObserver
 from segsvc.engine.oplog import OperationLog
 from segsvc.engine.people import PersonUpsert
 from segsvc.engine.people_writes import BULK_BATCH_FACTOR, PeopleWrites
 from segsvc.engine.requests import MAX_U32
 from segsvc.engine.segment_defs import SegmentDefinitions
 from segsvc.engine.state import WorkspaceState
+from segsvc.engine.stats import WorkspaceStats, workspace_stats
 from segsvc.engine.values import Value
 from segsvc.storage.store import Store
 
@@ -64,8 +66,9 @@ class Workspace:
         clock: Clock,
         config: Config,
         oplog: OperationLog | None = None,
+        observer: WorkspaceObserver = NO_WORKSPACE_OBSERVER,
     ) -> None:
-        self.core = WorkspaceCore(name, store, clock, config, oplog)
+        self.core = WorkspaceCore(name, store, clock, config, oplog, observer)
         self.name = name
         self.store = store
         self.clock = clock
@@ -98,6 +101,10 @@ class Workspace:
     def refused_full(self) -> int:
         """Writes refused in a row for want of storage room."""
         return self.core.refused_full
+
+    def stats(self) -> WorkspaceStats:
+        """Its sizes, log and checkpoint position, followers and snapshots now."""
+        return workspace_stats(self.core, self._feed, self._audiences)
 
     def checkpoint(self) -> bool:
         """Stores the whole in-memory state and drops the log records it covers; says

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
@@ -90,3 +91,136 @@ class ListWorkspacesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListWorkspacesResponse: _TypeAlias = ListWorkspacesResponse  # noqa: Y015
+
+@_typing.final
+class GetServerStatusRequest(_message.Message):
+    """Asks for the status of the whole server; there is nothing to choose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerStatusRequest: _TypeAlias = GetServerStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetServerStatusResponse(_message.Message):
+    """The server as a whole, and each workspace, now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    UPTIME_FIELD_NUMBER: _builtins.int
+    RSS_BYTES_FIELD_NUMBER: _builtins.int
+    RSS_ANON_BYTES_FIELD_NUMBER: _builtins.int
+    MAP_USED_BYTES_FIELD_NUMBER: _builtins.int
+    MAP_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    WORKSPACES_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The segsvc release the server runs."""
+    rss_bytes: _builtins.int
+    """Resident memory of the server process (VmRSS), in bytes."""
+    rss_anon_bytes: _builtins.int
+    """Its own memory, without mapped files such as LMDB's pages (RssAnon), in bytes."""
+    map_used_bytes: _builtins.int
+    """LMDB map in use, in bytes."""
+    map_size_bytes: _builtins.int
+    """LMDB map size (--map-size), in bytes."""
+    @_builtins.property
+    def uptime(self) -> _duration_pb2.Duration:
+        """How long the server has been up."""
+
+    @_builtins.property
+    def workspaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkspaceStatus]:
+        """Every workspace, by name."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        uptime: _duration_pb2.Duration | None = ...,
+        rss_bytes: _builtins.int = ...,
+        rss_anon_bytes: _builtins.int = ...,
+        map_used_bytes: _builtins.int = ...,
+        map_size_bytes: _builtins.int = ...,
+        workspaces: _abc.Iterable[Global___WorkspaceStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["uptime", b"uptime"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["map_size_bytes", b"map_size_bytes", "map_used_bytes", b"map_used_bytes", "rss_anon_bytes", b"rss_anon_bytes", "rss_bytes", b"rss_bytes", "uptime", b"uptime", "version", b"version", "workspaces", b"workspaces"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerStatusResponse: _TypeAlias = GetServerStatusResponse  # noqa: Y015
+
+@_typing.final
+class WorkspaceStatus(_message.Message):
+    """One workspace's state now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PEOPLE_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    LAST_CHANGE_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_OP_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_CHECKPOINT_AGE_FIELD_NUMBER: _builtins.int
+    RECORDS_SINCE_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    CHANGE_FEED_FOLLOWERS_FIELD_NUMBER: _builtins.int
+    MAX_FOLLOWER_LAG_FIELD_NUMBER: _builtins.int
+    AUDIENCE_SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """What clients send as the `workspace` header."""
+    people: _builtins.int
+    """Live people."""
+    segments: _builtins.int
+    """Segments, archived ones included."""
+    events: _builtins.int
+    """Events held (what event conditions count)."""
+    last_change_seq: _builtins.int
+    """The seq of the newest change of its change feed (0: none yet)."""
+    last_op_seq: _builtins.int
+    """The seq of the newest operation of its log (0: none yet)."""
+    records_since_checkpoint: _builtins.int
+    """Logged since the last checkpoint, in replay weight (about one per person updated):
+    what a restart would replay.
+    """
+    change_feed_followers: _builtins.int
+    """Change-feed followers (WatchChanges callers following live) now."""
+    max_follower_lag: _builtins.int
+    """Changes the furthest-behind follower has not been handed yet."""
+    audience_snapshots: _builtins.int
+    """Audience snapshots stored, that senders can page through or resume."""
+    @_builtins.property
+    def last_checkpoint_age(self) -> _duration_pb2.Duration:
+        """Time since its last checkpoint; unset when it has had none yet."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        people: _builtins.int = ...,
+        segments: _builtins.int = ...,
+        events: _builtins.int = ...,
+        last_change_seq: _builtins.int = ...,
+        last_op_seq: _builtins.int = ...,
+        last_checkpoint_age: _duration_pb2.Duration | None = ...,
+        records_since_checkpoint: _builtins.int = ...,
+        change_feed_followers: _builtins.int = ...,
+        max_follower_lag: _builtins.int = ...,
+        audience_snapshots: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_checkpoint_age", b"last_checkpoint_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_snapshots", b"audience_snapshots", "change_feed_followers", b"change_feed_followers", "events", b"events", "last_change_seq", b"last_change_seq", "last_checkpoint_age", b"last_checkpoint_age", "last_op_seq", b"last_op_seq", "max_follower_lag", b"max_follower_lag", "name", b"name", "people", b"people", "records_since_checkpoint", b"records_since_checkpoint", "segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkspaceStatus: _TypeAlias = WorkspaceStatus  # noqa: Y015

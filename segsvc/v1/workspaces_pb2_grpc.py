@@ -46,6 +46,11 @@ class WorkspacesServiceStub:
                 request_serializer=segsvc_dot_v1_dot_workspaces__pb2.ListWorkspacesRequest.SerializeToString,
                 response_deserializer=segsvc_dot_v1_dot_workspaces__pb2.ListWorkspacesResponse.FromString,
                 _registered_method=True)
+        self.GetServerStatus = channel.unary_unary(
+                '/segsvc.v1.WorkspacesService/GetServerStatus',
+                request_serializer=segsvc_dot_v1_dot_workspaces__pb2.GetServerStatusRequest.SerializeToString,
+                response_deserializer=segsvc_dot_v1_dot_workspaces__pb2.GetServerStatusResponse.FromString,
+                _registered_method=True)
 
 
 class WorkspacesServiceServicer:
@@ -65,6 +70,14 @@ class WorkspacesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerStatus(self, request, context):
+        """The server's version, uptime and memory, and each workspace's state: what an operator
+        checks first (`segsvc status`). Needs an admin token (or a server without tokens).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspacesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -72,6 +85,11 @@ def add_WorkspacesServiceServicer_to_server(servicer, server):
                     servicer.ListWorkspaces,
                     request_deserializer=segsvc_dot_v1_dot_workspaces__pb2.ListWorkspacesRequest.FromString,
                     response_serializer=segsvc_dot_v1_dot_workspaces__pb2.ListWorkspacesResponse.SerializeToString,
+            ),
+            'GetServerStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerStatus,
+                    request_deserializer=segsvc_dot_v1_dot_workspaces__pb2.GetServerStatusRequest.FromString,
+                    response_serializer=segsvc_dot_v1_dot_workspaces__pb2.GetServerStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -108,6 +126,33 @@ class WorkspacesService:
             '/segsvc.v1.WorkspacesService/ListWorkspaces',
             segsvc_dot_v1_dot_workspaces__pb2.ListWorkspacesRequest.SerializeToString,
             segsvc_dot_v1_dot_workspaces__pb2.ListWorkspacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/segsvc.v1.WorkspacesService/GetServerStatus',
+            segsvc_dot_v1_dot_workspaces__pb2.GetServerStatusRequest.SerializeToString,
+            segsvc_dot_v1_dot_workspaces__pb2.GetServerStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

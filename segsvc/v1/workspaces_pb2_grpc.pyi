@@ -42,6 +42,10 @@ class WorkspacesServiceStub:
     def __new__(cls, channel: _aio.Channel) -> WorkspacesServiceAsyncStub: ...
     ListWorkspaces: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.ListWorkspacesRequest, _workspaces_pb2.ListWorkspacesResponse]
     """Every workspace, by name, with its size."""
+    GetServerStatus: _grpc.UnaryUnaryMultiCallable[_workspaces_pb2.GetServerStatusRequest, _workspaces_pb2.GetServerStatusResponse]
+    """The server's version, uptime and memory, and each workspace's state: what an operator
+    checks first (`segsvc status`). Needs an admin token (or a server without tokens).
+    """
 
 @_typing.type_check_only
 class WorkspacesServiceAsyncStub(WorkspacesServiceStub):
@@ -57,6 +61,10 @@ class WorkspacesServiceAsyncStub(WorkspacesServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListWorkspaces: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.ListWorkspacesRequest, _workspaces_pb2.ListWorkspacesResponse]  # type: ignore[assignment]
     """Every workspace, by name, with its size."""
+    GetServerStatus: _aio.UnaryUnaryMultiCallable[_workspaces_pb2.GetServerStatusRequest, _workspaces_pb2.GetServerStatusResponse]  # type: ignore[assignment]
+    """The server's version, uptime and memory, and each workspace's state: what an operator
+    checks first (`segsvc status`). Needs an admin token (or a server without tokens).
+    """
 
 class WorkspacesServiceServicer(metaclass=_abc_1.ABCMeta):
     """The workspaces this server holds.
@@ -75,5 +83,15 @@ class WorkspacesServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workspaces_pb2.ListWorkspacesResponse, _abc.Awaitable[_workspaces_pb2.ListWorkspacesResponse]]:
         """Every workspace, by name, with its size."""
+
+    @_abc_1.abstractmethod
+    def GetServerStatus(
+        self,
+        request: _workspaces_pb2.GetServerStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspaces_pb2.GetServerStatusResponse, _abc.Awaitable[_workspaces_pb2.GetServerStatusResponse]]:
+        """The server's version, uptime and memory, and each workspace's state: what an operator
+        checks first (`segsvc status`). Needs an admin token (or a server without tokens).
+        """
 
 def add_WorkspacesServiceServicer_to_server(servicer: WorkspacesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

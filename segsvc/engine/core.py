@@ -155,10 +155,11 @@ class WorkspaceCore:
                     if op is None:
                         return answer
                     seq = self.state.op_seq + 1
-                    applied = True
                     # Appended before it is applied: a log that can refuse the record (a
-                    # replicated one) then refuses it before memory moved.
+                    # replicated one) then refuses it before memory moved, and no reload
+                    # follows.
                     self.oplog.append(txn, seq, op)
+                    applied = True
                     batches = self.state.apply(seq, op)
                     if persist is not None:
                         persist(txn)

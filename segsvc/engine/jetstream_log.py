@@ -80,6 +80,8 @@ class JetStreamOperationLog:
     `meta`, under `jsckpt:` and the workspace prefix) the stream sequence and the record
     sequence the checkpoint covers: where a replay starts reading."""
 
+    shared = True
+
     def __init__(
         self, js: JetStream, workspace: str, workspace_prefix: bytes, stream: str = DEFAULT_STREAM
     ) -> None:

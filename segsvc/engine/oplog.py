@@ -33,6 +33,11 @@ from segsvc.storage.store import Txn, describe_key, read_u64, u64
 class OperationLog(Protocol):
     """One workspace's ordered operation records, numbered from 1."""
 
+    # Whether others read this log too (other nodes, or this node after a commit it lost):
+    # its records then carry every row they store, and this node materialises records it
+    # did not commit itself.
+    shared: bool
+
     def append(self, txn: Txn, seq: int, op: Op) -> None:
         """Adds `op` as record `seq` (one more than the last), durable once `txn` commits."""
 
@@ -52,6 +57,9 @@ class OperationLog(Protocol):
 class LmdbOperationLog:
     """The embedded log: records in the `ops` table under the workspace prefix and the
     sequence number, the checkpoint in `checkpoints` under the workspace prefix."""
+
+    # The record and its rows commit in one LMDB transaction: nobody else reads it.
+    shared = False
 
     def __init__(self, workspace_prefix: bytes) -> None:
         self.prefix = workspace_prefix

@@ -9,7 +9,8 @@ from typing import Any, NoReturn
 import click
 
 from segsvc.cli.output import EXIT_ERROR
-from segsvc.config import DEFAULT_DATA, DEFAULT_LISTEN, Config
+from segsvc.cli.replication import replication_options
+from segsvc.config import DEFAULT_DATA, DEFAULT_LISTEN, Config, Replication
 
 _DEFAULTS = Config()
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -131,6 +132,7 @@ class _ServeCommand(click.Command):
     default="info",
     show_default=True,
 )
+@replication_options
 def serve(
     data: Path,
     listen: str,
@@ -147,6 +149,7 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     log_level: str,
+    replication: Replication | None,
 ) -> None:
     """Run the server in the foreground until SIGTERM or Ctrl-C.
 
@@ -172,6 +175,7 @@ def serve(
         tokens_file=tokens_file,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        replication=replication,
     )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from segsvc.config import Config
 from segsvc.engine.clock import Clock, SystemClock
 from segsvc.engine.errors import InvalidArgument, SegsvcError, from_storage
+from segsvc.engine.jetstream_log import JetStreamLogs
 from segsvc.engine.workspace import Workspace
 from segsvc.storage.errors import CorruptRecordError, StorageError, StoreDamagedError
 from segsvc.storage.store import Store
@@ -57,6 +58,9 @@ class Engine:
         self.config = config
         self.clock = clock or SystemClock()
         self.store = Store(config.data_dir, config.map_size)
+        # With --nats, every workspace's log is on JetStream and LMDB is this node's
+        # materialisation of it.
+        self._logs: JetStreamLogs | None = None
         self._workspaces: dict[str, Workspace] = {}
         self._lock = threading.Lock()
         # Notified whenever a workspace is created, for wait_for_workspace.
@@ -66,16 +70,20 @@ class Engine:
         try:
             with self.store.read() as txn:
                 names = [k[len(b"ws:") :].decode() for k, _ in txn.scan("meta", b"ws:")]
+            if config.replication is not None:
+                self._logs = JetStreamLogs(config.replication)
+                # A node with an empty data directory learns the workspaces from the stream.
+                names = sorted(set(names) | set(self._logs.workspace_names()))
             for name in names:
                 self.workspace(name)
         except CorruptRecordError as exc:
-            self.store.close()
+            self._close_storage()
             raise StoreDamagedError(
                 f"workspace data cannot be rebuilt: {exc}; restore {config.data_dir} from a "
                 f"backup (`segsvc check --data {config.data_dir}` lists all damage)"
             ) from exc
         except BaseException:
-            self.store.close()
+            self._close_storage()
             raise
 
     def workspace(self, name: str) -> Workspace:
@@ -97,7 +105,8 @@ class Engine:
                 # meanwhile, then move it all where the collector never rescans it.
                 gc.disable()
                 try:
-                    ws = Workspace(name, self.store, self.clock, self.config)
+                    oplog = None if self._logs is None else self._logs.log_for(name)
+                    ws = Workspace(name, self.store, self.clock, self.config, oplog)
                 finally:
                     gc.enable()
                 gc.freeze()
@@ -182,4 +191,9 @@ class Engine:
                 for ws in self.workspaces():
                     ws.checkpoint()
         finally:
-            self.store.close()
+            self._close_storage()
+
+    def _close_storage(self) -> None:
+        self.store.close()
+        if self._logs is not None:
+            self._logs.close()

@@ -18,10 +18,13 @@ then durable whatever becomes of the local transaction, and load_state replays i
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from segsvc.config import Replication
 from segsvc.engine.errors import ConcurrentWrite, Unavailable
 from segsvc.engine.ops import Op, decode, encode
 from segsvc.engine.state import WorkspaceState
@@ -29,12 +32,15 @@ from segsvc.storage.errors import CorruptRecordError
 from segsvc.storage.nats import (
     JetStream,
     NatsError,
+    NatsOptions,
     NatsUnavailableError,
     StoredMessage,
     WrongLastSequenceError,
 )
 from segsvc.storage.records import reading
-from segsvc.storage.store import Txn, describe_key, read_u64, u64
+from segsvc.storage.store import Txn, describe_key, prefix, read_u64, u64
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STREAM = "SEGSVC_OPS"
 SUBJECT_ROOT = "segsvc.ops"
@@ -57,13 +63,61 @@ def subject_token(workspace: str) -> str:
     return "~" + workspace.encode().hex()
 
 
+def workspace_of(token: str) -> str:
+    """The workspace a subject token stands for (the inverse of subject_token)."""
+    return bytes.fromhex(token[1:]).decode() if token.startswith("~") else token
+
+
 def open_stream(js: JetStream, stream: str = DEFAULT_STREAM, replicas: int = 1) -> int:
     """Makes sure the stream of every workspace's log exists (created with `replicas`
-    copies, file storage); returns the replicas it has."""
-    try:
-        return js.ensure_stream(stream, [f"{SUBJECT_ROOT}.>"], replicas, DUPLICATE_WINDOW_SECONDS)
-    except NatsError as exc:
-        raise Unavailable(f"cannot open the JetStream stream {stream}: {exc}") from exc
+    copies, file storage); returns the replicas it has. NatsError when NATS cannot."""
+    return js.ensure_stream(stream, [f"{SUBJECT_ROOT}.>"], replicas, DUPLICATE_WINDOW_SECONDS)
+
+
+class JetStreamLogs:
+    """Every workspace's log on one connection to NATS (`serve --nats`). Opening it
+    connects and makes sure the stream exists: NatsError (a StorageError, so the start is
+    refused in one line) when NATS cannot be reached in time."""
+
+    def __init__(self, replication: Replication) -> None:
+        self.stream = replication.stream
+        creds, ca = replication.creds_file, replication.tls_ca_file
+        options = NatsOptions(
+            servers=replication.servers,
+            creds_file=None if creds is None else str(creds),
+            tls_ca_file=None if ca is None else str(ca),
+            client_name=f"segsvc {replication.node_name or socket.gethostname()}",
+            timeout=replication.timeout,
+        )
+        self.js = JetStream(options)
+        try:
+            replicas = open_stream(self.js, self.stream, replication.replicas)
+        except BaseException:
+            self.js.close()
+            raise
+        if replicas != replication.replicas:
+            # An existing stream keeps its own settings: say so rather than change them.
+            log.warning(
+                "stream %s has %d replicas, not the %d asked for: it is used as it is",
+                self.stream,
+                replicas,
+                replication.replicas,
+            )
+        log.info("operation log on JetStream stream %s at %s", self.stream, self.js.where)
+
+    def log_for(self, workspace: str) -> JetStreamOperationLog:
+        return JetStreamOperationLog(self.js, workspace, prefix(workspace), self.stream)
+
+    def workspace_names(self) -> list[str]:
+        """The workspaces whose logs hold records, by name."""
+        root = SUBJECT_ROOT + "."
+        return [
+            workspace_of(subject[len(root) :])
+            for subject in self.js.subjects(self.stream, f"{SUBJECT_ROOT}.>")
+        ]
+
+    def close(self) -> None:
+        self.js.close()
 
 
 @dataclass

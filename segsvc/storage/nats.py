@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import ssl
 import threading
 from collections.abc import Coroutine, Iterator
@@ -34,7 +35,10 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from segsvc.storage.errors import StorageError
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # JetStream's error code for "wrong last sequence" (Nats-Expected-Last-Subject-Sequence).
 WRONG_LAST_SEQUENCE = 10071
@@ -43,8 +47,8 @@ STREAM_NOT_FOUND = 10059
 READ_BATCH = 256
 
 
-class NatsError(Exception):
-    """Base of what this module raises."""
+class NatsError(StorageError):
+    """Base of what this module raises (a storage error: at startup, a refusal)."""
 
 
 class NatsUnavailableError(NatsError):
@@ -85,6 +89,9 @@ class JetStream:
     def __init__(self, options: NatsOptions) -> None:
         self.options = options
         self.timeout = options.timeout
+        # What the client last reported going wrong (connection refused, ...), for the
+        # message of a call that timed out meanwhile.
+        self._last_problem = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="nats-client", daemon=True
@@ -112,7 +119,25 @@ class JetStream:
             allow_reconnect=True,
             tls=tls,
             user_credentials=self.options.creds_file,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
         )
+
+    async def _on_error(self, exc: Exception) -> None:
+        # nats-py reports every failed reconnect attempt: one line per change of problem.
+        problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        # Before the first connection, the failure of the start says it (in one line).
+        if problem != self._last_problem and hasattr(self, "_nc"):
+            log.warning("NATS at %s: %s", self.where, problem)
+        self._last_problem = problem
+
+    async def _on_disconnected(self) -> None:
+        log.warning("NATS at %s: disconnected; reconnecting", self.where)
+
+    async def _on_reconnected(self) -> None:
+        self._last_problem = ""
+        log.info("NATS: reconnected to %s", self._nc.connected_url.netloc)
 
     @property
     def where(self) -> str:
@@ -131,8 +156,9 @@ class JetStream:
             return future.result(limit + 1)
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
+            why = f" ({self._last_problem})" if self._last_problem else ""
             raise NatsUnavailableError(
-                f"NATS at {self.where} did not answer within {limit:g} s"
+                f"NATS at {self.where} did not answer within {limit:g} s{why}"
             ) from exc
         except nats.js.errors.APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
@@ -190,6 +216,15 @@ class JetStream:
             return int(msg.seq or 0)
 
         return self._run(last())
+
+    def subjects(self, stream: str, pattern: str) -> list[str]:
+        """The subjects of `stream` matching `pattern` that hold messages."""
+
+        async def subjects() -> list[str]:
+            info = await self._js.stream_info(stream, subjects_filter=pattern)
+            return sorted(info.state.subjects or {})
+
+        return self._run(subjects())
 
     def read(self, stream: str, subject: str, after_seq: int) -> Iterator[StoredMessage]:
         """The messages on `subject` with a stream sequence above `after_seq`, in order, up

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from segsvc.config import Config
 from segsvc.engine.clock import Clock, SystemClock
 from segsvc.engine.errors import InvalidArgument, SegsvcError, from_storage
+from segsvc.engine.follower import LogFollower
 from segsvc.engine.jetstream_log import JetStreamLogs
 from segsvc.engine.workspace import Workspace
 from segsvc.storage.errors import CorruptRecordError, StorageError, StoreDamagedError
@@ -61,6 +62,7 @@ class Engine:
         # With --nats, every workspace's log is on JetStream and LMDB is this node's
         # materialisation of it.
         self._logs: JetStreamLogs | None = None
+        self._follower: LogFollower | None = None
         self._workspaces: dict[str, Workspace] = {}
         self._lock = threading.Lock()
         # Notified whenever a workspace is created, for wait_for_workspace.
@@ -76,6 +78,10 @@ class Engine:
                 names = sorted(set(names) | set(self._logs.workspace_names()))
             for name in names:
                 self.workspace(name)
+            if self._logs is not None:
+                # Other nodes' records (and this node's own) are applied as they come.
+                self._follower = LogFollower(self._logs, self.workspace, self.workspaces)
+                self._follower.start()
         except CorruptRecordError as exc:
             self._close_storage()
             raise StoreDamagedError(
@@ -186,6 +192,8 @@ class Engine:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=5)
+        if self._follower is not None:
+            self._follower.stop()
         try:
             if checkpoint:
                 for ws in self.workspaces():
@@ -194,6 +202,8 @@ class Engine:
             self._close_storage()
 
     def _close_storage(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
         self.store.close()
         if self._logs is not None:
             self._logs.close()

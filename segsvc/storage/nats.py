@@ -19,7 +19,7 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -216,6 +216,19 @@ class JetStream:
             return int(msg.seq or 0)
 
         return self._run(last())
+
+    def watch(self, pattern: str, on_message: Callable[[str, dict[str, str]], None]) -> None:
+        """Calls `on_message(subject, headers)` for every message published on subjects
+        matching `pattern` from now on (a plain subscription: no payload kept, nothing
+        replayed; called on the connection's thread, so it must be quick)."""
+
+        async def handle(msg: Any) -> None:
+            on_message(msg.subject, dict(msg.headers or {}))
+
+        async def subscribe() -> None:
+            await self._nc.subscribe(pattern, cb=handle)
+
+        self._run(subscribe())
 
     def subjects(self, stream: str, pattern: str) -> list[str]:
         """The subjects of `stream` matching `pattern` that hold messages."""

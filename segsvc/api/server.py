@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from segsvc.api.admission import StreamAdmission, stream_budget
+from segsvc.api.applied_seq import AppliedSeqInterceptor
 from segsvc.api.audiences import AudiencesServicer
 from segsvc.api.auth import AuthInterceptor, Token, TokensFileError, load_tokens
 from segsvc.api.changes import ChangesServicer
@@ -242,6 +243,7 @@ def _start(
         interceptors=[
             ErrorInterceptor(),
             auth,
+            AppliedSeqInterceptor(engine),
             StreamAdmission(stream_budget(config.workers)),
             DecodingInterceptor(config.limits),
         ],

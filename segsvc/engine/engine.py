@@ -165,6 +165,11 @@ class Engine:
             for ws in sorted(self.workspaces(), key=lambda ws: ws.name)
         ]
 
+    def applied_seq(self, name: str) -> int:
+        """The last operation record of workspace `name` this node applied (0: none)."""
+        ws = self._workspaces.get(name)
+        return 0 if ws is None else ws.state.op_seq
+
     def workspaces(self) -> list[Workspace]:
         return list(self._workspaces.values())
 

@@ -43,6 +43,8 @@ class Replication:
     tls_ca_file: Path | None = None
     # Seconds a NATS request may take before the call is answered UNAVAILABLE.
     timeout: float = 5.0
+    # Health is NOT_SERVING while this node is more records than this behind the log.
+    max_lag_records: int = 1000
 
 
 @dataclass(frozen=True)

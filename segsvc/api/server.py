@@ -35,6 +35,7 @@ from segsvc.api.decoding import DecodingInterceptor
 from segsvc.api.errors import ErrorInterceptor
 from segsvc.api.people import PeopleServicer
 from segsvc.api.reflection import enable_reflection
+from segsvc.api.replica_health import follow_lag
 from segsvc.api.segments import SegmentsServicer
 from segsvc.api.workspaces import WorkspacesServicer
 from segsvc.config import Config
@@ -270,6 +271,9 @@ def _start(
     # Ready: the engine finished loading before the server was built.
     for service in ("", *SEGSVC_SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if config.replication is not None:
+        lag_limit = config.replication.max_lag_records
+        follow_lag(engine, health_servicer, ("", *SEGSVC_SERVICES), lag_limit, stopping)
     return SegsvcServer(inner, port, engine, owns_engine, health_servicer, stopping, executor)
 
 

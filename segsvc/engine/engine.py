@@ -165,6 +165,11 @@ class Engine:
             for ws in sorted(self.workspaces(), key=lambda ws: ws.name)
         ]
 
+    def replica_lag(self) -> int:
+        """With a shared log: how many records other nodes announced that this node has
+        not applied yet, in the workspace furthest behind (0 without one)."""
+        return 0 if self._follower is None else self._follower.lag()
+
     def applied_seq(self, name: str) -> int:
         """The last operation record of workspace `name` this node applied (0: none)."""
         ws = self._workspaces.get(name)

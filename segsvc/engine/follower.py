@@ -34,6 +34,8 @@ class LogFollower:
         self._lock = threading.Lock()
         # workspace -> the highest record sequence announced and not yet caught up on
         self._announced: dict[str, int] = {}
+        # workspace -> the highest record sequence ever announced (for the lag)
+        self._heads: dict[str, int] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="segsvc-follower", daemon=True)
@@ -47,6 +49,17 @@ class LogFollower:
         self._wake.set()
         self._thread.join(10)
 
+    def lag(self) -> int:
+        """How many announced records the workspace furthest behind has not applied."""
+        with self._lock:
+            heads = dict(self._heads)
+        behind = 0
+        for ws in self._workspaces():
+            behind = max(behind, heads.get(ws.name, 0) - ws.state.op_seq)
+        for name in heads.keys() - {ws.name for ws in self._workspaces()}:
+            behind = max(behind, heads[name])  # a workspace not opened yet
+        return behind
+
     def _on_record(self, subject: str, headers: dict[str, str]) -> None:
         try:
             workspace = workspace_of(subject[len(SUBJECT_ROOT) + 1 :])
@@ -56,6 +69,8 @@ class LogFollower:
         with self._lock:
             if seq > self._announced.get(workspace, 0):
                 self._announced[workspace] = seq
+            if seq > self._heads.get(workspace, 0):
+                self._heads[workspace] = seq
         self._wake.set()
 
     def _run(self) -> None:

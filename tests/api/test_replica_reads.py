@@ -5,9 +5,11 @@ with that number as `segsvc-min-seq` waits until it has applied it, within the d
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 from api_harness import person, status_of
+from grpc_health.v1 import health_pb2
 
 from segsvc.config import Replication
 from segsvc.v1 import people_pb2, types_pb2
@@ -65,3 +67,32 @@ def test_a_record_not_applied_within_the_deadline_is_unavailable(
     code, message = status_of(lambda: get(b, "p1", -1))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "segsvc-min-seq header" in message
+
+
+def test_health_is_not_serving_while_the_node_is_behind_the_log(api_servers, nats_server, tmp_path):
+    replication = Replication(servers=(nats_server.url,), max_lag_records=2)
+    a, b = (
+        api_servers.start(api_servers.config(data_dir=tmp_path / name, replication=replication))
+        for name in ("a", "b")
+    )
+    # B stops applying what it hears of (as when its follower falls behind a burst).
+    b.engine._follower.stop()
+    for i in range(5):
+        upsert(a, f"p{i}")
+    assert wait_for_health(b, NOT_SERVING)
+    b.engine.workspace("default").core.catch_up()
+    assert wait_for_health(b, SERVING)
+    assert get(b, "p4", 5).person.id == "p4"
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def wait_for_health(node, status: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.health.Check(health_pb2.HealthCheckRequest()).status == status:
+            return True
+        time.sleep(0.05)
+    return False

@@ -92,6 +92,7 @@ class JetStream:
         # What the client last reported going wrong (connection refused, ...), for the
         # message of a call that timed out meanwhile.
         self._last_problem = ""
+        self._closing = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="nats-client", daemon=True
@@ -133,7 +134,8 @@ class JetStream:
         self._last_problem = problem
 
     async def _on_disconnected(self) -> None:
-        log.warning("NATS at %s: disconnected; reconnecting", self.where)
+        if not self._closing:
+            log.warning("NATS at %s: disconnected; reconnecting", self.where)
 
     async def _on_reconnected(self) -> None:
         self._last_problem = ""
@@ -269,6 +271,7 @@ class JetStream:
                 self._run(sub.unsubscribe())
 
     def close(self) -> None:
+        self._closing = True
         try:
             self._run(self._nc.drain() if self._nc.is_connected else self._nc.close())
         except NatsError:

@@ -212,10 +212,14 @@ class WorkspaceCore:
                 self.catch_up()
         raise AssertionError("unreachable")
 
-    def catch_up(self) -> int:
+    def catch_up(self, through: int = 0) -> int:
         """Applies and stores the records of a shared log this node has not applied yet
-        (other nodes' writes); returns how many. The embedded log has none."""
+        (other nodes' writes); returns how many. The embedded log has none. With `through`,
+        nothing is read when record `through` is applied by the time the lock is free (the
+        notice of this node's own write, which its commit applied meanwhile)."""
         with self.lock:
+            if through and self.state.op_seq >= through:
+                return 0
             count = weight = 0
             wrote_changes = False
             with self._moving_write() as (txn, moved):

@@ -91,7 +91,7 @@ class LogFollower:
         try:
             ws = self._workspace(name)
             if ws.state.op_seq < seq:
-                ws.core.catch_up()
+                ws.core.catch_up(seq)
         except Exception:
             # Logged and retried at the next notice or poll: NATS away, storage full, ...
             log.exception("catching up workspace %s failed", name)

@@ -5,6 +5,8 @@ becomes durable), each has its own test below the contract."""
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -177,8 +179,11 @@ def test_a_node_that_missed_a_record_is_refused_and_stores_nothing(
 
 def test_a_record_larger_than_one_message_goes_in_parts(store: Store, js: JetStream) -> None:
     log = JetStreamOperationLog(js, "w", prefix("w"))
-    big = CreateSegmentOp(1, 1, "big", "x" * (3 * js.max_payload), False, None)
+    # Random text: compression cannot bring it under one message.
+    noise = base64.b64encode(os.urandom(3 * js.max_payload)).decode()
+    big = CreateSegmentOp(1, 1, "big", noise, False, None)
     append_all(store, log, [big, manual(2)])
+    assert len(list(js.read(log.stream, log.subject, 0))) > 3
     with store.read() as txn:
         assert list(JetStreamOperationLog(js, "w", prefix("w")).read_from(txn, 0)) == [
             (1, big),
@@ -226,3 +231,15 @@ def test_workspace_names_become_distinct_subject_tokens() -> None:
     assert subject_token("default") == "default"
     assert subject_token("a.b") != subject_token("a_b")
     assert "." not in subject_token("a.b") and subject_token("a.b").startswith("~")
+
+
+def test_a_large_record_goes_compressed_and_reads_back_the_same(
+    store: Store, js: JetStream
+) -> None:
+    log = JetStreamOperationLog(js, "w", prefix("w"))
+    large = CreateSegmentOp(1, 1, "large", "y" * (2 * js.max_payload), False, None)
+    append_all(store, log, [large])
+    messages = list(js.read(log.stream, log.subject, 0))
+    assert [m.headers.get("Segsvc-Encoding") for m in messages] == ["zlib"]
+    with store.read() as txn:
+        assert list(JetStreamOperationLog(js, "w", prefix("w")).read_from(txn, 0)) == [(1, large)]

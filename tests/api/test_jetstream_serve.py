@@ -20,6 +20,7 @@ from api_harness import (
 from nats_harness import free_port
 from server_harness import REPO, Stubs, serve_command
 
+from segsvc.storage.nats import JetStream, NatsOptions
 from segsvc.v1 import conditions_pb2 as C
 from segsvc.v1 import people_pb2
 
@@ -55,6 +56,14 @@ def test_acknowledged_writes_survive_kill_9_and_an_empty_node_catches_up(
     assert writer.join_failed().code() == grpc.StatusCode.UNAVAILABLE
     acknowledged, members = writer.people, writer.members
     client.channel.close()
+    # Acknowledged means in the stream: one record per acknowledged call (two segments, and
+    # per batch of five an upsert and an add), whatever the killed node committed locally.
+    js = JetStream(NatsOptions((nats_server.url,)))
+    try:
+        records = list(js.read("SEGSVC_OPS", "segsvc.ops.default", 0))
+    finally:
+        js.close()
+    assert len(records) >= 2 + len(acknowledged) // 5 + len(members) // 5
 
     def check(node_address: str) -> list[tuple[int, int, str, int, int]]:
         node = Stubs.connect(node_address)

@@ -46,6 +46,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Replication:
+    """The operation log on NATS JetStream (`serve --nats`): where NATS is, how to
+    authenticate, and the stream every workspace's log lives in."""
+
+    servers: tuple[str, ...]
+    replicas: int = 1
+    stream: str = "SEGSVC_OPS"
+    # How this node names itself to NATS (connection name); the host name by default.
+    node_name: str = ""
+    creds_file: Path | None = None
+    tls_ca_file: Path | None = None
+    # Seconds a NATS request may take before the call is answered UNAVAILABLE.
+    timeout: float = 5.0
+    # Health is NOT_SERVING while this node is more records than this behind the log.
+    max_lag_records: int = 1000
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = DEFAULT_DATA
     listen: str = DEFAULT_LISTEN
@@ -77,3 +95,5 @@ class Config:
     # One log line per call on the `segsvc.access` logger.
     access_log: bool = True
     limits: Limits = field(default_factory=Limits)
+    # None: the embedded operation log in LMDB (one machine).
+    replication: Replication | None = None

@@ -37,6 +37,7 @@ STATUS_OF: dict[type[errors.SegsvcError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+    errors.ConcurrentWrite: grpc.StatusCode.ABORTED,
 }
 
 # Status details travel in a trailer, and clients refuse trailers above 8 KiB by default: a

@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from segsvc import package_version
 from segsvc.api.admission import StreamAdmission, stream_budget
+from segsvc.api.applied_seq import AppliedSeqInterceptor
 from segsvc.api.audiences import AudiencesServicer
 from segsvc.api.auth import AuthInterceptor
 from segsvc.api.changes import ChangesServicer
@@ -37,6 +38,7 @@ from segsvc.api.errors import ErrorInterceptor
 from segsvc.api.metrics import CallObserver, MetricsHttp, ServerMetrics, start_metrics_http
 from segsvc.api.people import PeopleServicer
 from segsvc.api.reflection import enable_reflection
+from segsvc.api.replica_health import follow_lag
 from segsvc.api.segments import SegmentsServicer
 from segsvc.api.workspaces import WorkspacesServicer
 from segsvc.config import Config
@@ -287,6 +289,7 @@ class _BoundServer:
     inner: grpc.Server
     executor: ThreadPoolExecutor
     port: int
+    applied_seq: AppliedSeqInterceptor
     metrics: ServerMetrics | None = None
     call_observer: CallObserver | None = None
     metrics_http: MetricsHttp | None = None
@@ -319,6 +322,8 @@ def _bind_server(
     observing: list[grpc.ServerInterceptor] = (  # type: ignore[type-arg]
         [] if call_observer is None else [call_observer]
     )
+    # Told its engine once the engine is open (_start); no call reaches it before.
+    applied_seq = AppliedSeqInterceptor()
     max_bytes = config.limits.max_message_bytes
     inner = grpc.server(
         executor,
@@ -329,6 +334,7 @@ def _bind_server(
             *observing,
             ErrorInterceptor(),
             auth,
+            applied_seq,
             StreamAdmission(stream_budget(config.workers)),
             DecodingInterceptor(config.limits),
         ],
@@ -344,7 +350,7 @@ def _bind_server(
     except BaseException:
         executor.shutdown(wait=False)
         raise
-    bound = _BoundServer(inner, executor, port, metrics, call_observer)
+    bound = _BoundServer(inner, executor, port, applied_seq, metrics, call_observer)
     if metrics is not None and config.metrics_listen is not None:
         try:
             bound.metrics_http = _serve_metrics(config, metrics)
@@ -367,12 +373,16 @@ def _start(config: Config, engine: Engine, owns_engine: bool, bound: _BoundServe
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
     enable_reflection(inner, (*SEGSVC_SERVICES, health.SERVICE_NAME))
+    bound.applied_seq.engine = engine
     if bound.metrics is not None:
         bound.metrics.watch(engine)
     inner.start()
     # Ready: the engine finished loading before the server was built.
     for service in ("", *SEGSVC_SERVICES):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if config.replication is not None:
+        lag_limit = config.replication.max_lag_records
+        follow_lag(engine, health_servicer, ("", *SEGSVC_SERVICES), lag_limit, stopping)
     return SegsvcServer(
         inner,
         bound.port,

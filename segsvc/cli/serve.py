@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from segsvc.cli.output import EXIT_ERROR
-from segsvc.config import DEFAULT_DATA, DEFAULT_LISTEN, Config
+from segsvc.cli.replication import replication_options
+from segsvc.config import DEFAULT_DATA, DEFAULT_LISTEN, Config, Replication
 from segsvc.logs import LOG_FORMATS, configure_logging
 from segsvc.sizes import format_size, parse_size
 
@@ -197,6 +198,7 @@ def _option(*decls: str, **attrs: Any) -> Callable[[F], F]:
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (https with --tls-cert). "
     "Off by default; beyond loopback only with tokens or TLS.",
 )
+@replication_options
 def serve(
     data: Path,
     listen: str,
@@ -216,6 +218,7 @@ def serve(
     log_format: str,
     access_log: bool,
     metrics_listen: str | None,
+    replication: Replication | None,
 ) -> None:
     """Run the server in the foreground until SIGTERM or Ctrl-C; SIGHUP reloads the tokens
     file. Every option can also be set by the environment variable shown with it; the
@@ -245,6 +248,7 @@ def serve(
         tls_key=tls_key,
         metrics_listen=metrics_listen,
         access_log=access_log,
+        replication=replication,
     )
     configure_logging(log_level, log_format)
     # Imported only here: the client commands must not load the engine, LMDB and bitmaps,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import chain, repeat
 from typing import Any, cast
 
@@ -106,6 +106,9 @@ class Plan:
     # kind (id, email, phone) -> the keys people take, and whose they become
     claims: dict[str, tuple[list[str], list[int]]]
     frees: list[tuple[str, str]]  # (kind, key)
+    # What a load of new people claimed while it planned (Reader.claim_new): already in
+    # this node's lookup table, but part of the rows the batch stores all the same.
+    claimed_early: dict[str, tuple[list[str], list[int]]] = field(default_factory=dict)
 
 
 def plan_columns(
@@ -251,7 +254,8 @@ def plan_columns(
     result = BulkResult(outcomes, [errors[row] for row in sorted(errors)])
     delta = builder.delta() if record_ordinals else None
     records = chain(builder.created, builder.records)
-    return Plan(result, delta, record_ordinals, records, lookups, frees)
+    early = new_claims if claimed_all else {}
+    return Plan(result, delta, record_ordinals, records, lookups, frees, early)
 
 
 def _key_columns(checked: Checked) -> tuple[tuple[str, list[str | None] | None], ...]:

@@ -20,19 +20,28 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 from segsvc.config import Config
 from segsvc.engine import conditions
 from segsvc.engine.clock import Clock
-from segsvc.engine.errors import DataLoss, InvalidArgument, NotFound, data_loss, from_storage
+from segsvc.engine.errors import (
+    ConcurrentWrite,
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    data_loss,
+    from_storage,
+)
 from segsvc.engine.model import ItemResult, PersonKey
 from segsvc.engine.observer import NO_WORKSPACE_OBSERVER, WorkspaceObserver
 from segsvc.engine.oplog import LmdbOperationLog, OperationLog, load_state, replay_weight
 from segsvc.engine.ops import CreateSegmentOp, Op, TickOp, UpdateSegmentOp
 from segsvc.engine.people import PersonRecord
+from segsvc.engine.record_rows import LOOKUP_CHAR, store_rows
 from segsvc.engine.requests import rejected
-from segsvc.engine.state import WorkspaceState
+from segsvc.engine.state import ChangeBatch, WorkspaceState
 from segsvc.engine.values import check_key, normalize_email, normalize_phone
 from segsvc.storage.errors import CorruptRecordError, StorageError, StorageFullError
 from segsvc.storage.records import reason
@@ -56,9 +65,14 @@ R = TypeVar("R")
 Persist = Callable[[Txn], None]
 Resolve = Callable[[Txn], tuple[Op | None, R, Persist | None]]
 
-LOOKUP_CHAR = {"id": b"i", "email": b"e", "phone": b"p"}
 # meta key (+ workspace prefix): the clock time of the workspace's last checkpoint.
 CHECKPOINTED_AT = b"checkpointed:"
+# Where a shared log's materialisation stands: meta key + workspace prefix -> the last
+# record whose rows this node stored.
+MATERIALISED = b"materialised:"
+# A write refused because other nodes appended first is validated again after catching up,
+# this many times in all.
+WRITE_ATTEMPTS = 5
 
 
 class WorkspaceCore:
@@ -104,20 +118,48 @@ class WorkspaceCore:
     def load(self) -> WorkspaceState:
         """The state as of the last committed operation: checkpoint plus the log after it.
         A damaged checkpoint or log record raises CorruptRecordError: the state cannot be
-        rebuilt without it."""
+        rebuilt without it. From a shared log, the records this node has not stored the
+        rows of (another node's, or its own whose commit was lost) are materialised on the
+        way."""
         started = time.perf_counter()
+        if self.oplog.shared:
+            state, replayed, weight = self._load_shared()
+        else:
+            with self.store.read() as txn:
+                state, replayed, weight = load_state(self.oplog, txn)
         with self.store.read() as txn:
-            state, replayed, weight = load_state(self.oplog, txn)
             raw_time = txn.get("meta", CHECKPOINTED_AT + self.prefix)
         self.checkpointed_at = read_u64(raw_time) if raw_time else None
         self.observer.replayed(replayed, time.perf_counter() - started)
+        self._loaded(replayed, weight)
+        return state
+
+    def _load_shared(self) -> tuple[WorkspaceState, int, int]:
+        replayed = weight = 0
+        with self.store.write() as txn:
+            self.state = self.oplog.latest_checkpoint(txn)
+            done = self._materialised(txn)
+            for seq, op in self.oplog.read_from(txn, self.state.op_seq):
+                if seq <= done:
+                    self.state.apply(seq, op)
+                else:
+                    self.materialise(txn, seq, op)
+                replayed += 1
+                weight += replay_weight(op)
+        return self.state, replayed, weight
+
+    def _materialised(self, txn: Txn) -> int:
+        """The last record of a shared log whose rows this node stored."""
+        raw = txn.get("meta", MATERIALISED + self.prefix)
+        return 0 if raw is None else read_u64(raw)
+
+    def _loaded(self, replayed: int, weight: int) -> None:
         # What is still only in the log counts toward the next checkpoint.
         self.items_since_checkpoint = weight
         if replayed:
             log.info(
                 "workspace %s: replayed %d operations after the checkpoint", self.name, replayed
             )
-        return state
 
     def checkpoint(self) -> bool:
         """Stores the whole in-memory state and drops the log records it covers; says
@@ -172,33 +214,81 @@ class WorkspaceCore:
     def commit(self, resolve: Resolve[R], frees: bool = False) -> R:
         """Runs one write: `resolve` validates against storage and returns the operation (or
         None when nothing changes), the answer, and the extra rows to store. Writes that
-        free space (`frees`: deletions, ticks) may use part of the storage reserve."""
+        free space (`frees`: deletions, ticks) may use part of the storage reserve.
+
+        On a shared log another node may have appended first: the log refuses the record,
+        this node catches up and validates the write again, a few times at most."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return self._commit_once(resolve, frees)
+            except ConcurrentWrite as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    raise ConcurrentWrite(
+                        f"other nodes wrote to workspace {self.name!r} first {attempt} times "
+                        "in a row; nothing was applied: retry"
+                    ) from exc
+                self.catch_up()
+        raise AssertionError("unreachable")
+
+    def catch_up(self, through: int = 0) -> int:
+        """Applies and stores the records of a shared log this node has not applied yet
+        (other nodes' writes); returns how many. The embedded log has none. With `through`,
+        nothing is read when record `through` is applied by the time the lock is free (the
+        notice of this node's own write, which its commit applied meanwhile)."""
+        with self.lock:
+            if through and self.state.op_seq >= through:
+                return 0
+            count = weight = 0
+            wrote_changes = False
+            with self._moving_write() as (txn, moved):
+                for seq, op in self.oplog.read_from(txn, self.state.op_seq):
+                    moved.append(seq)
+                    wrote_changes |= bool(self.materialise(txn, seq, op))
+                    count += 1
+                    weight += replay_weight(op)
+            self.items_since_checkpoint += weight
+        if wrote_changes:
+            self._notify_changes()
+        return count
+
+    def materialise(
+        self, txn: Txn, seq: int, op: Op, persist: Persist | None = None
+    ) -> list[ChangeBatch]:
+        """Applies record `seq` to the in-memory state and stores what it changes: its rows
+        (`persist`, else those the record carries), the membership changes and the size
+        history. The one path of every record, written here or read from a shared log."""
+        batches = self.state.apply(seq, op)
+        if persist is not None:
+            persist(txn)
+        else:
+            store_rows(txn, self.prefix, op)
+        for batch in batches:
+            txn.put("changes", self.prefix + u64(batch.first_seq), batch.encode())
+        self.record_history(txn, op)
+        if self.oplog.shared:
+            txn.put("meta", MATERIALISED + self.prefix, u64(seq))
+        return batches
+
+    def _notify_changes(self) -> None:
+        with self.changed:
+            self.committed_head = self.state.change_seq - 1
+            self.changed.notify_all()
+
+    def _commit_once(self, resolve: Resolve[R], frees: bool) -> R:
         with self.lock:
             self.check_room(frees)
-            applied = False
             started = time.perf_counter()
-            try:
-                with self.store.write() as txn:
-                    op, answer, persist = resolve(txn)
-                    if op is None:
-                        return answer
-                    seq = self.state.op_seq + 1
-                    applied = True
-                    # Appended before it is applied: a log that can refuse the record (a
-                    # replicated one) then refuses it before memory moved.
-                    self.oplog.append(txn, seq, op)
-                    batches = self.state.apply(seq, op)
-                    if persist is not None:
-                        persist(txn)
-                    for batch in batches:
-                        txn.put("changes", self.prefix + u64(batch.first_seq), batch.encode())
-                    self.record_history(txn, op)
-            except StorageError as exc:
-                self._reload_after_failure(applied, exc)
-                raise from_storage(exc, self.store.path) from exc
-            except BaseException as exc:
-                self._reload_after_failure(applied, exc)
-                raise
+            with self._moving_write() as (txn, moved):
+                op, answer, persist = resolve(txn)
+                if op is None:
+                    return answer
+                seq = self.state.op_seq + 1
+                # Appended before it is applied: a log that can refuse the record (a
+                # replicated one) then refuses it before memory moved, and no reload
+                # follows.
+                self.oplog.append(txn, seq, op)
+                moved.append(seq)
+                batches = self.materialise(txn, seq, op, persist)
             self.observer.committed(time.perf_counter() - started)
             self.items_since_checkpoint += replay_weight(op)
             if self.items_since_checkpoint >= max(self.checkpoint_due(), self.checkpoint_retry_at):
@@ -210,9 +300,7 @@ class WorkspaceCore:
                     self.checkpoint_retry_at = self.items_since_checkpoint + self.checkpoint_due()
                     log.exception("workspace %s: checkpoint failed", self.name)
         if batches:
-            with self.changed:
-                self.committed_head = self.state.change_seq - 1
-                self.changed.notify_all()
+            self._notify_changes()
         return answer
 
     def check_room(self, frees: bool) -> None:
@@ -248,6 +336,23 @@ class WorkspaceCore:
             ),
             self.store.path,
         )
+
+    @contextmanager
+    def _moving_write(self) -> Iterator[tuple[Txn, list[int]]]:
+        """One LMDB write transaction in which records are applied to the in-memory state
+        (the caller lists their sequence numbers in the second item once it applies them):
+        if it fails after one was, the state is reloaded from what was committed; a storage
+        failure becomes the domain error it stands for."""
+        moved: list[int] = []
+        try:
+            with self.store.write() as txn:
+                yield txn, moved
+        except StorageError as exc:
+            self._reload_after_failure(bool(moved), exc)
+            raise from_storage(exc, self.store.path) from exc
+        except BaseException as exc:
+            self._reload_after_failure(bool(moved), exc)
+            raise
 
     def _reload_after_failure(self, applied: bool, exc: BaseException) -> None:
         if applied:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from segsvc.config import Config, name_problem
 from segsvc.engine.clock import Clock, SystemClock
 from segsvc.engine.errors import InvalidArgument, SegsvcError, from_storage
+from segsvc.engine.follower import LogFollower
+from segsvc.engine.jetstream_log import JetStreamLogs
 from segsvc.engine.observer import NO_OBSERVER, EngineObserver
 from segsvc.engine.stats import EngineStats, process_memory
 from segsvc.engine.workspace import Workspace
@@ -59,6 +61,10 @@ class Engine:
         # For uptime: a monotonic start, unmoved by clock changes (and by a test's clock).
         self.started = time.monotonic()
         self.store = Store(config.data_dir, config.map_size)
+        # With --nats, every workspace's log is on JetStream and LMDB is this node's
+        # materialisation of it.
+        self._logs: JetStreamLogs | None = None
+        self._follower: LogFollower | None = None
         self._workspaces: dict[str, Workspace] = {}
         self._lock = threading.Lock()
         # Notified whenever a workspace is created, for wait_for_workspace.
@@ -68,16 +74,24 @@ class Engine:
         try:
             with self.store.read() as txn:
                 names = [k[len(b"ws:") :].decode() for k, _ in txn.scan("meta", b"ws:")]
+            if config.replication is not None:
+                self._logs = JetStreamLogs(config.replication)
+                # A node with an empty data directory learns the workspaces from the stream.
+                names = sorted(set(names) | set(self._logs.workspace_names()))
             for name in names:
                 self.workspace(name)
+            if self._logs is not None:
+                # Other nodes' records (and this node's own) are applied as they come.
+                self._follower = LogFollower(self._logs, self.workspace, self.workspaces)
+                self._follower.start()
         except CorruptRecordError as exc:
-            self.store.close()
+            self._close_storage()
             raise StoreDamagedError(
                 f"workspace data cannot be rebuilt: {exc}; restore {config.data_dir} from a "
                 f"backup (`segsvc check --data {config.data_dir}` lists all damage)"
             ) from exc
         except BaseException:
-            self.store.close()
+            self._close_storage()
             raise
 
     def workspace(self, name: str) -> Workspace:
@@ -99,11 +113,13 @@ class Engine:
                 # meanwhile, then move it all where the collector never rescans it.
                 gc.disable()
                 try:
+                    oplog = None if self._logs is None else self._logs.log_for(name)
                     ws = Workspace(
                         name,
                         self.store,
                         self.clock,
                         self.config,
+                        oplog,
                         observer=self.observer.workspace(name),
                     )
                 finally:
@@ -171,6 +187,16 @@ class Engine:
     def uptime_seconds(self) -> float:
         return time.monotonic() - self.started
 
+    def replica_lag(self) -> int:
+        """With a shared log: how many records other nodes announced that this node has
+        not applied yet, in the workspace furthest behind (0 without one)."""
+        return 0 if self._follower is None else self._follower.lag()
+
+    def applied_seq(self, name: str) -> int:
+        """The last operation record of workspace `name` this node applied (0: none)."""
+        ws = self._workspaces.get(name)
+        return 0 if ws is None else ws.state.op_seq
+
     def workspaces(self) -> list[Workspace]:
         return list(self._workspaces.values())
 
@@ -199,9 +225,18 @@ class Engine:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=5)
+        if self._follower is not None:
+            self._follower.stop()
         try:
             # A list, not all(generator): one refused checkpoint must not skip the others.
             written = [ws.checkpoint() for ws in self.workspaces()] if checkpoint else [False]
         finally:
-            self.store.close()
+            self._close_storage()
         return all(written)
+
+    def _close_storage(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+        self.store.close()
+        if self._logs is not None:
+            self._logs.close()

@@ -54,6 +54,12 @@ class Unavailable(SegsvcError):
     written, and the call may be retried."""
 
 
+class ConcurrentWrite(SegsvcError):
+    """Another node appended to the workspace's replicated log after the last record this
+    node applied, so the write, validated against older state, was refused and nothing was
+    applied: the caller may retry."""
+
+
 class DataLoss(SegsvcError):
     """A stored record the call needs is damaged: the rest of the store still serves."""
 

@@ -207,6 +207,10 @@ class EventWrites:
 
         def resolve(txn: Txn) -> tuple[Op | None, None, Persist | None]:
             now = core.clock.now()
+            if now < core.state.now:
+                # Another node's tick (a shared log) already moved time past this node's
+                # clock: time never runs backwards, and that tick did this one's work.
+                return None, None, None
             self.feed.prune(txn, now)
             self.audiences.prune(txn, now)
             cutoff = now - core.config.event_retention_seconds

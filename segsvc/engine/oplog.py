@@ -1,19 +1,20 @@
 """The operation log of a workspace: where operation records are appended, read back for a
 replay, and dropped once a checkpoint covers them. `OperationLog` is what the commit path
-(segsvc.engine.commit) asks of a log; `LmdbOperationLog` is the embedded one, the `ops` and
-`checkpoints` tables of the store.
+(segsvc.engine.core) asks of a log; `LmdbOperationLog` is the embedded one, the `ops` and
+`checkpoints` tables of the store; segsvc.engine.jetstream_log is the other, on NATS
+JetStream (`serve --nats`).
 
-Why an interface with one implementation: the state is a deterministic function of the log,
-so the log can later live elsewhere (NATS JetStream, DESIGN.md) without the commit path
-changing. A JetStream log would sit beside this one:
-- `append` publishes the record to the workspace's subject with
-  `Nats-Expected-Last-Subject-Sequence` = seq - 1 (and a `Nats-Msg-Id` for retries) and
-  returns once JetStream acknowledged it; a refusal (another node wrote first) becomes an
-  error the caller retries after catching up. That is why the commit path appends *before* it
-  applies the record in memory: a refused publish has changed nothing.
-- `read_from` reads the stream after a sequence (catch-up after a checkpoint, or of a new node);
-- `checkpoint` stores the state blob locally as of a stream sequence and leaves the stream
-  alone (the stream's retention, not this node, decides what it drops).
+The state is a deterministic function of the log, so the log can live elsewhere without
+the commit path changing:
+- `append` of the embedded log is durable when the LMDB transaction commits; the JetStream
+  log publishes the record (expecting the last record this node saw on the workspace's
+  subject) and returns once JetStream acknowledged it, or refuses it (ConcurrentWrite) when
+  another node wrote first. That is why the commit path appends *before* it applies the
+  record in memory: a refused publish has changed nothing.
+- `read_from` reads the records after a sequence (a replay after a checkpoint, catching up
+  with other nodes, or a new node);
+- `checkpoint` stores the state blob locally as of a record; the embedded log drops the
+  records it covers, a stream keeps them (its retention decides what it drops).
 Every method takes the local LMDB transaction of the unit of work: LMDB stays each node's
 materialisation either way. Nothing here knows of the in-memory indexes beyond decoding a
 checkpoint, nor of clocks.
@@ -33,8 +34,14 @@ from segsvc.storage.store import Txn, describe_key, read_u64, u64
 class OperationLog(Protocol):
     """One workspace's ordered operation records, numbered from 1."""
 
+    # Whether others read this log too (other nodes, or this node after a commit it lost):
+    # its records then carry every row they store, and this node materialises records it
+    # did not commit itself.
+    shared: bool
+
     def append(self, txn: Txn, seq: int, op: Op) -> None:
-        """Adds `op` as record `seq` (one more than the last), durable once `txn` commits."""
+        """Adds `op` as record `seq` (one more than the last): durable once `txn` commits
+        (embedded), or once this returns (shared)."""
 
     def read_from(self, txn: Txn, after_seq: int) -> Iterator[tuple[int, Op]]:
         """The records after `after_seq`, in order, with their sequence numbers. A damaged
@@ -52,6 +59,9 @@ class OperationLog(Protocol):
 class LmdbOperationLog:
     """The embedded log: records in the `ops` table under the workspace prefix and the
     sequence number, the checkpoint in `checkpoints` under the workspace prefix."""
+
+    # The record and its rows commit in one LMDB transaction: nobody else reads it.
+    shared = False
 
     def __init__(self, workspace_prefix: bytes) -> None:
         self.prefix = workspace_prefix

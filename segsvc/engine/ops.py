@@ -19,17 +19,49 @@ from segsvc.storage.records import seal, unseal
 
 
 @dataclass(frozen=True)
+class BulkRows:
+    """The rows a bulk load stores: lookup keys it frees ((kind, value)), the people records
+    (stored bytes) by ordinal, and the keys it claims (kind, values, their ordinals)."""
+
+    frees: tuple[tuple[str, str], ...]
+    ordinals: tuple[int, ...]
+    records: tuple[bytes, ...]
+    claims: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...]
+
+    def to_plain(self) -> list[Any]:
+        return [
+            [list(f) for f in self.frees],
+            list(self.ordinals),
+            list(self.records),
+            [[kind, list(values), list(ordinals)] for kind, values, ordinals in self.claims],
+        ]
+
+    @classmethod
+    def from_plain(cls, d: list[Any]) -> BulkRows:
+        return cls(
+            tuple((kind, value) for kind, value in d[0]),
+            tuple(d[1]),
+            tuple(d[2]),
+            tuple((kind, tuple(values), tuple(ordinals)) for kind, values, ordinals in d[3]),
+        )
+
+
+@dataclass(frozen=True)
 class PeopleOp:
     """Upserts and deletions: for each person the record before (None: new) and after
     (None: deleted), so applying it needs nothing but the record itself.
 
-    A bulk load logs the index changes instead (`delta`, with `people` empty): its records
-    are stored in the people table in the same commit, and applying the delta costs a few
-    bitmap operations per distinct value where records would cost a loop per person."""
+    A bulk load logs the index changes instead (`delta`, with `people` empty): applying the
+    delta costs a few bitmap operations per distinct value where records would cost a loop
+    per person. Its rows go to the people and lookup tables in the same commit; a log that
+    other nodes (or a restart after a lost commit) read from also carries them (`rows`),
+    since nothing else could rebuild them. The embedded log does without: its record and
+    the rows commit together."""
 
     at: int
     people: tuple[tuple[int, PersonRecord | None, PersonRecord | None], ...]
     delta: IndexDelta | None = None
+    rows: BulkRows | None = None
 
 
 @dataclass(frozen=True)
@@ -139,8 +171,10 @@ def encode(op: Op) -> bytes:
     body: list[Any]
     if isinstance(op, PeopleOp):
         body = ["people", op.at, [[o, _rec(a), _rec(b)] for o, a, b in op.people]]
-        if op.delta is not None:
-            body.append(op.delta.to_plain())
+        if op.delta is not None or op.rows is not None:
+            body.append(None if op.delta is None else op.delta.to_plain())
+        if op.rows is not None:
+            body.append(op.rows.to_plain())
     elif isinstance(op, CreateSegmentOp):
         body = [
             "create",
@@ -175,7 +209,8 @@ def decode(data: bytes) -> Op:
     kind, at = d[0], d[1]
     if kind == "people":
         people = tuple((o, _from_rec(a), _from_rec(b)) for o, a, b in d[2])
-        return PeopleOp(at, people, IndexDelta.from_plain(d[3]) if len(d) > 3 else None)
+        delta = IndexDelta.from_plain(d[3]) if len(d) > 3 and d[3] is not None else None
+        return PeopleOp(at, people, delta, BulkRows.from_plain(d[4]) if len(d) > 4 else None)
     if kind == "create":
         return CreateSegmentOp(at, d[2], d[3], d[4], d[5], _from_node(d[6]))
     if kind == "update":

@@ -1,9 +1,6 @@
-"""How people sit in storage: their records in the `people` table and the id, email and phone
-lookups that name them; the rows a write of people stores, and the batched lookups a bulk
-load plans with (`BulkReader`, the Reader of segsvc.engine.bulk).
-
-Kept apart from the requests (segsvc.engine.people_writes) because the row layout is one
-thing to get right once: a person and their lookup keys are freed and claimed together."""
+"""The rows a write of people stores, as the commit path takes them (the layout itself is
+segsvc.engine.record_rows), and the batched lookups a bulk load plans with (`BulkReader`,
+the Reader of segsvc.engine.bulk)."""
 
 from __future__ import annotations
 
@@ -14,8 +11,10 @@ from typing import Any
 import numpy as np
 
 from segsvc.engine.bulk import Plan, Reader
-from segsvc.engine.core import LOOKUP_CHAR, Persist, WorkspaceCore
+from segsvc.engine.core import Persist, WorkspaceCore
+from segsvc.engine.ops import BulkRows
 from segsvc.engine.people import PersonRecord, unpack_record
+from segsvc.engine.record_rows import LOOKUP_CHAR, lookup_keys, store_bulk, store_people
 from segsvc.storage.store import U32, Txn, read_u32, u32
 
 # Lookup keys built at a time when they are written once.
@@ -28,60 +27,29 @@ def persist_people(
 ) -> Persist:
     """The rows of people written one by one: (ordinal, record before or None, record after
     or None)."""
-
-    def persist(txn: Txn) -> None:
-        p = core.prefix
-        # Free every key first, then claim: within a batch one person may take over an
-        # email another just gave up.
-        for _ordinal, old, new in people:
-            if old is None:
-                continue
-            for kind, value in (("email", old.email), ("phone", old.phone)):
-                if value and (new is None or getattr(new, kind) != value):
-                    txn.delete("lookup", p + LOOKUP_CHAR[kind] + value.encode())
-            if new is None:
-                txn.delete("lookup", p + b"i" + old.id.encode())
-                txn.delete("people", p + u32(_ordinal))
-        for ordinal, old, new in people:
-            if new is None:
-                continue
-            txn.put("people", p + u32(ordinal), new.encode())
-            if old is None:
-                txn.put("lookup", p + b"i" + new.id.encode(), u32(ordinal))
-            for kind, value in (("email", new.email), ("phone", new.phone)):
-                if value and (old is None or getattr(old, kind) != value):
-                    txn.put("lookup", p + LOOKUP_CHAR[kind] + value.encode(), u32(ordinal))
-
-    return persist
+    return lambda txn: store_people(txn, core.prefix, people)
 
 
-def persist_plan(core: WorkspaceCore, plan: Plan, reader: BulkReader) -> Persist:
+def persist_plan(core: WorkspaceCore, plan: Plan) -> Persist:
     """The rows of a bulk load's plan (segsvc.engine.bulk)."""
-
-    def persist(txn: Txn) -> None:
-        p = core.prefix
-        for kind, value in plan.frees:
-            txn.delete("lookup", p + LOOKUP_CHAR[kind] + value.encode())
-        people = map(p.__add__, map(U32.pack, plan.ordinals))
-        txn.put_many("people", zip(people, plan.records, strict=True))
-        for kind, (values, ordinals) in plan.claims.items():
-            keys = reader.keys(kind, values)
-            txn.put_many("lookup", zip(keys, map(U32.pack, ordinals), strict=True))
-
-    return persist
+    claimed = [(kind, values, owners) for kind, (values, owners) in plan.claims.items()]
+    return lambda txn: store_bulk(
+        txn, core.prefix, plan.frees, plan.ordinals, plan.records, claimed
+    )
 
 
-def lookup_keys(head: bytes, values: Sequence[str]) -> list[bytes]:
-    """`head + value` as UTF-8 for many values: joined with a separator, encoded once and
-    split (keys hold no control characters, so the split gives one key per value; when it
-    does not, map over built-in methods)."""
-    if not values:
-        return []
-    text = head.decode()
-    keys = (text + ("\x01" + text).join(values)).encode().split(b"\x01")
-    if len(keys) == len(values):
-        return keys
-    return list(map(head.__add__, map(str.encode, values)))
+def bulk_rows(plan: Plan) -> BulkRows:
+    """A plan's rows as a record carries them (for a shared log)."""
+    return BulkRows(
+        tuple(plan.frees),
+        tuple(plan.ordinals),
+        tuple(plan.records),
+        tuple(
+            (kind, tuple(keys), tuple(owners))
+            for claims in (plan.claimed_early, plan.claims)
+            for kind, (keys, owners) in claims.items()
+        ),
+    )
 
 
 class BulkReader(Reader):

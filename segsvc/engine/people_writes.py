@@ -22,12 +22,13 @@ from segsvc.engine.bulk import (
     plan_columns,
     upserts_for_rows,
 )
-from segsvc.engine.core import LOOKUP_CHAR, Persist, WorkspaceCore
+from segsvc.engine.core import Persist, WorkspaceCore
 from segsvc.engine.errors import DataLoss, InvalidArgument
 from segsvc.engine.model import ItemResult, PersonKey, PersonView
 from segsvc.engine.ops import Op, PeopleOp
 from segsvc.engine.people import PersonRecord, PersonUpsert, apply_upsert, validate_upsert
-from segsvc.engine.people_rows import BulkReader, persist_people, persist_plan
+from segsvc.engine.people_rows import BulkReader, bulk_rows, persist_people, persist_plan
+from segsvc.engine.record_rows import LOOKUP_CHAR
 from segsvc.engine.values import Timestamp
 from segsvc.storage.store import Txn
 
@@ -155,7 +156,10 @@ class PeopleWrites:
                 return self._resolve_rows_in_order(txn, columns, checked, first_index)
             if plan.delta is None:
                 return None, plan.result, None
-            return PeopleOp(now, (), plan.delta), plan.result, persist_plan(core, plan, reader)
+            if core.oplog.shared:
+                # Other nodes store the rows from the record: it carries them.
+                return PeopleOp(now, (), plan.delta, bulk_rows(plan)), plan.result, None
+            return PeopleOp(now, (), plan.delta), plan.result, persist_plan(core, plan)
 
         return core.commit(resolve)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -128,3 +130,50 @@ def violations(error: grpc.RpcError) -> list[tuple[str, str]]:
 
 def violation_fields(call: Callable[[], Any]) -> list[str]:
     return [field for field, _ in violations(rpc_error(call))]
+
+
+class WritesUntilFailure:
+    """A client thread that upserts people five at a time (attribute n) and adds each batch
+    to a manual segment, until a call fails: what was acknowledged is kept, for a test that
+    kills the server mid-stream and then looks for every acknowledged write."""
+
+    def __init__(self, api: Any, manual_segment_id: int) -> None:
+        self.api = api
+        self.segment_id = manual_segment_id
+        self.people: list[str] = []
+        self.members: list[str] = []
+        self.failures: list[grpc.RpcError] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        batch = 0
+        while True:
+            ids = [f"c{batch}-{j}" for j in range(5)]
+            try:
+                response = self.api.people.UpsertPeople(
+                    people_pb2.UpsertPeopleRequest(people=[person(i, n=batch) for i in ids]),
+                    timeout=10,
+                )
+                assert response.created == len(ids), response
+                self.people.extend(ids)
+                added = add_members(self.api, self.segment_id, *ids)
+                assert added.added == len(ids), added
+                self.members.extend(ids)
+            except grpc.RpcError as error:
+                self.failures.append(error)
+                return
+            batch += 1
+
+    def wait_for_members(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.members) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.members) >= count, "the writer made no progress"
+
+    def join_failed(self) -> grpc.RpcError:
+        """The failure that stopped the writer (after the server died)."""
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+        assert self.failures
+        return self.failures[0]

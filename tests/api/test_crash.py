@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 
 import grpc
 from api_harness import (
+    WritesUntilFailure,
     add_members,
     attr,
     by_id,
@@ -32,39 +32,11 @@ def test_every_acknowledged_write_survives_sigkill(server_processes, tmp_path):
     manual = manual_segment(client, "Crash list")
     dynamic = dynamic_segment(client, "Has n", attr("n", C.OPERATOR_EXISTS))
 
-    acknowledged_people: list[str] = []
-    acknowledged_members: list[str] = []
-    failures: list[grpc.RpcError] = []
-
-    def write_until_the_server_dies() -> None:
-        batch = 0
-        while True:
-            ids = [f"c{batch}-{j}" for j in range(5)]
-            try:
-                response = client.people.UpsertPeople(
-                    people_pb2.UpsertPeopleRequest(people=[person(i, n=batch) for i in ids]),
-                    timeout=10,
-                )
-                assert response.created == len(ids), response
-                acknowledged_people.extend(ids)
-                response = add_members(client, manual, *ids)
-                assert response.added == len(ids), response
-                acknowledged_members.extend(ids)
-            except grpc.RpcError as error:
-                failures.append(error)
-                return
-            batch += 1
-
-    writer = threading.Thread(target=write_until_the_server_dies, daemon=True)
-    writer.start()
-    deadline = time.monotonic() + 30
-    while len(acknowledged_members) < 200 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(acknowledged_members) >= 200, "the writer made no progress"
+    writer = WritesUntilFailure(client, manual)
+    writer.wait_for_members(200, timeout=30)
     server.kill()  # in the middle of the writer's stream of calls
-    writer.join(15)
-    assert not writer.is_alive()
-    assert failures and failures[0].code() == grpc.StatusCode.UNAVAILABLE
+    assert writer.join_failed().code() == grpc.StatusCode.UNAVAILABLE
+    acknowledged_people, acknowledged_members = writer.people, writer.members
     client.channel.close()
 
     restarted = server_processes(data)

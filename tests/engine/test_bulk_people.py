@@ -23,7 +23,7 @@ from segsvc.engine.bulk import PeopleColumns
 from segsvc.engine.errors import NotFound
 from segsvc.engine.model import ItemResult, PersonKey
 from segsvc.engine.people import PersonRecord, PersonUpsert
-from segsvc.engine.people_rows import lookup_keys
+from segsvc.engine.record_rows import lookup_keys
 from segsvc.engine.values import Timestamp, kind_of
 
 

@@ -19,6 +19,7 @@ from segsvc.cli import (
     events,
     members,
     people,
+    relay,
     segments,
     serve,
     watch,
@@ -110,5 +111,6 @@ main.add_command(members.members)
 main.add_command(people.people)
 main.add_command(events.events)
 main.add_command(watch.watch)
+main.add_command(relay.relay_changes)
 main.add_command(audience.audience)
 main.add_command(workspaces.workspaces)

@@ -1,0 +1,190 @@
+"""`segsvc relay-changes`: publish a workspace's change feed to NATS JetStream."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from segsvc.cli.common import Session, fail, pass_session
+from segsvc.client import Client
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _no_nats(exc: ImportError) -> NoReturn:
+    fail(f"relay-changes needs the NATS client ({exc.name}): pip install 'segsvc[relay]'")
+
+
+@click.command("relay-changes")
+@click.option(
+    "--server",
+    envvar="SEGSVC_SERVER",
+    show_envvar=True,
+    metavar="HOST:PORT",
+    help="The segsvc server to follow (default: the global --server).",
+)
+@click.option(
+    "--workspace",
+    envvar="SEGSVC_WORKSPACE",
+    show_envvar=True,
+    help="The workspace whose changes to relay; required (here or as the global option).",
+)
+@click.option(
+    "--token",
+    envvar="SEGSVC_TOKEN",
+    show_envvar=True,
+    help="Bearer token with read access to the workspace (default: the global --token).",
+)
+@click.option(
+    "--tls",
+    is_flag=True,
+    envvar="SEGSVC_TLS",
+    show_envvar=True,
+    help="Connect to the server with TLS, trusting the system's CAs.",
+)
+@click.option(
+    "--ca-cert",
+    envvar="SEGSVC_CA_CERT",
+    show_envvar=True,
+    type=_FILE,
+    help="Connect to the server with TLS, trusting this CA bundle.",
+)
+@click.option(
+    "--nats",
+    "nats_urls",
+    envvar="SEGSVC_NATS",
+    show_envvar=True,
+    required=True,
+    metavar="nats://HOST:PORT[,...]",
+    help="NATS servers to publish to (comma-separated; any of a cluster will do).",
+)
+@click.option(
+    "--stream",
+    envvar="SEGSVC_CHANGES_STREAM",
+    show_envvar=True,
+    default="SEGSVC_CHANGES",
+    show_default=True,
+    help="JetStream stream, created if missing with the subjects segsvc.changes.>.",
+)
+@click.option(
+    "--replicas",
+    envvar="SEGSVC_CHANGES_REPLICAS",
+    show_envvar=True,
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Replicas of the stream when the relay creates it.",
+)
+@click.option(
+    "--nats-creds",
+    envvar="SEGSVC_NATS_CREDS",
+    show_envvar=True,
+    type=_FILE,
+    help="NATS credentials file (user JWT and NKey seed).",
+)
+@click.option(
+    "--nats-tls-ca",
+    envvar="SEGSVC_NATS_TLS_CA",
+    show_envvar=True,
+    type=_FILE,
+    help="Connect to NATS with TLS, trusting this CA bundle.",
+)
+@click.option(
+    "--from-start/--from-now",
+    "first_from_start",
+    envvar="SEGSVC_RELAY_FROM_START",
+    show_envvar=True,
+    default=None,
+    help="Where a first start begins (the stream holds no change of the workspace yet): "
+    "every change the feed still keeps, or only new ones. Required on a first start; "
+    "ignored later, when the relay goes on after the last change in the stream.",
+)
+@click.option(
+    "--resume-after",
+    envvar="SEGSVC_RELAY_RESUME_AFTER",
+    show_envvar=True,
+    type=click.IntRange(min=0),
+    metavar="SEQ",
+    help="Relay the changes after SEQ even if the stream's last one is older, skipping those "
+    "in between (e.g. pruned by the server's retention before they were relayed). "
+    "Ignored once the stream holds SEQ, so it is safe to leave in place.",
+)
+@click.option(
+    "--max-in-flight",
+    envvar="SEGSVC_RELAY_MAX_IN_FLIGHT",
+    show_envvar=True,
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Publishes awaiting JetStream's acknowledgement at once.",
+)
+@pass_session
+def relay_changes(
+    session: Session,
+    server: str | None,
+    workspace: str | None,
+    token: str | None,
+    tls: bool,
+    ca_cert: Path | None,
+    nats_urls: str,
+    stream: str,
+    replicas: int,
+    nats_creds: Path | None,
+    nats_tls_ca: Path | None,
+    first_from_start: bool | None,
+    resume_after: int | None,
+    max_in_flight: int,
+) -> None:
+    """Publish every change of a workspace's feed to NATS JetStream, for consumers in any
+    language: subject segsvc.changes.<workspace>.<segment id>, payload the protobuf
+    segsvc.v1.Change, message id <workspace>:<seq> (README, "Change feed on NATS").
+
+    It goes on after the last change the stream holds, so a restarted relay publishes
+    nothing twice and misses nothing. SIGTERM or Ctrl-C: stops after the changes in flight
+    are acknowledged, exit 0.
+
+    \b
+    Example:
+      segsvc relay-changes --server 10.0.0.5:50051 --workspace acme \\
+        --nats nats://n1:4222,nats://n2:4222 --replicas 3 --from-start
+    """
+    try:
+        from segsvc.relay.relay import RelayError, RelaySettings, run_relay
+    except ImportError as exc:
+        _no_nats(exc)
+
+    base = session.client
+    workspace = workspace or base.workspace
+    if not workspace:
+        raise click.UsageError("give the workspace to relay: --workspace NAME")
+    servers = tuple(url.strip() for url in nats_urls.split(",") if url.strip())
+    if not servers:
+        raise click.UsageError("--nats names no server: give nats://HOST:PORT[,...]")
+    settings = RelaySettings(
+        workspace=workspace,
+        nats_servers=servers,
+        stream=stream,
+        replicas=replicas,
+        nats_creds=nats_creds,
+        nats_tls_ca=nats_tls_ca,
+        first_from_start=first_from_start,
+        resume_after=resume_after,
+        max_in_flight=max_in_flight,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s segsvc-relay: %(message)s")
+    client = Client(
+        server or base.target,
+        token=token or base.token,
+        workspace=workspace,
+        tls=tls or base.tls,
+        ca_cert=ca_cert or base.ca_cert,
+    )
+    with client:
+        try:
+            report = run_relay(client, settings)
+        except RelayError as exc:
+            fail(str(exc))
+    click.echo(f"stopped: relayed {report.relayed} changes, up to seq {report.last_seq}", err=True)

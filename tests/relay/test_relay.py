@@ -1,0 +1,180 @@
+"""`segsvc relay-changes` end to end: a real segsvc server process, a real nats-server, the
+relay as a child process killed with -9 mid-stream and started again, and a durable
+JetStream consumer (the README's Python consumer) that must see the feed exactly as
+WatchChanges gives it: every change once, in order, with its kind and cause."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import nats
+from nats_harness import NatsServer
+from relay_harness import RelayProcess, feed, run, wait_relayed
+
+from segsvc.client import Client
+from segsvc.relay.subjects import change_subject, workspace_subjects
+from segsvc.v1 import changes_pb2, conditions_pb2, people_pb2, segments_pb2, types_pb2
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+# A name with a '.', which is no subject token as it is.
+WORKSPACE = "acme.eu"
+PEOPLE = [f"p{i}" for i in range(30)]
+
+
+def readme_consumer():
+    """The `consume` function of the README's Python consumer, as the README has it."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (source,) = [block for block in blocks if "async def consume(" in block]
+    namespace: dict[str, object] = {}
+    exec(compile(source, "README.md", "exec"), namespace)
+    return namespace["consume"]
+
+
+def consume_all(url: str, subjects: str, durable: str, count: int) -> list[changes_pb2.Change]:
+    consume = readme_consumer()
+    seen: list[changes_pb2.Change] = []
+
+    def handle(change: changes_pb2.Change) -> bool:
+        seen.append(change)
+        return len(seen) < count
+
+    run(lambda: consume(url, subjects, durable, handle))
+    return seen
+
+
+def pending(url: str, durable: str) -> int:
+    """Messages the durable consumer has not been given yet."""
+
+    async def ask() -> int:
+        nc = await nats.connect(url)
+        try:
+            info = await nc.jetstream().consumer_info("SEGSVC_CHANGES", durable)
+            return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        finally:
+            await nc.close()
+
+    return run(ask)
+
+
+def make_segments(client: Client) -> tuple[int, int]:
+    """A dynamic segment (plan is "pro") and a manual one."""
+    pro = client.segments.CreateSegment(
+        segments_pb2.CreateSegmentRequest(
+            name="Pro",
+            type=segments_pb2.SEGMENT_TYPE_DYNAMIC,
+            conditions=conditions_pb2.Condition(
+                attribute=conditions_pb2.AttributeCondition(
+                    attribute="plan",
+                    operator=conditions_pb2.OPERATOR_EQUALS,
+                    value=types_pb2.Value(string_value="pro"),
+                )
+            ),
+        )
+    ).segment.id
+    vip = client.segments.CreateSegment(
+        segments_pb2.CreateSegmentRequest(name="VIP", type=segments_pb2.SEGMENT_TYPE_MANUAL)
+    ).segment.id
+    return pro, vip
+
+
+def plan(n: int) -> str:
+    return "pro" if n % 3 else "free"
+
+
+def write_round(client: Client, round_no: int, vip: int) -> None:
+    """Moves people in and out of both segments: plan changes (DATA), VIP adds and removes
+    (MANUAL), and a delete now and then (DELETED)."""
+    upserts = [
+        people_pb2.PersonUpsert(
+            id=person,
+            attributes={"plan": types_pb2.Value(string_value=plan(i + round_no))},
+        )
+        for i, person in enumerate(PEOPLE)
+    ]
+    client.people.UpsertPeople(people_pb2.UpsertPeopleRequest(people=upserts))
+    if not vip:
+        return
+    refs = [types_pb2.PersonRef(id=p) for i, p in enumerate(PEOPLE) if (i + round_no) % 2]
+    if round_no % 2:
+        client.segments.AddMembers(segments_pb2.AddMembersRequest(segment_id=vip, people=refs))
+    else:
+        client.segments.RemoveMembers(
+            segments_pb2.RemoveMembersRequest(segment_id=vip, people=refs)
+        )
+    if round_no % 5 == 4:
+        victim = PEOPLE[round_no % len(PEOPLE)]
+        client.people.DeletePeople(
+            people_pb2.DeletePeopleRequest(people=[types_pb2.PersonRef(id=victim)])
+        )
+
+
+def test_a_relay_killed_mid_stream_and_restarted_delivers_every_change_once_in_order(
+    server_processes, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    server = server_processes(tmp_path / "data")
+    relay_log = tmp_path / "relay.log"
+    client = Client(server.address, workspace=WORKSPACE)
+    # Some are "pro" already, so creating the segment moves them in (DEFINITION).
+    write_round(client, 0, vip=0)
+    pro, vip = make_segments(client)
+
+    # A first start must say where to begin.
+    refused = RelayProcess(relay_log, server.address, WORKSPACE, nats_server.url)
+    assert refused.wait() == 2
+    assert "--from-start" in refused.log() and "--from-now" in refused.log()
+
+    stop_writing = threading.Event()
+    rounds = 0
+
+    def write() -> None:
+        nonlocal rounds
+        while not stop_writing.is_set():
+            write_round(client, rounds, vip)
+            rounds += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        first = RelayProcess(relay_log, server.address, WORKSPACE, nats_server.url, "--from-start")
+        wait_relayed(nats_server.url, WORKSPACE, 300)
+        first.kill()
+        killed_at = rounds
+        # The writes go on while no relay runs; the next one starts from the stream's last
+        # change (its --from-start is ignored now).
+        while rounds < killed_at + 5:
+            threading.Event().wait(0.05)
+        second = RelayProcess(relay_log, server.address, WORKSPACE, nats_server.url, "--from-start")
+        while rounds < killed_at + 15:
+            threading.Event().wait(0.05)
+    finally:
+        stop_writing.set()
+        writer.join(60)
+
+    expected = feed(server.address, WORKSPACE)
+    wait_relayed(nats_server.url, WORKSPACE, expected[-1].seq)
+    assert second.terminate() == 0, second.log()
+    # It went on from the stream's last change, which the killed relay left mid-feed.
+    resumed = re.search(r"holds changes up to (\d+): relaying after it", second.log())
+    assert resumed is not None, second.log()
+    assert 300 <= int(resumed.group(1)) < expected[-1].seq
+
+    causes = {change.cause for change in expected}
+    assert causes == {
+        changes_pb2.CHANGE_CAUSE_DEFINITION,
+        changes_pb2.CHANGE_CAUSE_DATA,
+        changes_pb2.CHANGE_CAUSE_MANUAL,
+        changes_pb2.CHANGE_CAUSE_DELETED,
+    }
+    assert {change.segment_id for change in expected} == {pro, vip}
+
+    seen = consume_all(nats_server.url, workspace_subjects(WORKSPACE), "all", len(expected))
+    assert seen == expected
+    assert pending(nats_server.url, "all") == 0  # nothing more: no change was stored twice
+
+    # A consumer of one segment sees that segment's part of the feed.
+    only_vip = feed(server.address, WORKSPACE, (vip,))
+    seen_vip = consume_all(nats_server.url, change_subject(WORKSPACE, vip), "vip", len(only_vip))
+    assert seen_vip == only_vip
+    assert pending(nats_server.url, "vip") == 0

@@ -11,16 +11,21 @@ from pathlib import Path
 
 import nats
 from nats_harness import NatsServer
-from relay_harness import RelayProcess, feed, run, wait_relayed
+from relay_harness import (
+    WORKSPACE,
+    RelayProcess,
+    feed,
+    make_segments,
+    run,
+    wait_relayed,
+    write_round,
+)
 
 from segsvc.client import Client
 from segsvc.relay.subjects import change_subject, workspace_subjects
-from segsvc.v1 import changes_pb2, conditions_pb2, people_pb2, segments_pb2, types_pb2
+from segsvc.v1 import changes_pb2
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-# A name with a '.', which is no subject token as it is.
-WORKSPACE = "acme.eu"
-PEOPLE = [f"p{i}" for i in range(30)]
 
 
 def readme_consumer():
@@ -56,58 +61,6 @@ def pending(url: str, durable: str) -> int:
             await nc.close()
 
     return run(ask)
-
-
-def make_segments(client: Client) -> tuple[int, int]:
-    """A dynamic segment (plan is "pro") and a manual one."""
-    pro = client.segments.CreateSegment(
-        segments_pb2.CreateSegmentRequest(
-            name="Pro",
-            type=segments_pb2.SEGMENT_TYPE_DYNAMIC,
-            conditions=conditions_pb2.Condition(
-                attribute=conditions_pb2.AttributeCondition(
-                    attribute="plan",
-                    operator=conditions_pb2.OPERATOR_EQUALS,
-                    value=types_pb2.Value(string_value="pro"),
-                )
-            ),
-        )
-    ).segment.id
-    vip = client.segments.CreateSegment(
-        segments_pb2.CreateSegmentRequest(name="VIP", type=segments_pb2.SEGMENT_TYPE_MANUAL)
-    ).segment.id
-    return pro, vip
-
-
-def plan(n: int) -> str:
-    return "pro" if n % 3 else "free"
-
-
-def write_round(client: Client, round_no: int, vip: int) -> None:
-    """Moves people in and out of both segments: plan changes (DATA), VIP adds and removes
-    (MANUAL), and a delete now and then (DELETED)."""
-    upserts = [
-        people_pb2.PersonUpsert(
-            id=person,
-            attributes={"plan": types_pb2.Value(string_value=plan(i + round_no))},
-        )
-        for i, person in enumerate(PEOPLE)
-    ]
-    client.people.UpsertPeople(people_pb2.UpsertPeopleRequest(people=upserts))
-    if not vip:
-        return
-    refs = [types_pb2.PersonRef(id=p) for i, p in enumerate(PEOPLE) if (i + round_no) % 2]
-    if round_no % 2:
-        client.segments.AddMembers(segments_pb2.AddMembersRequest(segment_id=vip, people=refs))
-    else:
-        client.segments.RemoveMembers(
-            segments_pb2.RemoveMembersRequest(segment_id=vip, people=refs)
-        )
-    if round_no % 5 == 4:
-        victim = PEOPLE[round_no % len(PEOPLE)]
-        client.people.DeletePeople(
-            people_pb2.DeletePeopleRequest(people=[types_pb2.PersonRef(id=victim)])
-        )
 
 
 def test_a_relay_killed_mid_stream_and_restarted_delivers_every_change_once_in_order(

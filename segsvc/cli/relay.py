@@ -121,6 +121,16 @@ def _no_nats(exc: ImportError) -> NoReturn:
     show_default=True,
     help="Publishes awaiting JetStream's acknowledgement at once.",
 )
+@click.option(
+    "--ack-timeout",
+    envvar="SEGSVC_RELAY_ACK_TIMEOUT",
+    show_envvar=True,
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A publish not acknowledged in this time is published again.",
+)
 @pass_session
 def relay_changes(
     session: Session,
@@ -137,6 +147,7 @@ def relay_changes(
     first_from_start: bool | None,
     resume_after: int | None,
     max_in_flight: int,
+    ack_timeout: float,
 ) -> None:
     """Publish every change of a workspace's feed to NATS JetStream, for consumers in any
     language: subject segsvc.changes.<workspace>.<segment id>, payload the protobuf
@@ -173,6 +184,7 @@ def relay_changes(
         first_from_start=first_from_start,
         resume_after=resume_after,
         max_in_flight=max_in_flight,
+        ack_timeout=ack_timeout,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s segsvc-relay: %(message)s")
     client = Client(

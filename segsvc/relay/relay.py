@@ -3,12 +3,14 @@ JetStream (layout in `subjects`), pipelined, so that a relay that stops at any m
 starts again publishes nothing twice and misses nothing.
 
 Where it stopped is read from JetStream itself, never from a file of ours: the last message
-on the workspace's subjects is the last change the stream holds. One relay publishes the
-feed in order over one connection, and JetStream stores one connection's messages in the
-order they arrive, so when the relay dies (even kill -9) the stream holds an unbroken prefix
-of the feed and the relay goes on after its last message. Within one run, a publish that is
-refused or not acknowledged in time makes the relay publish again from that change: what
-JetStream had stored of them is dropped as a duplicate by its message id.
+on the workspace's subjects is the last change the stream holds. The relay publishes the
+feed in order over one connection and never lets nats-py resend on a new one what it
+buffered (no reconnect inside a connection); the server stores one connection's messages in
+the order they arrive, so whenever the relay or its connection dies, even by kill -9, the
+stream holds an unbroken prefix of the feed. A publish that is refused, not acknowledged in
+time, or cut off with its connection makes the relay publish again, on a new connection,
+from the first change not acknowledged: what JetStream had stored of them is dropped as a
+duplicate by its message id.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ MAX_RETRY_DELAY = 10.0
 # Batches of the feed read ahead of the publisher (each up to 1000 changes).
 READ_AHEAD_BATCHES = 8
 PROGRESS_SECONDS = 10.0
+ACK_POLL_SECONDS = 0.25
+# JetStream API calls (stream info, create, last message): a busy cluster may take a while.
+API_TIMEOUT = 30.0
 
 
 class RelayError(Exception):
@@ -183,14 +188,16 @@ class Relay:
     async def run(self) -> RelayReport:
         nc = await self._connect()
         try:
-            js = nc.jetstream(
-                timeout=self._settings.ack_timeout,
-                publish_async_max_pending=self._settings.max_in_flight,
-            )
-            await self._ensure_stream(js)
-            await self._relay(js, await self._start_request(js))
+            js = self._jetstream(nc)
+            try:
+                await self._ensure_stream(js)
+                request = await self._start_request(js)
+            except (nats.errors.Error, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+                raise RelayError(f"JetStream did not answer: {reason}") from None
+            await self._relay(nc, request)
         finally:
-            await nc.close()
+            await self._close(nc)
         return RelayReport(self._relayed, self._confirmed or 0)
 
     # -- NATS -------------------------------------------------------------------------------
@@ -200,23 +207,48 @@ class Relay:
         options: dict[str, Any] = {
             "servers": list(settings.nats_servers),
             "name": f"segsvc-relay {settings.workspace}",
-            # Keep trying to reach the cluster: the relay is a daemon, and every change not
-            # acknowledged meanwhile is published again (a duplicate to JetStream, not to
-            # consumers).
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 1,
             "connect_timeout": 5,
+            # No reconnect within a connection: nats-py would send what it buffered while
+            # disconnected, after what the dead socket lost, and the stream would hold later
+            # changes without earlier ones. A lost connection ends the session instead; the
+            # next one, on a new connection, publishes again from the first change not
+            # acknowledged.
+            "allow_reconnect": False,
+            "error_cb": _log_nats_error,
         }
         if settings.nats_creds is not None:
             options["user_credentials"] = str(settings.nats_creds)
         if settings.nats_tls_ca is not None:
             options["tls"] = ssl.create_default_context(cafile=str(settings.nats_tls_ca))
         try:
-            return await nats.connect(**options, allow_reconnect=True)
+            return await nats.connect(**options)
         except (OSError, nats.errors.Error) as exc:
             servers = ",".join(settings.nats_servers)
             reason = str(exc) or type(exc).__name__
             raise RelayError(f"cannot connect to NATS at {servers}: {reason}") from None
+
+    async def _reconnect(self) -> NatsClient | None:
+        """A new connection, tried until it works or the relay stops (then None)."""
+        delay = RETRY_DELAY
+        while not self._stopping.is_set():
+            try:
+                return await self._connect()
+            except RelayError as exc:
+                log.warning("%s; trying again in %.1f s", exc, delay)
+            await self._wait(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+        return None
+
+    def _jetstream(self, nc: NatsClient) -> JetStreamContext:
+        return nc.jetstream(
+            timeout=API_TIMEOUT,
+            publish_async_max_pending=self._settings.max_in_flight,
+        )
+
+    @staticmethod
+    async def _close(nc: NatsClient) -> None:
+        if not nc.is_closed:
+            await nc.close()
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         """The stream, created when missing: file storage, the replicas asked for, every
@@ -298,14 +330,15 @@ class Relay:
 
     # -- the relay loop ---------------------------------------------------------------------
 
-    async def _relay(self, js: JetStreamContext, request: changes_pb2.WatchChangesRequest) -> None:
+    async def _relay(self, nc: NatsClient, request: changes_pb2.WatchChangesRequest) -> None:
         delay = RETRY_DELAY
         while not self._stopping.is_set():
             before = self._confirmed
             try:
-                ended = await self._session(js, request)
+                ended = await self._session(nc, request)
             except _PublishFailed as failure:
-                log.warning("%s; publishing again from it", failure)
+                log.warning("%s; publishing again from it on a new connection", failure)
+                await self._close(nc)
             else:
                 if self._stopping.is_set():
                     return
@@ -315,6 +348,11 @@ class Relay:
                 delay = RETRY_DELAY
             await self._wait(delay)
             delay = min(delay * 2, MAX_RETRY_DELAY)
+            if nc.is_closed:
+                reconnected = await self._reconnect()
+                if reconnected is None:
+                    return
+                nc = reconnected
             if self._confirmed is not None:
                 request = changes_pb2.WatchChangesRequest(after_seq=self._confirmed)
 
@@ -348,12 +386,13 @@ class Relay:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _session(
-        self, js: JetStreamContext, request: changes_pb2.WatchChangesRequest
+        self, nc: NatsClient, request: changes_pb2.WatchChangesRequest
     ) -> _FeedEnded:
         """Publishes the feed from `request` until it ends or the relay stops, then waits
         for every publish in flight. Raises _PublishFailed at the first change JetStream did
-        not store, after cancelling the rest."""
+        not store (or the connection lost), after cancelling the rest."""
         workspace = self._settings.workspace
+        js = self._jetstream(nc)
         pump = _FeedPump(self._client, request, asyncio.get_running_loop())
         self._pump = pump
         if self._stopping.is_set():
@@ -378,12 +417,16 @@ class Relay:
                             # Started --from-now: the feed's first change fixes where "now"
                             # was, so a retry goes on from there rather than from a new now.
                             self._confirmed = change.seq - 1
-                        # Waits while max_in_flight publishes are unacknowledged.
-                        ack = await js.publish_async(
-                            change_subject(workspace, change.segment_id),
-                            change.SerializeToString(),
-                            headers=change_headers(workspace, change),
-                        )
+                        try:
+                            # Waits while max_in_flight publishes are unacknowledged.
+                            ack = await js.publish_async(
+                                change_subject(workspace, change.segment_id),
+                                change.SerializeToString(),
+                                headers=change_headers(workspace, change),
+                            )
+                        except nats.errors.Error as exc:  # e.g. the reconnect buffer is full
+                            reason = str(exc) or type(exc).__name__
+                            raise _PublishFailed(change.seq, reason) from None
                         in_flight.append((change.seq, ack, time.monotonic()))
                         published.set()
             finally:
@@ -398,15 +441,14 @@ class Relay:
                     await published.wait()
                     continue
                 seq, ack, sent = in_flight[0]
-                if not ack.done():
-                    try:
-                        await asyncio.wait_for(
-                            asyncio.shield(ack), max(sent + timeout - time.monotonic(), 0)
-                        )
-                    except TimeoutError:
-                        raise _PublishFailed(seq, f"no acknowledgement in {timeout:g} s") from None
-                    except Exception:
-                        pass  # the future's own exception is looked at below
+                while not ack.done():
+                    if nc.is_closed:
+                        raise _PublishFailed(seq, "the NATS connection was lost")
+                    left = sent + timeout - time.monotonic()
+                    if left <= 0:
+                        raise _PublishFailed(seq, f"no acknowledgement in {timeout:g} s")
+                    # In slices, so that a lost connection is noticed at once.
+                    await asyncio.wait({ack}, timeout=min(left, ACK_POLL_SECONDS))
                 # Acknowledgements arrive in order: take every one that is in.
                 while in_flight and in_flight[0][1].done():
                     seq, ack, _ = in_flight[0]
@@ -446,6 +488,10 @@ class _Progress:
         rate = (relayed - self._relayed) / (now - self._at)
         log.info("relayed %d changes, up to seq %s (%.0f/s)", relayed, last_seq, rate)
         self._at, self._relayed = now, relayed
+
+
+async def _log_nats_error(error: Exception) -> None:
+    log.warning("NATS: %s", str(error) or type(error).__name__)
 
 
 def _reason(ended: _FeedEnded) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -195,3 +196,44 @@ def write_round(client: Client, round_no: int, vip: int) -> None:
         client.people.DeletePeople(
             people_pb2.DeletePeopleRequest(people=[types_pb2.PersonRef(id=victim)])
         )
+
+
+class Writer:
+    """write_round in a loop on a thread, until stopped; `rounds` counts the rounds done."""
+
+    def __init__(self, client: Client, vip: int, first_round: int = 1) -> None:
+        self.rounds = first_round
+        self._client = client
+        self._vip = vip
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write)
+        self._thread.start()
+
+    def _write(self) -> None:
+        while not self._stop.is_set():
+            write_round(self._client, self.rounds, self._vip)
+            self.rounds += 1
+
+    def wait_rounds(self, more: int) -> None:
+        until = self.rounds + more
+        while self.rounds < until:
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_workspace(address: str) -> tuple[Client, int, int]:
+    """WORKSPACE with its people and both segments: a client of it, and the segments' ids."""
+    client = Client(address, workspace=WORKSPACE)
+    # Some are "pro" already, so creating the segment moves them in (DEFINITION).
+    write_round(client, 0, vip=0)
+    pro, vip = make_segments(client)
+    return client, pro, vip

@@ -9,9 +9,8 @@ import subprocess
 from pathlib import Path
 
 from nats_harness import NatsServer
-from relay_harness import WORKSPACE, RelayProcess, feed, make_segments, wait_relayed, write_round
+from relay_harness import WORKSPACE, RelayProcess, feed, start_workspace, wait_relayed, write_round
 
-from segsvc.client import Client
 from segsvc.relay.subjects import DEFAULT_STREAM, subject_token
 from segsvc.v1 import changes_pb2
 
@@ -36,9 +35,8 @@ def test_a_node_consumer_reads_the_relayed_feed_with_durable_filtered_consumers(
     node_dir: Path, server_processes, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     server = server_processes(tmp_path / "data")
-    with Client(server.address, workspace=WORKSPACE) as client:
-        write_round(client, 0, vip=0)
-        pro, vip = make_segments(client)
+    client, pro, vip = start_workspace(server.address)
+    with client:
         for round_no in range(1, 6):
             write_round(client, round_no, vip)
     expected = feed(server.address, WORKSPACE)

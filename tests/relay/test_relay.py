@@ -6,21 +6,19 @@ WatchChanges gives it: every change once, in order, with its kind and cause."""
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 from nats_harness import NatsServer
 from relay_harness import (
     WORKSPACE,
     RelayProcess,
+    Writer,
     assert_consumed_exactly,
     feed,
-    make_segments,
+    start_workspace,
     wait_relayed,
-    write_round,
 )
 
-from segsvc.client import Client
 from segsvc.relay.subjects import change_subject
 from segsvc.v1 import changes_pb2
 
@@ -30,42 +28,22 @@ def test_a_relay_killed_mid_stream_and_restarted_delivers_every_change_once_in_o
 ) -> None:
     server = server_processes(tmp_path / "data")
     relay_log = tmp_path / "relay.log"
-    client = Client(server.address, workspace=WORKSPACE)
-    # Some are "pro" already, so creating the segment moves them in (DEFINITION).
-    write_round(client, 0, vip=0)
-    pro, vip = make_segments(client)
+    client, pro, vip = start_workspace(server.address)
 
     # A first start must say where to begin.
     refused = RelayProcess(relay_log, server.address, WORKSPACE, nats_server.url)
     assert refused.wait() == 2
     assert "--from-start" in refused.log() and "--from-now" in refused.log()
 
-    stop_writing = threading.Event()
-    rounds = 0
-
-    def write() -> None:
-        nonlocal rounds
-        while not stop_writing.is_set():
-            write_round(client, rounds, vip)
-            rounds += 1
-
-    writer = threading.Thread(target=write)
-    writer.start()
-    try:
+    with Writer(client, vip) as writer:
         first = RelayProcess(relay_log, server.address, WORKSPACE, nats_server.url, "--from-start")
         wait_relayed(nats_server.url, WORKSPACE, 300)
         first.kill()
-        killed_at = rounds
         # The writes go on while no relay runs; the next one starts from the stream's last
         # change (its --from-start is ignored now).
-        while rounds < killed_at + 5:
-            threading.Event().wait(0.05)
+        writer.wait_rounds(5)
         second = RelayProcess(relay_log, server.address, WORKSPACE, nats_server.url, "--from-start")
-        while rounds < killed_at + 15:
-            threading.Event().wait(0.05)
-    finally:
-        stop_writing.set()
-        writer.join(60)
+        writer.wait_rounds(10)
 
     expected = feed(server.address, WORKSPACE)
     wait_relayed(nats_server.url, WORKSPACE, expected[-1].seq)

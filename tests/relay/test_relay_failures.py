@@ -4,7 +4,6 @@ SIGTERM mid-stream, and a feed pruned past the point where the relay stopped."""
 from __future__ import annotations
 
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -12,11 +11,12 @@ from nats_harness import NatsServer
 from relay_harness import (
     WORKSPACE,
     RelayProcess,
+    Writer,
     assert_consumed_exactly,
     feed,
     last_relayed,
-    make_segments,
     run,
+    start_workspace,
     wait_relayed,
     write_round,
 )
@@ -24,44 +24,11 @@ from relay_harness import (
 from segsvc.client import Client
 
 
-class Writer:
-    """write_round in a loop on a thread, until stopped; `rounds` counts the rounds done."""
-
-    def __init__(self, client: Client, vip: int, first_round: int = 1) -> None:
-        self.rounds = first_round
-        self._client = client
-        self._vip = vip
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._write)
-        self._thread.start()
-
-    def _write(self) -> None:
-        while not self._stop.is_set():
-            write_round(self._client, self.rounds, self._vip)
-            self.rounds += 1
-
-    def wait_rounds(self, more: int) -> None:
-        until = self.rounds + more
-        while self.rounds < until:
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(60)
-
-
-def start_workspace(address: str) -> tuple[Client, int]:
-    client = Client(address, workspace=WORKSPACE)
-    write_round(client, 0, vip=0)
-    _, vip = make_segments(client)
-    return client, vip
-
-
 def test_nats_killed_and_restarted_under_the_relay_loses_and_repeats_nothing(
     server_processes, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     server = server_processes(tmp_path / "data")
-    client, vip = start_workspace(server.address)
+    client, _, vip = start_workspace(server.address)
     relay = RelayProcess(
         tmp_path / "relay.log",
         server.address,
@@ -71,15 +38,12 @@ def test_nats_killed_and_restarted_under_the_relay_loses_and_repeats_nothing(
         "--ack-timeout",
         "2",
     )
-    writer = Writer(client, vip)
-    try:
+    with Writer(client, vip) as writer:
         wait_relayed(nats_server.url, WORKSPACE, 200)
         nats_server.kill()
         writer.wait_rounds(5)
         nats_server.start()
         writer.wait_rounds(10)
-    finally:
-        writer.stop()
     expected = feed(server.address, WORKSPACE)
     wait_relayed(nats_server.url, WORKSPACE, expected[-1].seq)
     assert relay.terminate() == 0, relay.log()
@@ -92,16 +56,13 @@ def test_sigterm_mid_stream_exits_0_with_an_unbroken_prefix_in_the_stream(
     server_processes, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     server = server_processes(tmp_path / "data")
-    client, vip = start_workspace(server.address)
+    client, _, vip = start_workspace(server.address)
     relay = RelayProcess(
         tmp_path / "relay.log", server.address, WORKSPACE, nats_server.url, "--from-start"
     )
-    writer = Writer(client, vip)
-    try:
+    with Writer(client, vip):
         wait_relayed(nats_server.url, WORKSPACE, 200)
         assert relay.terminate() == 0, relay.log()
-    finally:
-        writer.stop()
     stopped = re.search(r"stopped: relayed (\d+) changes, up to seq (\d+)", relay.log())
     assert stopped is not None, relay.log()
     last = run(lambda: last_relayed(nats_server.url, WORKSPACE))
@@ -117,7 +78,7 @@ def test_a_feed_pruned_past_the_relays_position_stops_it_with_what_to_do(
 ) -> None:
     data = tmp_path / "data"
     server = server_processes(data)
-    client, vip = start_workspace(server.address)
+    client, _, vip = start_workspace(server.address)
     log = tmp_path / "relay.log"
     first = RelayProcess(log, server.address, WORKSPACE, nats_server.url, "--from-start")
     relayed = feed(server.address, WORKSPACE)

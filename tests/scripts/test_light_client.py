@@ -56,3 +56,12 @@ def test_client_only_install_talks_to_a_server(api, tmp_path):
     assert serve.returncode == 2
     assert "pip install 'segsvc[server]'" in serve.stderr
     assert not (tmp_path / "d").exists()
+    # And what the change-feed relay would need.
+    relay = subprocess.run(
+        [str(venv / "bin" / "segsvc"), "relay-changes", "--workspace", "w", "--nats", "nats://x"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert relay.returncode == 2
+    assert "pip install 'segsvc[relay]'" in relay.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import signal
 import ssl
@@ -34,6 +35,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
@@ -240,10 +242,7 @@ class Relay:
         return None
 
     def _jetstream(self, nc: NatsClient) -> JetStreamContext:
-        return nc.jetstream(
-            timeout=API_TIMEOUT,
-            publish_async_max_pending=self._settings.max_in_flight,
-        )
+        return nc.jetstream(timeout=API_TIMEOUT)
 
     @staticmethod
     async def _close(nc: NatsClient) -> None:
@@ -390,14 +389,17 @@ class Relay:
     ) -> _FeedEnded:
         """Publishes the feed from `request` until it ends or the relay stops, then waits
         for every publish in flight. Raises _PublishFailed at the first change JetStream did
-        not store (or the connection lost), after cancelling the rest."""
+        not store (or the connection lost)."""
         workspace = self._settings.workspace
-        js = self._jetstream(nc)
         pump = _FeedPump(self._client, request, asyncio.get_running_loop())
         self._pump = pump
         if self._stopping.is_set():
             pump.close()
-        in_flight: deque[tuple[int, asyncio.Future[Any], float]] = deque()
+        acks = _Acks(self._settings.max_in_flight)
+        inbox = f"{nc.new_inbox()}."
+        subscription = await nc.subscribe(f"{inbox}*", cb=acks.on_reply)
+        # (seq, when published), oldest first.
+        in_flight: deque[tuple[int, float]] = deque()
         published = asyncio.Event()
         feed_done = False
         ended = _FeedEnded(None)
@@ -417,17 +419,20 @@ class Relay:
                             # Started --from-now: the feed's first change fixes where "now"
                             # was, so a retry goes on from there rather than from a new now.
                             self._confirmed = change.seq - 1
+                        await acks.window.acquire()
                         try:
-                            # Waits while max_in_flight publishes are unacknowledged.
-                            ack = await js.publish_async(
+                            # The reply subject names the change: JetStream's answer goes
+                            # to it.
+                            await nc.publish(
                                 change_subject(workspace, change.segment_id),
                                 change.SerializeToString(),
+                                reply=f"{inbox}{change.seq}",
                                 headers=change_headers(workspace, change),
                             )
-                        except nats.errors.Error as exc:  # e.g. the reconnect buffer is full
+                        except nats.errors.Error as exc:  # e.g. the connection is closed
                             reason = str(exc) or type(exc).__name__
                             raise _PublishFailed(change.seq, reason) from None
-                        in_flight.append((change.seq, ack, time.monotonic()))
+                        in_flight.append((change.seq, time.monotonic()))
                         published.set()
             finally:
                 feed_done = True
@@ -440,24 +445,29 @@ class Relay:
                     published.clear()
                     await published.wait()
                     continue
-                seq, ack, sent = in_flight[0]
-                while not ack.done():
-                    if nc.is_closed:
-                        raise _PublishFailed(seq, "the NATS connection was lost")
-                    left = sent + timeout - time.monotonic()
-                    if left <= 0:
-                        raise _PublishFailed(seq, f"no acknowledgement in {timeout:g} s")
-                    # In slices, so that a lost connection is noticed at once.
-                    await asyncio.wait({ack}, timeout=min(left, ACK_POLL_SECONDS))
-                # Acknowledgements arrive in order: take every one that is in.
-                while in_flight and in_flight[0][1].done():
-                    seq, ack, _ = in_flight[0]
-                    error = ack.exception()
-                    if error is not None:
-                        raise _PublishFailed(seq, str(error) or type(error).__name__)
-                    in_flight.popleft()
-                    self._confirm(seq)
-                self._progress.maybe_log(self._relayed, self._confirmed)
+                seq, sent = in_flight[0]
+                if acks.take(seq):
+                    # Answers mostly come in order: take every one that is in.
+                    while True:
+                        in_flight.popleft()
+                        self._confirm(seq)
+                        if not in_flight or not acks.take(in_flight[0][0]):
+                            break
+                        seq = in_flight[0][0]
+                    self._progress.maybe_log(self._relayed, self._confirmed)
+                    continue
+                refused = acks.refused.get(seq)
+                if refused is not None:
+                    raise _PublishFailed(seq, refused)
+                if nc.is_closed:
+                    raise _PublishFailed(seq, "the NATS connection was lost")
+                left = sent + timeout - time.monotonic()
+                if left <= 0:
+                    raise _PublishFailed(seq, f"no acknowledgement in {timeout:g} s")
+                acks.answered.clear()
+                # In slices, so that a lost connection is noticed at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(acks.answered.wait(), min(left, ACK_POLL_SECONDS))
 
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -468,9 +478,43 @@ class Relay:
         finally:
             pump.close()
             self._pump = None
-            for _, ack, _ in in_flight:
-                ack.cancel()
+            if not nc.is_closed:
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()
         return ended
+
+
+class _Acks:
+    """JetStream's answers to one session's publishes, told apart by the seq that ends
+    their reply subject; `window` holds the publisher back at max_in_flight unanswered."""
+
+    def __init__(self, max_in_flight: int) -> None:
+        self.window = asyncio.Semaphore(max_in_flight)
+        self.answered = asyncio.Event()
+        self.refused: dict[int, str] = {}
+        self._stored: set[int] = set()
+
+    async def on_reply(self, msg: Msg) -> None:
+        seq = int(msg.subject.rsplit(".", 1)[1])
+        if not msg.data:
+            # A status without a body: 503 when no stream takes the subject.
+            status = (msg.headers or {}).get("Status", "no answer")
+            self.refused[seq] = f"no stream took it (status {status})"
+        elif b'"error"' in msg.data:
+            error = json.loads(msg.data).get("error", {})
+            self.refused[seq] = f"JetStream refused it: {error.get('description', error)}"
+        else:
+            # Stored, or a duplicate of a change stored before: either way it is there.
+            self._stored.add(seq)
+        self.window.release()
+        self.answered.set()
+
+    def take(self, seq: int) -> bool:
+        """Whether `seq` is stored (forgetting it)."""
+        if seq in self._stored:
+            self._stored.discard(seq)
+            return True
+        return False
 
 
 class _Progress:

@@ -65,6 +65,23 @@ def start_nats(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit(f"nats-server did not listen on {port}")
 
 
+def create_pro_segment(client: Client) -> int:
+    """The dynamic segment "Pro": everyone whose attribute plan is "pro"."""
+    return client.segments.CreateSegment(  # type: ignore[no-any-return]
+        segments_pb2.CreateSegmentRequest(
+            name="Pro",
+            type=segments_pb2.SEGMENT_TYPE_DYNAMIC,
+            conditions=conditions_pb2.Condition(
+                attribute=conditions_pb2.AttributeCondition(
+                    attribute="plan",
+                    operator=conditions_pb2.OPERATOR_EQUALS,
+                    value=types_pb2.Value(string_value="pro"),
+                )
+            ),
+        )
+    ).segment.id
+
+
 def write_changes(client: Client, segment_id: int, start: int, count: int) -> float:
     """`count` new people who enter the segment (one change each); returns the seconds."""
     t0 = time.perf_counter()
@@ -149,19 +166,7 @@ def main() -> None:
         server = f"127.0.0.1:{port}"
         try:
             with Client(server, workspace=WORKSPACE) as client:
-                segment = client.segments.CreateSegment(
-                    segments_pb2.CreateSegmentRequest(
-                        name="Pro",
-                        type=segments_pb2.SEGMENT_TYPE_DYNAMIC,
-                        conditions=conditions_pb2.Condition(
-                            attribute=conditions_pb2.AttributeCondition(
-                                attribute="plan",
-                                operator=conditions_pb2.OPERATOR_EQUALS,
-                                value=types_pb2.Value(string_value="pro"),
-                            )
-                        ),
-                    )
-                ).segment.id
+                segment = create_pro_segment(client)
                 written = write_changes(client, segment, 0, n)
                 print(f"feed: {n} changes written in {written:.2f} s ({n / written:,.0f}/s)")
                 t0 = time.perf_counter()

@@ -6,6 +6,8 @@ NATS"); change it only together with that section.
 
 from __future__ import annotations
 
+import functools
+
 from segsvc.v1 import changes_pb2
 
 DEFAULT_STREAM = "SEGSVC_CHANGES"
@@ -19,6 +21,8 @@ STREAM_SUBJECTS = f"{SUBJECT_PREFIX}.>"
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
+# A relay asks for its one workspace's token once per change.
+@functools.lru_cache(maxsize=256)
 def subject_token(workspace: str) -> str:
     """`workspace` as one subject token: letters, digits, '-' and '_' stay as they are;
     every other byte of its UTF-8 becomes '~' and two upper-case hex digits, so

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -13,11 +14,14 @@ from typing import TypeVar
 
 import nats
 import nats.js.errors
-from server_harness import ChildProcess, serve_command
+from server_harness import REPO, ChildProcess, serve_command
 
 from segsvc.client import Client
 from segsvc.relay.subjects import DEFAULT_STREAM, workspace_subjects
-from segsvc.v1 import changes_pb2, conditions_pb2, people_pb2, segments_pb2, types_pb2
+from segsvc.v1 import changes_pb2, people_pb2, segments_pb2, types_pb2
+
+sys.path.insert(0, str(REPO / "scripts"))
+from bench_relay import create_pro_segment
 
 T = TypeVar("T")
 
@@ -148,19 +152,7 @@ def wait_relayed(nats_url: str, workspace: str, seq: int, timeout: float = 60) -
 
 def make_segments(client: Client) -> tuple[int, int]:
     """A dynamic segment (plan is "pro") and a manual one."""
-    pro = client.segments.CreateSegment(
-        segments_pb2.CreateSegmentRequest(
-            name="Pro",
-            type=segments_pb2.SEGMENT_TYPE_DYNAMIC,
-            conditions=conditions_pb2.Condition(
-                attribute=conditions_pb2.AttributeCondition(
-                    attribute="plan",
-                    operator=conditions_pb2.OPERATOR_EQUALS,
-                    value=types_pb2.Value(string_value="pro"),
-                )
-            ),
-        )
-    ).segment.id
+    pro = create_pro_segment(client)
     vip = client.segments.CreateSegment(
         segments_pb2.CreateSegmentRequest(name="VIP", type=segments_pb2.SEGMENT_TYPE_MANUAL)
     ).segment.id

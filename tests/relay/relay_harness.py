@@ -74,7 +74,9 @@ def readme_consumer():
     return namespace["consume"]
 
 
-def consume_all(url: str, subjects: str, durable: str, count: int) -> list[changes_pb2.Change]:
+def consume_all(
+    url: str | list[str], subjects: str, durable: str, count: int
+) -> list[changes_pb2.Change]:
     consume = readme_consumer()
     seen: list[changes_pb2.Change] = []
 
@@ -92,7 +94,7 @@ def assert_consumed_exactly(
     """A new durable consumer of `subjects` (default: all of WORKSPACE's) gets `expected`,
     in order, and nothing more: no change missing, none twice."""
     subjects = subjects or workspace_subjects(WORKSPACE)
-    assert consume_all(url, subjects, durable, len(expected)) == expected
+    assert consume_all(url.split(","), subjects, durable, len(expected)) == expected
     assert pending(url, durable) == 0
 
 
@@ -100,7 +102,7 @@ def pending(url: str, durable: str) -> int:
     """Messages the durable consumer has not been given yet."""
 
     async def ask() -> int:
-        nc = await nats.connect(url)
+        nc = await nats.connect(url.split(","))
         try:
             info = await nc.jetstream(timeout=NATS_TIMEOUT).consumer_info("SEGSVC_CHANGES", durable)
             return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
@@ -123,7 +125,7 @@ def feed(
 
 async def last_relayed(nats_url: str, workspace: str, stream: str = DEFAULT_STREAM) -> int:
     """The seq of the workspace's last change in the stream; 0 when it has none."""
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url.split(","))
     try:
         js = nc.jetstream(timeout=NATS_TIMEOUT)
         try:

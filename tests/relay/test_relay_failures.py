@@ -1,13 +1,18 @@
-"""The relay when things go wrong around it: nats-server killed and restarted under it,
-SIGTERM mid-stream, and a feed pruned past the point where the relay stopped."""
+"""The relay when things go wrong around it: nats-server killed and restarted under it (one
+server, and the relay's server in a cluster of three with R=3), SIGTERM mid-stream, and a
+feed pruned past the point where the relay stopped."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import time
+import urllib.request
 from pathlib import Path
 
-from nats_harness import NatsServer
+import nats
+from nats_harness import NatsCluster, NatsServer
 from relay_harness import (
     WORKSPACE,
     RelayProcess,
@@ -22,6 +27,7 @@ from relay_harness import (
 )
 
 from segsvc.client import Client
+from segsvc.relay.subjects import DEFAULT_STREAM
 
 
 def test_nats_killed_and_restarted_under_the_relay_loses_and_repeats_nothing(
@@ -118,3 +124,76 @@ def test_a_feed_pruned_past_the_relays_position_stops_it_with_what_to_do(
     assert resumed.terminate() == 0, resumed.log()
     assert f"skipping changes {relayed[-1].seq + 1} to {skip_to}" in resumed.log()
     assert_consumed_exactly(nats_server.url, relayed + new)
+
+
+def relay_connection_server(cluster: NatsCluster) -> NatsServer:
+    """The server of the cluster the relay is connected to (its monitoring page says)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for server in cluster.servers:
+            url = f"http://127.0.0.1:{server.monitor_port}/connz"
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                connections = json.load(answer).get("connections") or []
+            if any(c.get("name") == f"segsvc-relay {WORKSPACE}" for c in connections):
+                return server
+        time.sleep(0.1)
+    raise AssertionError("the relay is connected to no server of the cluster")
+
+
+def stream_leader(url: str, avoid: str = "") -> str:
+    """The name of the server leading the stream; with `avoid`, first makes that server
+    step down when it leads, and waits for another leader."""
+
+    async def ask() -> str:
+        nc = await nats.connect(url.split(","))
+        try:
+            js = nc.jetstream(timeout=30)
+            leader = (await js.stream_info(DEFAULT_STREAM)).cluster
+            assert leader is not None and len(leader.replicas or []) == 2  # R=3
+            if leader.leader == avoid:
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{DEFAULT_STREAM}", timeout=30)
+                while True:
+                    info = (await js.stream_info(DEFAULT_STREAM)).cluster
+                    if info is not None and info.leader and info.leader != avoid:
+                        return info.leader
+                    await asyncio.sleep(0.1)
+            return str(leader.leader)
+        finally:
+            await nc.close()
+
+    return run(ask)
+
+
+def test_a_relay_on_three_nats_servers_goes_on_when_its_server_is_killed(
+    server_processes, nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    server = server_processes(tmp_path / "data")
+    client, _, vip = start_workspace(server.address)
+    urls = nats_cluster.urls
+    relay = RelayProcess(
+        tmp_path / "relay.log",
+        server.address,
+        WORKSPACE,
+        urls,
+        "--from-start",
+        "--replicas",
+        "3",
+        "--ack-timeout",
+        "3",
+    )
+    wait_relayed(urls, WORKSPACE, feed(server.address, WORKSPACE)[-1].seq)
+    # Kill the server the relay talks to, not the stream's leader: what is lost is the
+    # connection (a leader change is the case README names, where order may bend).
+    victim = relay_connection_server(nats_cluster)
+    assert stream_leader(urls, avoid=victim.name) != victim.name
+    with Writer(client, vip) as writer:
+        wait_relayed(urls, WORKSPACE, 300)
+        victim.kill()
+        writer.wait_rounds(5)
+        victim.start()
+        writer.wait_rounds(5)
+    expected = feed(server.address, WORKSPACE)
+    wait_relayed(urls, WORKSPACE, expected[-1].seq)
+    assert relay.terminate() == 0, relay.log()
+    assert "publishing again from it on a new connection" in relay.log()
+    assert_consumed_exactly(urls, expected)

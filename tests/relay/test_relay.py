@@ -14,12 +14,13 @@ from relay_harness import (
     RelayProcess,
     Writer,
     assert_consumed_exactly,
+    consume_all,
     feed,
     start_workspace,
     wait_relayed,
 )
 
-from segsvc.relay.subjects import change_subject
+from segsvc.relay.subjects import change_subject, workspace_subjects
 from segsvc.v1 import changes_pb2
 
 
@@ -67,3 +68,24 @@ def test_a_relay_killed_mid_stream_and_restarted_delivers_every_change_once_in_o
     # A consumer of one segment sees that segment's part of the feed.
     only_vip = feed(server.address, WORKSPACE, (vip,))
     assert_consumed_exactly(nats_server.url, only_vip, "vip", change_subject(WORKSPACE, vip))
+
+
+def test_from_now_relays_none_of_the_changes_written_before_the_first_start(
+    server_processes, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    server = server_processes(tmp_path / "data")
+    client, _, vip = start_workspace(server.address)
+    before = feed(server.address, WORKSPACE)[-1].seq
+    relay = RelayProcess(
+        tmp_path / "relay.log", server.address, WORKSPACE, nats_server.url, "--from-now"
+    )
+    with Writer(client, vip) as writer:
+        writer.wait_rounds(3)
+        wait_relayed(nats_server.url, WORKSPACE, before + 1)
+    expected = feed(server.address, WORKSPACE, after_seq=before)
+    wait_relayed(nats_server.url, WORKSPACE, expected[-1].seq)
+    assert relay.terminate() == 0, relay.log()
+    first = consume_all(nats_server.url, workspace_subjects(WORKSPACE), "first", 1)[0]
+    assert first.seq > before
+    # From there on, everything, once.
+    assert_consumed_exactly(nats_server.url, [c for c in expected if c.seq >= first.seq])

@@ -224,9 +224,9 @@ class Writer:
         self.stop()
 
 
-def start_workspace(address: str) -> tuple[Client, int, int]:
+def start_workspace(address: str, token: str | None = None) -> tuple[Client, int, int]:
     """WORKSPACE with its people and both segments: a client of it, and the segments' ids."""
-    client = Client(address, workspace=WORKSPACE)
+    client = Client(address, workspace=WORKSPACE, token=token)
     # Some are "pro" already, so creating the segment moves them in (DEFINITION).
     write_round(client, 0, vip=0)
     pro, vip = make_segments(client)

@@ -361,7 +361,8 @@ class Relay:
         if error is None or not isinstance(error, grpc.Call):
             return
         code = error.code()
-        if code == grpc.StatusCode.UNAVAILABLE:
+        # The server restarting, or at its limit of streams for now: follow again later.
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
             return
         details = error.details() or ""
         if code == grpc.StatusCode.OUT_OF_RANGE:

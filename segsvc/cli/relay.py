@@ -10,6 +10,7 @@ import click
 
 from segsvc.cli.common import Session, fail, pass_session
 from segsvc.client import Client
+from segsvc.relay.subjects import DEFAULT_STREAM, subject_token
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -65,9 +66,18 @@ def _no_nats(exc: ImportError) -> NoReturn:
     "--stream",
     envvar="SEGSVC_CHANGES_STREAM",
     show_envvar=True,
-    default="SEGSVC_CHANGES",
-    show_default=True,
-    help="JetStream stream, created if missing with the subjects segsvc.changes.>.",
+    help="JetStream stream, created if missing with the subjects segsvc.changes.>. "
+    "[default: SEGSVC_CHANGES; with --own-stream SEGSVC_CHANGES_<workspace token>]",
+)
+@click.option(
+    "--own-stream",
+    is_flag=True,
+    envvar="SEGSVC_RELAY_OWN_STREAM",
+    show_envvar=True,
+    help="Create the stream for this workspace alone (subjects "
+    "segsvc.changes.<workspace>.>). The relay then makes JetStream store each change only "
+    "right after the one before, so the stream stays in feed order even when its leader "
+    "changes (README).",
 )
 @click.option(
     "--replicas",
@@ -140,7 +150,8 @@ def relay_changes(
     tls: bool,
     ca_cert: Path | None,
     nats_urls: str,
-    stream: str,
+    stream: str | None,
+    own_stream: bool,
     replicas: int,
     nats_creds: Path | None,
     nats_tls_ca: Path | None,
@@ -174,10 +185,13 @@ def relay_changes(
     servers = tuple(url.strip() for url in nats_urls.split(",") if url.strip())
     if not servers:
         raise click.UsageError("--nats names no server: give nats://HOST:PORT[,...]")
+    if stream is None:
+        stream = f"{DEFAULT_STREAM}_{subject_token(workspace)}" if own_stream else DEFAULT_STREAM
     settings = RelaySettings(
         workspace=workspace,
         nats_servers=servers,
         stream=stream,
+        own_stream=own_stream,
         replicas=replicas,
         nats_creds=nats_creds,
         nats_tls_ca=nats_tls_ca,

@@ -44,6 +44,7 @@ from segsvc.relay.subjects import (
     STREAM_SUBJECTS,
     change_headers,
     change_subject,
+    message_id,
     workspace_subjects,
 )
 from segsvc.v1 import changes_pb2
@@ -64,6 +65,8 @@ PROGRESS_SECONDS = 10.0
 ACK_POLL_SECONDS = 0.25
 # JetStream API calls (stream info, create, last message): a busy cluster may take a while.
 API_TIMEOUT = 30.0
+# JetStream's error code for a stream name taken by a stream with other settings.
+STREAM_NAME_IN_USE = 10058
 
 
 class RelayError(Exception):
@@ -86,6 +89,9 @@ class RelaySettings:
     resume_after: int | None = None
     max_in_flight: int = 1000
     ack_timeout: float = 10.0
+    # Create the stream for this workspace alone (its subjects only), which lets the relay
+    # chain its publishes; see Relay._chained.
+    own_stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,13 @@ class Relay:
         self._confirmed: int | None = 0
         self._relayed = 0
         self._progress = _Progress()
+        # Whether the stream holds this workspace alone. Then every publish but a session's
+        # first names the change before it (Nats-Expected-Last-Msg-Id): JetStream stores a
+        # change only right after the one before, so even when it refuses one and would take
+        # the next (a stream leader change), the next is refused too and the stream stays in
+        # feed order. In a shared stream other workspaces' messages come between, so the
+        # header cannot be used there.
+        self._chained = False
 
     def _confirm(self, seq: int) -> None:
         self._confirmed = seq
@@ -251,14 +264,17 @@ class Relay:
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         """The stream, created when missing: file storage, the replicas asked for, every
-        workspace's changes, a duplicate window longer than any republish."""
+        workspace's changes (or, --own-stream, this workspace's), a duplicate window longer
+        than any republish."""
         name = self._settings.stream
+        own = workspace_subjects(self._settings.workspace)
+        wanted = own if self._settings.own_stream else STREAM_SUBJECTS
         try:
             info = await js.stream_info(name)
         except nats.js.errors.NotFoundError:
             config = StreamConfig(
                 name=name,
-                subjects=[STREAM_SUBJECTS],
+                subjects=[wanted],
                 storage=StorageType.FILE,
                 num_replicas=self._settings.replicas,
                 duplicate_window=DUPLICATE_WINDOW.total_seconds(),
@@ -268,19 +284,22 @@ class Relay:
                 log.info(
                     "created stream %s (subjects %s, %d replica(s), file storage)",
                     name,
-                    STREAM_SUBJECTS,
+                    wanted,
                     self._settings.replicas,
                 )
-            except nats.js.errors.BadRequestError:
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:
+                    raise RelayError(f"cannot create stream {name}: {exc.description}") from None
                 # Another relay created it meanwhile (with its own settings): use that one.
                 info = await js.stream_info(name)
             except nats.js.errors.APIError as exc:
                 raise RelayError(f"cannot create stream {name}: {exc.description}") from None
         subjects = info.config.subjects or []
-        if STREAM_SUBJECTS not in subjects:
+        self._chained = subjects == [own]
+        if STREAM_SUBJECTS not in subjects and not self._chained:
             raise RelayError(
-                f"stream {name} takes the subjects {subjects}, not {STREAM_SUBJECTS}: "
-                "give the relay a stream of its own (--stream)"
+                f"stream {name} takes the subjects {subjects}: the relay needs one that takes "
+                f"{STREAM_SUBJECTS} (all workspaces) or {own} alone (--own-stream)"
             )
         if info.config.num_replicas != self._settings.replicas:
             log.warning(
@@ -407,6 +426,9 @@ class Relay:
 
         async def publish() -> None:
             nonlocal feed_done, ended
+            # The change published before, in this session (a session's first publish
+            # names none: what comes before it in the stream is an unbroken prefix).
+            previous: int | None = None
             try:
                 while not self._stopping.is_set():
                     item = await pump.queue.get()
@@ -420,6 +442,10 @@ class Relay:
                             # Started --from-now: the feed's first change fixes where "now"
                             # was, so a retry goes on from there rather than from a new now.
                             self._confirmed = change.seq - 1
+                        headers = change_headers(workspace, change)
+                        if self._chained and previous is not None:
+                            headers["Nats-Expected-Last-Msg-Id"] = message_id(workspace, previous)
+                        previous = change.seq
                         await acks.window.acquire()
                         try:
                             # The reply subject names the change: JetStream's answer goes
@@ -428,7 +454,7 @@ class Relay:
                                 change_subject(workspace, change.segment_id),
                                 change.SerializeToString(),
                                 reply=f"{inbox}{change.seq}",
-                                headers=change_headers(workspace, change),
+                                headers=headers,
                             )
                         except nats.errors.Error as exc:  # e.g. the connection is closed
                             reason = str(exc) or type(exc).__name__

@@ -75,7 +75,7 @@ def readme_consumer():
 
 
 def consume_all(
-    url: str | list[str], subjects: str, durable: str, count: int
+    url: str | list[str], subjects: str, durable: str, count: int, stream: str = DEFAULT_STREAM
 ) -> list[changes_pb2.Change]:
     consume = readme_consumer()
     seen: list[changes_pb2.Change] = []
@@ -84,27 +84,31 @@ def consume_all(
         seen.append(change)
         return len(seen) < count
 
-    run(lambda: consume(url, subjects, durable, handle))
+    run(lambda: consume(url, subjects, durable, handle, stream=stream))
     return seen
 
 
 def assert_consumed_exactly(
-    url: str, expected: list[changes_pb2.Change], durable: str = "all", subjects: str = ""
+    url: str,
+    expected: list[changes_pb2.Change],
+    durable: str = "all",
+    subjects: str = "",
+    stream: str = DEFAULT_STREAM,
 ) -> None:
     """A new durable consumer of `subjects` (default: all of WORKSPACE's) gets `expected`,
     in order, and nothing more: no change missing, none twice."""
     subjects = subjects or workspace_subjects(WORKSPACE)
-    assert consume_all(url.split(","), subjects, durable, len(expected)) == expected
-    assert pending(url, durable) == 0
+    assert consume_all(url.split(","), subjects, durable, len(expected), stream) == expected
+    assert pending(url, durable, stream) == 0
 
 
-def pending(url: str, durable: str) -> int:
+def pending(url: str, durable: str, stream: str = DEFAULT_STREAM) -> int:
     """Messages the durable consumer has not been given yet."""
 
     async def ask() -> int:
         nc = await nats.connect(url.split(","))
         try:
-            info = await nc.jetstream(timeout=NATS_TIMEOUT).consumer_info("SEGSVC_CHANGES", durable)
+            info = await nc.jetstream(timeout=NATS_TIMEOUT).consumer_info(stream, durable)
             return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         finally:
             await nc.close()
@@ -137,13 +141,15 @@ async def last_relayed(nats_url: str, workspace: str, stream: str = DEFAULT_STRE
         await nc.close()
 
 
-def wait_relayed(nats_url: str, workspace: str, seq: int, timeout: float = 60) -> None:
+def wait_relayed(
+    nats_url: str, workspace: str, seq: int, timeout: float = 60, stream: str = DEFAULT_STREAM
+) -> None:
     """Until the stream holds the workspace's change `seq` (or a later one)."""
     deadline = time.monotonic() + timeout
     last = 0
     while time.monotonic() < deadline:
         try:
-            last = run(lambda: last_relayed(nats_url, workspace), 10)
+            last = run(lambda: last_relayed(nats_url, workspace, stream), 10)
         except TimeoutError:  # a busy machine: ask again
             continue
         if last >= seq:

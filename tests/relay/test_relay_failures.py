@@ -25,9 +25,11 @@ from relay_harness import (
     wait_relayed,
     write_round,
 )
+from server_harness import ServerProcess
 
 from segsvc.client import Client
-from segsvc.relay.subjects import DEFAULT_STREAM
+from segsvc.relay.subjects import DEFAULT_STREAM, subject_token, workspace_subjects
+from segsvc.v1 import changes_pb2
 
 
 def test_nats_killed_and_restarted_under_the_relay_loses_and_repeats_nothing(
@@ -140,7 +142,7 @@ def relay_connection_server(cluster: NatsCluster) -> NatsServer:
     raise AssertionError("the relay is connected to no server of the cluster")
 
 
-def stream_leader(url: str, avoid: str = "") -> str:
+def stream_leader(url: str, stream: str = DEFAULT_STREAM, avoid: str = "") -> str:
     """The name of the server leading the stream; with `avoid`, first makes that server
     step down when it leads, and waits for another leader."""
 
@@ -148,12 +150,12 @@ def stream_leader(url: str, avoid: str = "") -> str:
         nc = await nats.connect(url.split(","))
         try:
             js = nc.jetstream(timeout=30)
-            leader = (await js.stream_info(DEFAULT_STREAM)).cluster
+            leader = (await js.stream_info(stream)).cluster
             assert leader is not None and len(leader.replicas or []) == 2  # R=3
             if leader.leader == avoid:
-                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{DEFAULT_STREAM}", timeout=30)
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", timeout=30)
                 while True:
-                    info = (await js.stream_info(DEFAULT_STREAM)).cluster
+                    info = (await js.stream_info(stream)).cluster
                     if info is not None and info.leader and info.leader != avoid:
                         return info.leader
                     await asyncio.sleep(0.1)
@@ -164,23 +166,34 @@ def stream_leader(url: str, avoid: str = "") -> str:
     return run(ask)
 
 
+def start_on_cluster(
+    server_processes, cluster: NatsCluster, tmp_path: Path, *extra: str
+) -> tuple[ServerProcess, Client, int, RelayProcess]:
+    """A server with WORKSPACE, and a relay (--from-start, R=3, acks due in 3 s) publishing
+    its feed to the cluster: the server, a client, the VIP segment and the relay."""
+    server = server_processes(tmp_path / "data")
+    client, _, vip = start_workspace(server.address)
+    args = ("--from-start", "--replicas", "3", "--ack-timeout", "3", *extra)
+    relay = RelayProcess(tmp_path / "relay.log", server.address, WORKSPACE, cluster.urls, *args)
+    return server, client, vip, relay
+
+
+def finish_relaying(
+    server: ServerProcess, url: str, relay: RelayProcess, stream: str = DEFAULT_STREAM
+) -> list[changes_pb2.Change]:
+    """Waits until the stream holds the whole feed, stops the relay (exit 0), and returns
+    the feed."""
+    expected = feed(server.address, WORKSPACE)
+    wait_relayed(url, WORKSPACE, expected[-1].seq, stream=stream)
+    assert relay.terminate() == 0, relay.log()
+    return expected
+
+
 def test_a_relay_on_three_nats_servers_goes_on_when_its_server_is_killed(
     server_processes, nats_cluster: NatsCluster, tmp_path: Path
 ) -> None:
-    server = server_processes(tmp_path / "data")
-    client, _, vip = start_workspace(server.address)
+    server, client, vip, relay = start_on_cluster(server_processes, nats_cluster, tmp_path)
     urls = nats_cluster.urls
-    relay = RelayProcess(
-        tmp_path / "relay.log",
-        server.address,
-        WORKSPACE,
-        urls,
-        "--from-start",
-        "--replicas",
-        "3",
-        "--ack-timeout",
-        "3",
-    )
     wait_relayed(urls, WORKSPACE, feed(server.address, WORKSPACE)[-1].seq)
     # Kill the server the relay talks to, not the stream's leader: what is lost is the
     # connection (a leader change is the case README names, where order may bend).
@@ -192,8 +205,25 @@ def test_a_relay_on_three_nats_servers_goes_on_when_its_server_is_killed(
         writer.wait_rounds(5)
         victim.start()
         writer.wait_rounds(5)
-    expected = feed(server.address, WORKSPACE)
-    wait_relayed(urls, WORKSPACE, expected[-1].seq)
-    assert relay.terminate() == 0, relay.log()
+    expected = finish_relaying(server, urls, relay)
     assert "publishing again from it on a new connection" in relay.log()
     assert_consumed_exactly(urls, expected)
+
+
+def test_an_own_stream_stays_in_feed_order_across_stream_leader_changes(
+    server_processes, nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
+    server, client, vip, relay = start_on_cluster(
+        server_processes, nats_cluster, tmp_path, "--own-stream"
+    )
+    urls = nats_cluster.urls
+    stream = f"SEGSVC_CHANGES_{subject_token(WORKSPACE)}"
+    with Writer(client, vip) as writer:
+        wait_relayed(urls, WORKSPACE, 200, stream=stream)
+        for _ in range(3):  # the leader steps down while changes are in flight
+            leader = stream_leader(urls, stream)
+            stream_leader(urls, stream, avoid=leader)
+            writer.wait_rounds(3)
+    expected = finish_relaying(server, urls, relay, stream)
+    assert f"created stream {stream} (subjects {workspace_subjects(WORKSPACE)}," in relay.log()
+    assert_consumed_exactly(urls, expected, stream=stream)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from nats_harness import nats_cluster, nats_server
+from node_harness import node_dir
 from server_harness import api, api_servers, server_processes, small_disk
 
 from segsvc.storage.store import Store
@@ -15,6 +16,7 @@ __all__ = [
     "api_servers",
     "nats_cluster",
     "nats_server",
+    "node_dir",
     "server_processes",
     "small_disk",
     "store",

@@ -173,24 +173,46 @@ def serve_command() -> list[str]:
 _LISTENING = re.compile(r"segsvc listening on (\S+):(\d+) ")
 
 
-class ServerProcess:
-    """`segsvc serve` as a child process on a free port; its stderr goes to a file."""
+class ChildProcess:
+    """A segsvc command as a child process with PYTHONPATH on this checkout; its stderr
+    goes to `log_path`, its stdout nowhere."""
 
-    def __init__(self, data_dir: Path, log_path: Path, extra: tuple[str, ...] = ()) -> None:
-        self.data_dir = data_dir
+    def __init__(self, args: list[str], log_path: Path) -> None:
         self.log_path = log_path
-        self._log = log_path.open("wb")
-        args = [*serve_command(), "--data", str(data_dir), "--listen", "127.0.0.1:0", *extra]
+        self._log = log_path.open("ab")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.process = subprocess.Popen(
             args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log, env=env
         )
-        self.port = self._wait_for_port(timeout=30)
-        self.address = f"127.0.0.1:{self.port}"
-        self._wait_serving(timeout=30)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a power cut or an OOM kill."""
+        self.process.send_signal(signal.SIGKILL)
+        self.wait(timeout=10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+
+class ServerProcess(ChildProcess):
+    """`segsvc serve` as a child process on a free port; its stderr goes to a file."""
+
+    def __init__(self, data_dir: Path, log_path: Path, extra: tuple[str, ...] = ()) -> None:
+        self.data_dir = data_dir
+        args = [*serve_command(), "--data", str(data_dir), "--listen", "127.0.0.1:0", *extra]
+        super().__init__(args, log_path)
+        self.port = self._wait_for_port(timeout=30)
+        self.address = f"127.0.0.1:{self.port}"
+        self._wait_serving(timeout=30)
 
     def _wait_for_port(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -216,18 +238,6 @@ class ServerProcess:
                     if time.monotonic() > deadline:
                         raise
                 time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a power cut or an OOM kill."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self._log.close()
-
-    def terminate(self, timeout: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=timeout)
-        self._log.close()
-        return code
 
 
 @pytest.fixture

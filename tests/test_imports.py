@@ -1,6 +1,7 @@
 """The shape of the house, read from the source: segsvc's modules import one another without a
 circle, and the arrows point one way (api -> engine -> storage): the engine and storage
-never import grpc, protobuf or the api layer, and storage never imports the engine.
+never import grpc, protobuf or the api layer, storage never imports the engine, and the
+change-feed relay (a client) imports none of the server's modules.
 
 Imports are read with ast (every import statement, also those inside functions and under
 TYPE_CHECKING), so a lazy import cannot hide a cycle or a wrong-way arrow."""
@@ -27,6 +28,8 @@ FORBIDDEN = {
         "segsvc.cli",
         "segsvc.engine",
     ),
+    # The relay is a client of segsvc like any other: it runs where the server does not.
+    "segsvc.relay": ("segsvc.api", "segsvc.engine", "segsvc.storage", "segsvc.cli"),
 }
 
 

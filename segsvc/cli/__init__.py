@@ -21,6 +21,7 @@ from segsvc.cli import (
     events,
     members,
     people,
+    relay,
     segments,
     serve,
     status,
@@ -115,6 +116,7 @@ main.add_command(members.members)
 main.add_command(people.people)
 main.add_command(events.events)
 main.add_command(watch.watch)
+main.add_command(relay.relay_changes)
 main.add_command(audience.audience)
 main.add_command(workspaces.workspaces)
 main.add_command(tokens.tokens)

@@ -16,6 +16,24 @@ from segsvc.config import Replication
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _SCHEMES = ("nats", "tls", "ws", "wss")
 
+# How to reach NATS, the same for serve --nats and relay-changes.
+NATS_CONNECTION_OPTIONS = (
+    click.option(
+        "--nats-creds",
+        envvar="SEGSVC_NATS_CREDS",
+        show_envvar=True,
+        type=_FILE,
+        help="NATS user credentials file (.creds: JWT and NKey seed).",
+    ),
+    click.option(
+        "--nats-tls-ca",
+        envvar="SEGSVC_NATS_TLS_CA",
+        show_envvar=True,
+        type=_FILE,
+        help="PEM CA certificates to verify the NATS servers' TLS with.",
+    ),
+)
+
 OPTIONS = (
     click.option(
         "--nats",
@@ -50,20 +68,7 @@ OPTIONS = (
         default="",
         help="This node's name on the NATS connection (default: the host name).",
     ),
-    click.option(
-        "--nats-creds",
-        envvar="SEGSVC_NATS_CREDS",
-        show_envvar=True,
-        type=_FILE,
-        help="NATS user credentials file (.creds: JWT and NKey seed).",
-    ),
-    click.option(
-        "--nats-tls-ca",
-        envvar="SEGSVC_NATS_TLS_CA",
-        show_envvar=True,
-        type=_FILE,
-        help="PEM CA certificates to verify the NATS servers' TLS with.",
-    ),
+    *NATS_CONNECTION_OPTIONS,
 )
 
 

@@ -86,3 +86,20 @@ def test_client_only_install_talks_to_a_server(api, tmp_path):
     )
     assert imported.returncode == 2
     assert imported.stderr.strip().endswith("pip install 'segsvc[import]'")
+
+    # And what the change-feed relay would need.
+    relay = subprocess.run(
+        [
+            str(venv / "bin" / "segsvc"),
+            "relay-changes",
+            "--workspace",
+            "w",
+            "--nats",
+            "nats://127.0.0.1:4222",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert relay.returncode == 2
+    assert "pip install 'segsvc[relay]'" in relay.stderr

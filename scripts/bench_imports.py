@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import gen_data
 from bench_cli import _segsvc_command
-from bench_grpc import _event_to_proto, _start_server, _stop_server
+from bench_grpc import _event_to_proto, start_server, stop_server
 from bench_report import Report, Row, faster, rate, timed, verdict
 from bench_setup import WORKSPACE, open_engine
 from gen_data import NOW
@@ -120,7 +120,7 @@ def bench_file_imports(report: Report, people: int, events: int, root: Path, see
         ws.create_segment(spec.name, "", spec.dynamic, spec.conditions)
     engine.close()
 
-    proc, port = _start_server(root / "server", NOW)
+    proc, port = start_server(root / "server", NOW)
     try:
         print("segsvc people import ...", flush=True)
         people_seconds, people_summary = _cli(command, port, "people", "import", str(people_csv))
@@ -139,7 +139,7 @@ def bench_file_imports(report: Report, people: int, events: int, root: Path, see
         )
         channel.close()
     finally:
-        _stop_server(proc, report)
+        stop_server(proc, report)
     for what, summary, field, want in (
         ("people import", people_summary, "created", people),
         ("events import", events_summary, "tracked", events),

@@ -72,6 +72,11 @@ def workspace_of(token: str) -> str:
     return bytes.fromhex(token[1:]).decode() if token.startswith("~") else token
 
 
+def node_name(replication: Replication) -> str:
+    """The name a node goes by: --node-name, else the host name."""
+    return replication.node_name or socket.gethostname()
+
+
 def open_stream(js: JetStream, stream: str = DEFAULT_STREAM, replicas: int = 1) -> int:
     """Makes sure the stream of every workspace's log exists (created with `replicas`
     copies, file storage); returns the replicas it has. NatsError when NATS cannot."""
@@ -90,7 +95,7 @@ class JetStreamLogs:
             servers=replication.servers,
             creds_file=None if creds is None else str(creds),
             tls_ca_file=None if ca is None else str(ca),
-            client_name=f"segsvc {replication.node_name or socket.gethostname()}",
+            client_name=f"segsvc {node_name(replication)}",
             timeout=replication.timeout,
         )
         self.js = JetStream(options)
@@ -278,6 +283,17 @@ class JetStreamOperationLog:
             return None
         building.parts.append(message.data)
         return building
+
+    def stream_head(self) -> tuple[int, int]:
+        """(the stream sequence, the record sequence) of the last message on the subject:
+        (0, 0) when it holds none. NatsError when NATS does not answer."""
+        last = self.js.last_message(self.stream, self.subject)
+        if last is None:
+            return 0, 0
+        try:
+            return last.stream_seq, int(last.headers.get(OP_SEQ, "0"))
+        except ValueError:
+            return last.stream_seq, 0
 
     # -- checkpoints ----------------------------------------------------------------------------
 

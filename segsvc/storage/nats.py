@@ -209,13 +209,18 @@ class JetStream:
 
     def last_seq(self, stream: str, subject: str) -> int:
         """The stream sequence of the last message on `subject` (0: none)."""
+        last = self.last_message(stream, subject)
+        return 0 if last is None else last.stream_seq
 
-        async def last() -> int:
+    def last_message(self, stream: str, subject: str) -> StoredMessage | None:
+        """The last message on `subject` (None: none)."""
+
+        async def last() -> StoredMessage | None:
             try:
                 msg = await self._js.get_last_msg(stream, subject)
             except nats.js.errors.NotFoundError:
-                return 0
-            return int(msg.seq or 0)
+                return None
+            return StoredMessage(int(msg.seq or 0), dict(msg.headers or {}), bytes(msg.data or b""))
 
         return self._run(last())
 

@@ -244,6 +244,10 @@ class Engine:
     def _close_storage(self) -> None:
         if self._follower is not None:
             self._follower.stop()
+        if self._logs is not None:
+            # A checkpoint being published reads the store: it finishes before the store
+            # closes.
+            self._logs.wait_for_shared_checkpoints()
         self.store.close()
         if self._logs is not None:
             self._logs.close()

@@ -13,6 +13,10 @@ same sequence number).
 
 `append` returns once JetStream acknowledged the record: unlike the LMDB log, the record is
 then durable whatever becomes of the local transaction, and load_state replays it.
+
+Each checkpoint is also published to JetStream's object store (segsvc.engine.shared_checkpoints),
+and a node that has stored nothing of a workspace whose stream no longer starts at record 1
+starts from it.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from typing import BinaryIO
 
 from segsvc.storage.nats import JetStream, NatsError
@@ -135,13 +137,17 @@ def restore_checkpoint(
     the state's bytes. ValueError when the object is not whole."""
     covered, frames = read_checkpoint(source)
     state = b""
-    for kind, key, value in frames:
+    # A table's rows come in key order, one table after another: each table is written with
+    # one cursor (put_many), much faster per row than a put each.
+    for kind, run in groupby(frames, key=itemgetter(0)):
         if kind == STATE:
-            state = value
+            state = b"".join(value for _, _, value in run)
         elif kind == META:
-            txn.put("meta", key + workspace_prefix, value)
+            for _, key, value in run:
+                txn.put("meta", key + workspace_prefix, value)
         elif 1 <= kind <= len(ROW_TABLES):
-            txn.put(ROW_TABLES[kind - 1], workspace_prefix + key, value)
+            rows = ((workspace_prefix + key, value) for _, key, value in run)
+            txn.put_many(ROW_TABLES[kind - 1], rows)
         else:
             raise ValueError(f"unknown frame kind {kind} in the checkpoint object")
     if not state:

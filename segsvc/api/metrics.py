@@ -46,6 +46,7 @@ from segsvc.api.interception import (
 )
 from segsvc.engine.engine import Engine
 from segsvc.engine.observer import EngineObserver, WorkspaceObserver
+from segsvc.engine.stats import EngineStats
 
 access_log = logging.getLogger("segsvc.access")
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -589,6 +590,7 @@ class EngineCollector(Collector):
             if ws.checkpoint_age_seconds is not None:
                 age.add_metric([ws.name], ws.checkpoint_age_seconds)
         yield age
+        yield from _replica_gauges(stats)
         yield GaugeMetricFamily(
             "segsvc_lmdb_map_used_bytes", "LMDB map in use.", value=stats.map_used_bytes
         )
@@ -608,6 +610,54 @@ class EngineCollector(Collector):
             "Seconds since the engine opened.",
             value=self._engine.uptime_seconds(),
         )
+
+
+# (metric name, help, ReplicaPosition attribute) of the per-workspace gauges with --nats.
+_REPLICA_GAUGES = (
+    (
+        "segsvc_replica_applied_op_seq",
+        "Sequence number of the last operation this node applied from the shared log.",
+        "applied_op_seq",
+    ),
+    (
+        "segsvc_replica_stream_last_seq",
+        "Stream sequence of the last message on the workspace's JetStream subject.",
+        "stream_last_seq",
+    ),
+    (
+        "segsvc_replica_stream_last_op_seq",
+        "Sequence number of the last operation in the workspace's JetStream subject.",
+        "stream_last_op_seq",
+    ),
+    (
+        "segsvc_replica_lag_ops",
+        "Operations in the JetStream log this node has not applied yet.",
+        "lag_ops",
+    ),
+)
+
+
+def _replica_gauges(stats: EngineStats) -> Iterable[Metric]:
+    """With a shared log: the node's name (an info gauge) and its position in each
+    workspace's log; a workspace whose stream position is unknown (NATS did not answer) is
+    left out of the stream gauges rather than reported as 0."""
+    if not stats.node_name:
+        return
+    node = GaugeMetricFamily(
+        "segsvc_node_info",
+        "The name this node goes by on the shared log (always 1).",
+        labels=["node"],
+    )
+    node.add_metric([stats.node_name], 1)
+    yield node
+    for name, help_text, attribute in _REPLICA_GAUGES:
+        family = GaugeMetricFamily(name, help_text, labels=["workspace"])
+        for ws in stats.workspaces:
+            replica = ws.replica
+            if replica is None or (replica.stream_error and attribute != "applied_op_seq"):
+                continue
+            family.add_metric([ws.name], getattr(replica, attribute))
+        yield family
 
 
 class ServerMetrics:

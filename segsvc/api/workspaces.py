@@ -51,6 +51,7 @@ class WorkspacesServicer(EngineServicer, workspaces_pb2_grpc.WorkspacesServiceSe
             map_used_bytes=stats.map_used_bytes,
             map_size_bytes=stats.map_size_bytes,
             workspaces=[_workspace_status(ws) for ws in stats.workspaces],
+            node_name=stats.node_name,
         )
 
 
@@ -69,4 +70,14 @@ def _workspace_status(ws: WorkspaceStats) -> workspaces_pb2.WorkspaceStatus:
     )
     if ws.checkpoint_age_seconds is not None:
         status.last_checkpoint_age.FromSeconds(ws.checkpoint_age_seconds)
+    if ws.replica is not None:
+        status.replica.CopyFrom(
+            workspaces_pb2.ReplicaStatus(
+                applied_op_seq=ws.replica.applied_op_seq,
+                stream_last_seq=ws.replica.stream_last_seq,
+                stream_last_op_seq=ws.replica.stream_last_op_seq,
+                lag_ops=ws.replica.lag_ops,
+                stream_error=ws.replica.stream_error,
+            )
+        )
     return status

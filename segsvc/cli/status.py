@@ -1,6 +1,7 @@
 """`segsvc status`: what an operator checks first about a running server (admin token when
 the server has tokens): version, uptime, memory, the LMDB map, and each workspace's size,
-log position, checkpoint age and change-feed followers."""
+log position, checkpoint age and change-feed followers; with --nats, the node's name and
+where it stands in each workspace's log on JetStream (applied, the stream's last, the lag)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def status(session: Session) -> None:
     if session.out.json:
         session.out.document(to_dict(found))
         return
+    node = [("node", found.node_name)] if found.node_name else []
     session.out.fields(
         [
+            *node,
             ("version", found.version),
             ("uptime", format_duration(found.uptime)),
             (
@@ -66,8 +69,27 @@ def status(session: Session) -> None:
                     f"furthest {ws.max_follower_lag} changes behind",
                 ),
                 ("  audience snapshots", str(ws.audience_snapshots)),
+                *replica_fields(ws),
             ]
         )
+
+
+def replica_fields(ws: workspaces_pb2.WorkspaceStatus) -> list[tuple[str, str]]:
+    """Where the node stands in the workspace's log on JetStream (nothing without one)."""
+    if not ws.HasField("replica"):
+        return []
+    replica = ws.replica
+    if replica.stream_error:
+        stream = f"unknown ({replica.stream_error})"
+        lag = "unknown"
+    else:
+        stream = f"op {replica.stream_last_op_seq} (stream seq {replica.stream_last_seq})"
+        lag = f"{replica.lag_ops} ops"
+    return [
+        ("  applied op seq", str(replica.applied_op_seq)),
+        ("  stream last", stream),
+        ("  replica lag", lag),
+    ]
 
 
 def format_duration(duration: duration_pb2.Duration) -> str:

@@ -194,6 +194,9 @@ class WorkspaceCore:
             self.items_since_checkpoint = 0
             self.checkpoint_retry_at = 0
             self.checkpointed_at = now
+            # Under the lock: what the log publishes is the state and rows as of this
+            # checkpoint (a shared log takes an LMDB snapshot here and uploads it off-lock).
+            self.oplog.checkpoint_stored(self.store, blob)
             self.observer.checkpointed(time.perf_counter() - started)
             log.info(
                 "workspace %s: checkpoint at op %d (%d bytes)",

@@ -15,7 +15,7 @@ from segsvc.config import Config, name_problem
 from segsvc.engine.clock import Clock, SystemClock
 from segsvc.engine.errors import InvalidArgument, SegsvcError, from_storage
 from segsvc.engine.follower import LogFollower
-from segsvc.engine.jetstream_log import JetStreamLogs
+from segsvc.engine.jetstream_log import JetStreamLogs, node_name
 from segsvc.engine.observer import NO_OBSERVER, EngineObserver
 from segsvc.engine.stats import EngineStats, process_memory
 from segsvc.engine.workspace import Workspace
@@ -182,7 +182,14 @@ class Engine:
             map_used_bytes=self.store.map_size() - room.map_left,
             map_size_bytes=self.store.map_size(),
             memory=process_memory(),
+            node_name=self.node_name(),
         )
+
+    def node_name(self) -> str:
+        """With a shared log: the name this node goes by (--node-name, else the host name);
+        "" without one."""
+        replication = self.config.replication
+        return "" if replication is None else node_name(replication)
 
     def uptime_seconds(self) -> float:
         return time.monotonic() - self.started
@@ -237,6 +244,10 @@ class Engine:
     def _close_storage(self) -> None:
         if self._follower is not None:
             self._follower.stop()
+        if self._logs is not None:
+            # A checkpoint being published reads the store: it finishes before the store
+            # closes.
+            self._logs.wait_for_shared_checkpoints()
         self.store.close()
         if self._logs is not None:
             self._logs.close()

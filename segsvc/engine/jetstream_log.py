@@ -13,6 +13,10 @@ same sequence number).
 
 `append` returns once JetStream acknowledged the record: unlike the LMDB log, the record is
 then durable whatever becomes of the local transaction, and load_state replays it.
+
+Each checkpoint is also published to JetStream's object store (segsvc.engine.shared_checkpoints),
+and a node that has stored nothing of a workspace whose stream no longer starts at record 1
+starts from it.
 """
 
 from __future__ import annotations
@@ -21,13 +25,22 @@ import hashlib
 import logging
 import re
 import socket
+import tempfile
 import zlib
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from segsvc.config import Replication
+from segsvc.engine.core import MATERIALISED
 from segsvc.engine.errors import ConcurrentWrite, Unavailable
 from segsvc.engine.ops import Op, decode, encode
+from segsvc.engine.shared_checkpoints import (
+    CheckpointPublisher,
+    Covered,
+    SharedCheckpoint,
+    restore_checkpoint,
+)
 from segsvc.engine.state import WorkspaceState
 from segsvc.storage.errors import CorruptRecordError
 from segsvc.storage.nats import (
@@ -39,7 +52,7 @@ from segsvc.storage.nats import (
     WrongLastSequenceError,
 )
 from segsvc.storage.records import reading
-from segsvc.storage.store import Txn, describe_key, prefix, read_u64, u64
+from segsvc.storage.store import Store, Txn, describe_key, prefix, read_u64, u64
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +85,11 @@ def workspace_of(token: str) -> str:
     return bytes.fromhex(token[1:]).decode() if token.startswith("~") else token
 
 
+def node_name(replication: Replication) -> str:
+    """The name a node goes by: --node-name, else the host name."""
+    return replication.node_name or socket.gethostname()
+
+
 def open_stream(js: JetStream, stream: str = DEFAULT_STREAM, replicas: int = 1) -> int:
     """Makes sure the stream of every workspace's log exists (created with `replicas`
     copies, file storage); returns the replicas it has. NatsError when NATS cannot."""
@@ -90,7 +108,7 @@ class JetStreamLogs:
             servers=replication.servers,
             creds_file=None if creds is None else str(creds),
             tls_ca_file=None if ca is None else str(ca),
-            client_name=f"segsvc {replication.node_name or socket.gethostname()}",
+            client_name=f"segsvc {node_name(replication)}",
             timeout=replication.timeout,
         )
         self.js = JetStream(options)
@@ -108,9 +126,12 @@ class JetStreamLogs:
                 replication.replicas,
             )
         log.info("operation log on JetStream stream %s at %s", self.stream, self.js.where)
+        self.shared_checkpoints = CheckpointPublisher(self.js, self.stream)
 
     def log_for(self, workspace: str) -> JetStreamOperationLog:
-        return JetStreamOperationLog(self.js, workspace, prefix(workspace), self.stream)
+        return JetStreamOperationLog(
+            self.js, workspace, prefix(workspace), self.stream, self.shared_checkpoints
+        )
 
     def workspace_names(self) -> list[str]:
         """The workspaces whose logs hold records, by name."""
@@ -120,7 +141,14 @@ class JetStreamLogs:
             for subject in self.js.subjects(self.stream, f"{SUBJECT_ROOT}.>")
         ]
 
+    def wait_for_shared_checkpoints(self) -> None:
+        """Until the checkpoints being published (the last one of a stopping node among
+        them) are in the object store, within bounds."""
+        if not self.shared_checkpoints.wait():
+            log.warning("a checkpoint was still being published at close: left unfinished")
+
     def close(self) -> None:
+        self.wait_for_shared_checkpoints()
         self.js.close()
 
 
@@ -142,9 +170,20 @@ class JetStreamOperationLog:
     shared = True
 
     def __init__(
-        self, js: JetStream, workspace: str, workspace_prefix: bytes, stream: str = DEFAULT_STREAM
+        self,
+        js: JetStream,
+        workspace: str,
+        workspace_prefix: bytes,
+        stream: str = DEFAULT_STREAM,
+        shared_checkpoints: CheckpointPublisher | None = None,
     ) -> None:
         self.js = js
+        # Where checkpoints are published for nodes that join later, and fetched from when
+        # this node joins after the stream dropped the workspace's first records (None:
+        # neither).
+        self.shared_checkpoints = shared_checkpoints
+        # What the checkpoint stored last covers, for checkpoint_stored.
+        self._stored: Covered | None = None
         self.workspace = workspace
         self.prefix = workspace_prefix
         self.stream = stream
@@ -237,7 +276,8 @@ class JetStreamOperationLog:
                         "ops",
                         f"stream {self.stream} subject {self.subject}",
                         f"records {expected} to {seq - 1} of workspace {self.workspace!r} are "
-                        "no longer in the stream and no checkpoint here covers them",
+                        "no longer in the stream and no checkpoint here or in the object store "
+                        "covers them",
                     )
                 expected = seq + 1
                 yield seq, op
@@ -279,6 +319,17 @@ class JetStreamOperationLog:
         building.parts.append(message.data)
         return building
 
+    def stream_head(self) -> tuple[int, int]:
+        """(the stream sequence, the record sequence) of the last message on the subject:
+        (0, 0) when it holds none. NatsError when NATS does not answer."""
+        last = self.js.last_message(self.stream, self.subject)
+        if last is None:
+            return 0, 0
+        try:
+            return last.stream_seq, int(last.headers.get(OP_SEQ, "0"))
+        except ValueError:
+            return last.stream_seq, 0
+
     # -- checkpoints ----------------------------------------------------------------------------
 
     def _checkpoint_key(self) -> bytes:
@@ -291,6 +342,8 @@ class JetStreamOperationLog:
 
     def latest_checkpoint(self, txn: Txn) -> WorkspaceState:
         blob = txn.get("checkpoints", self.prefix)
+        if blob is None and self._materialised_nothing(txn):
+            blob = self._restore_shared_checkpoint(txn)
         with reading("checkpoints", describe_key("checkpoints", self.prefix)):
             state = WorkspaceState.from_bytes(blob) if blob else WorkspaceState()
         self.stream_seq_of[state.op_seq] = self._checkpoint_position(txn)[0]
@@ -306,3 +359,82 @@ class JetStreamOperationLog:
         txn.put("meta", self._checkpoint_key(), u64(stream_seq) + u64(covered_seq))
         for seq in [s for s in self.stream_seq_of if s < covered_seq]:
             del self.stream_seq_of[seq]
+        self._stored = Covered(stream_seq, covered_seq)
+
+    def checkpoint_stored(self, store: Store, blob: bytes) -> None:
+        if self.shared_checkpoints is None or self._stored is None:
+            return
+        self.shared_checkpoints.publish(
+            SharedCheckpoint(
+                store, self.workspace, self.object_name, self.prefix, blob, self._stored
+            )
+        )
+
+    @property
+    def object_name(self) -> str:
+        """The name of the workspace's checkpoint in the object store."""
+        return subject_token(self.workspace)
+
+    def _materialised_nothing(self, txn: Txn) -> bool:
+        return txn.get("meta", MATERIALISED + self.prefix) is None
+
+    def _first_record_seq(self) -> int:
+        """The sequence of the first whole record the stream still holds on the subject (0:
+        it holds none)."""
+        with closing(self.js.read(self.stream, self.subject, 0)) as messages:
+            first = next(messages, None)
+        if first is None:
+            return 0
+        where = f"stream {self.stream} seq {first.stream_seq} ({self.subject})"
+        with reading("ops", where):
+            op_seq = int(first.headers[OP_SEQ])
+            part = int(first.headers.get(PART, "0/1").split("/")[0])
+        # A record whose first parts were dropped cannot be read: the next one is the first.
+        return op_seq if part == 0 else op_seq + 1
+
+    def _restore_shared_checkpoint(self, txn: Txn) -> bytes | None:
+        """On a node that has stored nothing of the workspace, when the stream no longer
+        holds its first record: the newest published checkpoint, its rows stored in `txn`
+        (None, and nothing stored, when the stream starts at the beginning or there is no
+        checkpoint to load: read_from then names the gap)."""
+        if self.shared_checkpoints is None:
+            return None
+        try:
+            first = self._first_record_seq()
+            if first == 1:
+                return None  # the stream has it all: it is read from the beginning
+            # Nothing on the subject (0) may mean everything was purged after a checkpoint.
+            with tempfile.TemporaryFile(prefix="segsvc-checkpoint-") as spool:
+                covered = self.shared_checkpoints.fetch(self.object_name, spool)
+                if covered is None and not first:
+                    return None
+                if covered is None or covered.op_seq + 1 < first:
+                    log.warning(
+                        "workspace %s: the stream starts at record %d and %s",
+                        self.workspace,
+                        first,
+                        "no checkpoint was published"
+                        if covered is None
+                        else f"the published checkpoint covers only up to {covered.op_seq}",
+                    )
+                    return None
+                spool.seek(0)
+                where = f"object {self.object_name} of {self.shared_checkpoints.bucket}"
+                with reading("checkpoints", where):
+                    covered, blob = restore_checkpoint(spool, txn, self.prefix)
+        except NatsError as exc:
+            raise Unavailable(
+                f"cannot load the published checkpoint of workspace {self.workspace!r}: {exc}"
+            ) from exc
+        txn.put("checkpoints", self.prefix, blob)
+        txn.put("meta", self._checkpoint_key(), u64(covered.stream_seq) + u64(covered.op_seq))
+        txn.put("meta", MATERIALISED + self.prefix, u64(covered.op_seq))
+        log.info(
+            "workspace %s: the stream starts at record %d: loaded the published checkpoint "
+            "at record %d (stream seq %d)",
+            self.workspace,
+            first,
+            covered.op_seq,
+            covered.stream_seq,
+        )
+        return blob

@@ -28,7 +28,7 @@ from typing import Protocol
 from segsvc.engine.ops import EventsOp, MembersOp, Op, PeopleOp, decode, encode
 from segsvc.engine.state import WorkspaceState
 from segsvc.storage.records import reading
-from segsvc.storage.store import Txn, describe_key, read_u64, u64
+from segsvc.storage.store import Store, Txn, describe_key, read_u64, u64
 
 
 class OperationLog(Protocol):
@@ -54,6 +54,11 @@ class OperationLog(Protocol):
     def checkpoint(self, txn: Txn, blob: bytes, covered_seq: int) -> None:
         """Stores `blob` (a WorkspaceState's bytes) as the state after record `covered_seq`
         and lets go of the records it covers."""
+
+    def checkpoint_stored(self, store: Store, blob: bytes) -> None:
+        """Called once the checkpoint `checkpoint` stored has committed, under the workspace
+        lock: a shared log publishes it (with the rows `store` holds now) for nodes that
+        join later; the embedded log has nobody to tell."""
 
 
 class LmdbOperationLog:
@@ -84,6 +89,9 @@ class LmdbOperationLog:
     def checkpoint(self, txn: Txn, blob: bytes, covered_seq: int) -> None:
         txn.put("checkpoints", self.prefix, blob)
         txn.delete_range("ops", self.prefix + u64(0), self.prefix + u64(covered_seq + 1))
+
+    def checkpoint_stored(self, store: Store, blob: bytes) -> None:
+        pass
 
 
 def load_state(log: OperationLog, txn: Txn) -> tuple[WorkspaceState, int, int]:

@@ -13,8 +13,26 @@ from pathlib import Path
 from segsvc.engine.audiences import Audiences
 from segsvc.engine.change_feed import ChangeFeed
 from segsvc.engine.core import WorkspaceCore
+from segsvc.engine.jetstream_log import JetStreamOperationLog
+from segsvc.storage.nats import NatsError
 
 PROC_STATUS = Path("/proc/self/status")
+
+
+@dataclass(frozen=True)
+class ReplicaPosition:
+    """Where this node stands in a workspace's shared log (`serve --nats`)."""
+
+    # The last record this node applied.
+    applied_op_seq: int
+    # The stream sequence of the last message on the workspace's subject, and the record it
+    # belongs to (0 and 0: none; both 0 too when NATS did not answer, see `stream_error`).
+    stream_last_seq: int
+    stream_last_op_seq: int
+    # Records in the stream this node has not applied yet.
+    lag_ops: int
+    # Why the stream's position is unknown ("" when it is known).
+    stream_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,8 @@ class WorkspaceStats:
     max_follower_lag: int
     # Audience snapshots stored, that senders can page through or resume.
     audience_snapshots: int
+    # With a shared log: this node's position in it (None with the embedded log).
+    replica: ReplicaPosition | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,8 @@ class EngineStats:
     map_used_bytes: int
     map_size_bytes: int
     memory: ProcessMemory
+    # With a shared log (`serve --nats`): the name this node goes by ("" without one).
+    node_name: str = ""
 
 
 def process_memory(status: Path = PROC_STATUS) -> ProcessMemory:
@@ -98,4 +120,19 @@ def workspace_stats(core: WorkspaceCore, feed: ChangeFeed, audiences: Audiences)
         followers=len(cursors),
         max_follower_lag=max((max(0, head - cursor) for cursor in cursors), default=0),
         audience_snapshots=audiences.stored_snapshots(),
+        replica=replica_position(core, last_op_seq),
     )
+
+
+def replica_position(core: WorkspaceCore, applied_op_seq: int) -> ReplicaPosition | None:
+    """Where the node stands in the workspace's shared log (None: the embedded log). Asks
+    NATS for the subject's last message, outside the workspace lock: a NATS that does not
+    answer makes the position unknown, said in `stream_error`, not the stats fail."""
+    oplog = core.oplog
+    if not isinstance(oplog, JetStreamOperationLog):
+        return None
+    try:
+        stream_seq, op_seq = oplog.stream_head()
+    except NatsError as exc:
+        return ReplicaPosition(applied_op_seq, 0, 0, 0, str(exc))
+    return ReplicaPosition(applied_op_seq, stream_seq, op_seq, max(0, op_seq - applied_op_seq))

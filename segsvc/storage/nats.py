@@ -1,6 +1,6 @@
 """The connection to NATS JetStream that the replicated operation log rides on: one client
 connection, a stream made if missing, publishes that wait for JetStream's acknowledgement, and
-reads of one subject after a stream sequence.
+reads of one subject after a stream sequence, and whole objects in JetStream's object store.
 
 nats-py is asyncio and the server is threads: the connection lives on one event loop in a
 daemon thread of its own, and `JetStream` is a synchronous facade over it
@@ -19,9 +19,9 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import nats
 import nats.errors
@@ -30,6 +30,9 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    ObjectMeta,
+    ObjectMetaOptions,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -45,6 +48,9 @@ WRONG_LAST_SEQUENCE = 10071
 STREAM_NOT_FOUND = 10059
 # Messages fetched per request while reading a subject.
 READ_BATCH = 256
+# Bytes per message of an object in the object store (nats-py's default is 128 KiB: a
+# checkpoint of a million people would be thousands of round trips).
+OBJECT_CHUNK = 512 * 1024
 
 
 class NatsError(StorageError):
@@ -209,13 +215,18 @@ class JetStream:
 
     def last_seq(self, stream: str, subject: str) -> int:
         """The stream sequence of the last message on `subject` (0: none)."""
+        last = self.last_message(stream, subject)
+        return 0 if last is None else last.stream_seq
 
-        async def last() -> int:
+    def last_message(self, stream: str, subject: str) -> StoredMessage | None:
+        """The last message on `subject` (None: none)."""
+
+        async def last() -> StoredMessage | None:
             try:
                 msg = await self._js.get_last_msg(stream, subject)
             except nats.js.errors.NotFoundError:
-                return 0
-            return int(msg.seq or 0)
+                return None
+            return StoredMessage(int(msg.seq or 0), dict(msg.headers or {}), bytes(msg.data or b""))
 
         return self._run(last())
 
@@ -241,7 +252,9 @@ class JetStream:
 
         return self._run(subjects())
 
-    def read(self, stream: str, subject: str, after_seq: int) -> Iterator[StoredMessage]:
+    def read(
+        self, stream: str, subject: str, after_seq: int
+    ) -> Generator[StoredMessage, None, None]:
         """The messages on `subject` with a stream sequence above `after_seq`, in order, up
         to the last one stored when the read began."""
         last = self.last_seq(stream, subject)
@@ -269,6 +282,77 @@ class JetStream:
         finally:
             with contextlib.suppress(NatsError):  # else the consumer expires by itself
                 self._run(sub.unsubscribe())
+
+    def purge(self, stream: str, subject: str, before_seq: int) -> None:
+        """Drops the messages on `subject` whose stream sequence is below `before_seq` (as a
+        retention limit or an operator's purge does)."""
+
+        async def purge() -> None:
+            await self._js.purge_stream(stream, seq=before_seq, subject=subject)
+
+        self._run(purge())
+
+    # -- the object store ------------------------------------------------------------------------
+
+    def ensure_object_store(self, bucket: str, like_stream: str) -> None:
+        """Creates the object store `bucket` when it is missing, with as many replicas as
+        `like_stream` has (file storage); an existing one is used as it is."""
+
+        async def ensure() -> None:
+            try:
+                await self._js.object_store(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                info = await self._js.stream_info(like_stream)
+                config = ObjectStoreConfig(
+                    storage=StorageType.FILE, replicas=int(info.config.num_replicas or 1)
+                )
+                await self._js.create_object_store(bucket, config=config)
+
+        self._run(ensure())
+
+    def object_description(self, bucket: str, name: str) -> str | None:
+        """The description of object `name` (None: no such object or bucket)."""
+
+        async def describe() -> str | None:
+            try:
+                store = await self._js.object_store(bucket)
+                info = await store.get_info(name)
+            except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
+                return None
+            return str(info.description or "")
+
+        return self._run(describe())
+
+    def put_object(
+        self, bucket: str, name: str, source: BinaryIO, description: str, timeout: float
+    ) -> None:
+        """Stores what `source` holds (read to its end) as object `name`, replacing the
+        previous version once the new one is whole; waits at most `timeout` seconds."""
+
+        async def put() -> None:
+            store = await self._js.object_store(bucket)
+            meta = ObjectMeta(
+                name=name,
+                description=description,
+                options=ObjectMetaOptions(max_chunk_size=OBJECT_CHUNK),
+            )
+            await store.put(name, source, meta=meta)
+
+        self._run(put(), timeout=timeout)
+
+    def get_object(self, bucket: str, name: str, into: BinaryIO, timeout: float) -> str | None:
+        """Writes object `name` into `into` and returns its description (None, and nothing
+        written: no such object or bucket); waits at most `timeout` seconds."""
+
+        async def get() -> str | None:
+            try:
+                store = await self._js.object_store(bucket)
+                found = await store.get(name, writeinto=into)
+            except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
+                return None
+            return str(found.info.description or "")
+
+        return self._run(get(), timeout=timeout)
 
     def close(self) -> None:
         self._closing = True

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asegsvc/v1/workspaces.proto\x12\tsegsvc.v1\x1a\x1egoogle/protobuf/duration.proto\"\x17\n\x15ListWorkspacesRequest\"[\n\x10WorkspaceSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06people\x18\x02 \x01(\x04\x12\x10\n\x08segments\x18\x03 \x01(\x04\x12\x17\n\x0flast_change_seq\x18\x04 \x01(\x04\"I\n\x16ListWorkspacesResponse\x12/\n\nworkspaces\x18\x01 \x03(\x0b\x32\x1b.segsvc.v1.WorkspaceSummary\"\x18\n\x16GetServerStatusRequest\"\xe0\x01\n\x17GetServerStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12)\n\x06uptime\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\trss_bytes\x18\x03 \x01(\x04\x12\x16\n\x0erss_anon_bytes\x18\x04 \x01(\x04\x12\x16\n\x0emap_used_bytes\x18\x05 \x01(\x04\x12\x16\n\x0emap_size_bytes\x18\x06 \x01(\x04\x12.\n\nworkspaces\x18\x07 \x03(\x0b\x32\x1a.segsvc.v1.WorkspaceStatus\"\xae\x02\n\x0fWorkspaceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06people\x18\x02 \x01(\x04\x12\x10\n\x08segments\x18\x03 \x01(\x04\x12\x0e\n\x06\x65vents\x18\x04 \x01(\x04\x12\x17\n\x0flast_change_seq\x18\x05 \x01(\x04\x12\x13\n\x0blast_op_seq\x18\x06 \x01(\x04\x12\x36\n\x13last_checkpoint_age\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12 \n\x18records_since_checkpoint\x18\x08 \x01(\x04\x12\x1d\n\x15\x63hange_feed_followers\x18\t \x01(\r\x12\x18\n\x10max_follower_lag\x18\n \x01(\x04\x12\x1a\n\x12\x61udience_snapshots\x18\x0b \x01(\x04\x32\xc4\x01\n\x11WorkspacesService\x12U\n\x0eListWorkspaces\x12 .segsvc.v1.ListWorkspacesRequest\x1a!.segsvc.v1.ListWorkspacesResponse\x12X\n\x0fGetServerStatus\x12!.segsvc.v1.GetServerStatusRequest\x1a\".segsvc.v1.GetServerStatusResponseBD\n\rcom.segsvc.v1B\x0fWorkspacesProtoP\x01Z segsvc/gen/go/segsvc/v1;segsvcv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asegsvc/v1/workspaces.proto\x12\tsegsvc.v1\x1a\x1egoogle/protobuf/duration.proto\"\x17\n\x15ListWorkspacesRequest\"[\n\x10WorkspaceSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06people\x18\x02 \x01(\x04\x12\x10\n\x08segments\x18\x03 \x01(\x04\x12\x17\n\x0flast_change_seq\x18\x04 \x01(\x04\"I\n\x16ListWorkspacesResponse\x12/\n\nworkspaces\x18\x01 \x03(\x0b\x32\x1b.segsvc.v1.WorkspaceSummary\"\x18\n\x16GetServerStatusRequest\"\xf3\x01\n\x17GetServerStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12)\n\x06uptime\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\trss_bytes\x18\x03 \x01(\x04\x12\x16\n\x0erss_anon_bytes\x18\x04 \x01(\x04\x12\x16\n\x0emap_used_bytes\x18\x05 \x01(\x04\x12\x16\n\x0emap_size_bytes\x18\x06 \x01(\x04\x12.\n\nworkspaces\x18\x07 \x03(\x0b\x32\x1a.segsvc.v1.WorkspaceStatus\x12\x11\n\tnode_name\x18\x08 \x01(\t\"\xd9\x02\n\x0fWorkspaceStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06people\x18\x02 \x01(\x04\x12\x10\n\x08segments\x18\x03 \x01(\x04\x12\x0e\n\x06\x65vents\x18\x04 \x01(\x04\x12\x17\n\x0flast_change_seq\x18\x05 \x01(\x04\x12\x13\n\x0blast_op_seq\x18\x06 \x01(\x04\x12\x36\n\x13last_checkpoint_age\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12 \n\x18records_since_checkpoint\x18\x08 \x01(\x04\x12\x1d\n\x15\x63hange_feed_followers\x18\t \x01(\r\x12\x18\n\x10max_follower_lag\x18\n \x01(\x04\x12\x1a\n\x12\x61udience_snapshots\x18\x0b \x01(\x04\x12)\n\x07replica\x18\x0c \x01(\x0b\x32\x18.segsvc.v1.ReplicaStatus\"\x83\x01\n\rReplicaStatus\x12\x16\n\x0e\x61pplied_op_seq\x18\x01 \x01(\x04\x12\x17\n\x0fstream_last_seq\x18\x02 \x01(\x04\x12\x1a\n\x12stream_last_op_seq\x18\x03 \x01(\x04\x12\x0f\n\x07lag_ops\x18\x04 \x01(\x04\x12\x14\n\x0cstream_error\x18\x05 \x01(\t2\xc4\x01\n\x11WorkspacesService\x12U\n\x0eListWorkspaces\x12 .segsvc.v1.ListWorkspacesRequest\x1a!.segsvc.v1.ListWorkspacesResponse\x12X\n\x0fGetServerStatus\x12!.segsvc.v1.GetServerStatusRequest\x1a\".segsvc.v1.GetServerStatusResponseBD\n\rcom.segsvc.v1B\x0fWorkspacesProtoP\x01Z segsvc/gen/go/segsvc/v1;segsvcv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,9 +42,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSERVERSTATUSREQUEST']._serialized_start=266
   _globals['_GETSERVERSTATUSREQUEST']._serialized_end=290
   _globals['_GETSERVERSTATUSRESPONSE']._serialized_start=293
-  _globals['_GETSERVERSTATUSRESPONSE']._serialized_end=517
-  _globals['_WORKSPACESTATUS']._serialized_start=520
-  _globals['_WORKSPACESTATUS']._serialized_end=822
-  _globals['_WORKSPACESSERVICE']._serialized_start=825
-  _globals['_WORKSPACESSERVICE']._serialized_end=1021
+  _globals['_GETSERVERSTATUSRESPONSE']._serialized_end=536
+  _globals['_WORKSPACESTATUS']._serialized_start=539
+  _globals['_WORKSPACESTATUS']._serialized_end=884
+  _globals['_REPLICASTATUS']._serialized_start=887
+  _globals['_REPLICASTATUS']._serialized_end=1018
+  _globals['_WORKSPACESSERVICE']._serialized_start=1021
+  _globals['_WORKSPACESSERVICE']._serialized_end=1217
 # @@protoc_insertion_point(module_scope)

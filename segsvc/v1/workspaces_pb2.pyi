@@ -122,6 +122,7 @@ class GetServerStatusResponse(_message.Message):
     MAP_USED_BYTES_FIELD_NUMBER: _builtins.int
     MAP_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     WORKSPACES_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The segsvc release the server runs."""
     rss_bytes: _builtins.int
@@ -132,6 +133,10 @@ class GetServerStatusResponse(_message.Message):
     """LMDB map in use, in bytes."""
     map_size_bytes: _builtins.int
     """LMDB map size (--map-size), in bytes."""
+    node_name: _builtins.str
+    """With the operation log on NATS JetStream (`serve --nats`): the name this node goes by
+    (`--node-name`, else its host name); empty with the embedded log.
+    """
     @_builtins.property
     def uptime(self) -> _duration_pb2.Duration:
         """How long the server has been up."""
@@ -150,10 +155,11 @@ class GetServerStatusResponse(_message.Message):
         map_used_bytes: _builtins.int = ...,
         map_size_bytes: _builtins.int = ...,
         workspaces: _abc.Iterable[Global___WorkspaceStatus] | None = ...,
+        node_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["map_size_bytes", b"map_size_bytes", "map_used_bytes", b"map_used_bytes", "rss_anon_bytes", b"rss_anon_bytes", "rss_bytes", b"rss_bytes", "uptime", b"uptime", "version", b"version", "workspaces", b"workspaces"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["map_size_bytes", b"map_size_bytes", "map_used_bytes", b"map_used_bytes", "node_name", b"node_name", "rss_anon_bytes", b"rss_anon_bytes", "rss_bytes", b"rss_bytes", "uptime", b"uptime", "version", b"version", "workspaces", b"workspaces"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -176,6 +182,7 @@ class WorkspaceStatus(_message.Message):
     CHANGE_FEED_FOLLOWERS_FIELD_NUMBER: _builtins.int
     MAX_FOLLOWER_LAG_FIELD_NUMBER: _builtins.int
     AUDIENCE_SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """What clients send as the `workspace` header."""
     people: _builtins.int
@@ -202,6 +209,12 @@ class WorkspaceStatus(_message.Message):
     def last_checkpoint_age(self) -> _duration_pb2.Duration:
         """Time since its last checkpoint; unset when it has had none yet."""
 
+    @_builtins.property
+    def replica(self) -> Global___ReplicaStatus:
+        """With the operation log on NATS JetStream: where this node stands in the workspace's log;
+        unset with the embedded log.
+        """
+
     def __init__(
         self,
         *,
@@ -216,11 +229,54 @@ class WorkspaceStatus(_message.Message):
         change_feed_followers: _builtins.int = ...,
         max_follower_lag: _builtins.int = ...,
         audience_snapshots: _builtins.int = ...,
+        replica: Global___ReplicaStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_checkpoint_age", b"last_checkpoint_age"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_checkpoint_age", b"last_checkpoint_age", "replica", b"replica"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_snapshots", b"audience_snapshots", "change_feed_followers", b"change_feed_followers", "events", b"events", "last_change_seq", b"last_change_seq", "last_checkpoint_age", b"last_checkpoint_age", "last_op_seq", b"last_op_seq", "max_follower_lag", b"max_follower_lag", "name", b"name", "people", b"people", "records_since_checkpoint", b"records_since_checkpoint", "segments", b"segments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_snapshots", b"audience_snapshots", "change_feed_followers", b"change_feed_followers", "events", b"events", "last_change_seq", b"last_change_seq", "last_checkpoint_age", b"last_checkpoint_age", "last_op_seq", b"last_op_seq", "max_follower_lag", b"max_follower_lag", "name", b"name", "people", b"people", "records_since_checkpoint", b"records_since_checkpoint", "replica", b"replica", "segments", b"segments"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkspaceStatus: _TypeAlias = WorkspaceStatus  # noqa: Y015
+
+@_typing.final
+class ReplicaStatus(_message.Message):
+    """One node's position in one workspace's operation log on JetStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_OP_SEQ_FIELD_NUMBER: _builtins.int
+    STREAM_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    STREAM_LAST_OP_SEQ_FIELD_NUMBER: _builtins.int
+    LAG_OPS_FIELD_NUMBER: _builtins.int
+    STREAM_ERROR_FIELD_NUMBER: _builtins.int
+    applied_op_seq: _builtins.int
+    """The seq of the last operation this node applied."""
+    stream_last_seq: _builtins.int
+    """The stream sequence of the last message on the workspace's subject (0: none, or unknown:
+    see stream_error). The same on every node of one stream.
+    """
+    stream_last_op_seq: _builtins.int
+    """The operation seq that last message belongs to."""
+    lag_ops: _builtins.int
+    """Operations in the stream this node has not applied yet (stream_last_op_seq -
+    applied_op_seq).
+    """
+    stream_error: _builtins.str
+    """Why the stream's position is unknown (NATS did not answer); empty when it is known."""
+    def __init__(
+        self,
+        *,
+        applied_op_seq: _builtins.int = ...,
+        stream_last_seq: _builtins.int = ...,
+        stream_last_op_seq: _builtins.int = ...,
+        lag_ops: _builtins.int = ...,
+        stream_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_op_seq", b"applied_op_seq", "lag_ops", b"lag_ops", "stream_error", b"stream_error", "stream_last_op_seq", b"stream_last_op_seq", "stream_last_seq", b"stream_last_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaStatus: _TypeAlias = ReplicaStatus  # noqa: Y015

@@ -383,11 +383,10 @@ class PeopleIndex:
             {k: v.serialize() for k, v in self.tags.items()},
             {k: v.serialize() for k, v in self.platforms.items()},
             self.any_device.serialize(),
-            # NUL never occurs in ids, emails or phones (they are checked for control
-            # characters), so one joined string per list is compact and fast to load.
-            _join(self.ids),
-            _join(self.emails),
-            _join(self.phones),
+            # Copies, joined when the checkpoint is packed (off the workspace lock).
+            KeyColumn(list(self.ids)),
+            KeyColumn(list(self.emails)),
+            KeyColumn(list(self.phones)),
         ]
 
     @classmethod
@@ -572,13 +571,22 @@ def _diff_fields(
             move(key, None if new is record else builtin, builtin if new is record else None)
 
 
-def _join(values: list[str | None]) -> list[Any]:
-    # The length is stored too: "" is both the empty list and a list of one None.
-    try:
-        joined = "\x00".join(values)  # type: ignore[arg-type]  # no None: most lists of ids
-    except TypeError:
-        joined = "\x00".join([x or "" for x in values])
-    return [len(values), joined]
+@dataclass(frozen=True)
+class KeyColumn:
+    """One of the ordinal -> id / email / phone lists as a checkpoint took it, put in its
+    stored form (`stored`) when the checkpoint is packed."""
+
+    values: list[str | None]
+
+    def stored(self) -> list[Any]:
+        # NUL never occurs in ids, emails or phones (they are checked for control
+        # characters), so one joined string per list is compact and fast to load. The length
+        # is stored too: "" is both the empty list and a list of one None.
+        try:
+            joined = "\x00".join(self.values)  # type: ignore[arg-type]  # no None: ids
+        except TypeError:
+            joined = "\x00".join([x or "" for x in self.values])
+        return [len(self.values), joined]
 
 
 def _split(stored: list[Any]) -> list[str | None]:

@@ -15,6 +15,14 @@ the commit path changing:
   with other nodes, or a new node);
 - `checkpoint` stores the state blob locally as of a record; the embedded log drops the
   records it covers, a stream keeps them (its retention decides what it drops).
+
+A checkpoint of a large workspace is too big for one LMDB transaction: LMDB has one writer,
+and the fsync of 150 MB (1M people) keeps every write waiting about a second. So the state's
+bytes are first staged in parts (`stage_checkpoint`), each part in a transaction of its own
+off the workspace lock; then `checkpoint` stores only the small manifest naming them, and
+drops the parts of the previous checkpoint, in the transaction that makes it the current
+one. A crash while parts are staged leaves the previous manifest and its parts untouched
+(the orphaned parts go with the next checkpoint).
 Every method takes the local LMDB transaction of the unit of work: LMDB stays each node's
 materialisation either way. Nothing here knows of the in-memory indexes beyond decoding a
 checkpoint, nor of clocks.
@@ -22,13 +30,27 @@ checkpoint, nor of clocks.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Protocol
 
+import msgpack
+
 from segsvc.engine.ops import EventsOp, MembersOp, Op, PeopleOp, decode, encode
 from segsvc.engine.state import WorkspaceState
-from segsvc.storage.records import reading
-from segsvc.storage.store import Txn, describe_key, read_u64, u64
+from segsvc.storage.records import DamagedRecord, reading, seal, unseal
+from segsvc.storage.store import MiB, Store, Txn, describe_key, prefix_end, read_u64, u64
+
+# A staged part of a checkpoint: a transaction of this size commits (with its fsync) in
+# about 20 ms on the benchmark machine, which is what a write waits for at most.
+CHECKPOINT_PART_BYTES = 4 * MiB
+# The stored checkpoint is either the state's bytes (a sealed msgpack frame: 0xC1, or a
+# bare msgpack array from the first schema) or, after this mark, the manifest of its parts.
+# A state blob never starts with 0x00.
+_MANIFEST_MARK = b"\x00checkpoint-parts\x00"
+# Parts live beside the checkpoint in the `checkpoints` table, under the workspace prefix,
+# this mark, their checkpoint's stamp and their number.
+_PART_MARK = b"part\x00"
 
 
 class OperationLog(Protocol):
@@ -52,8 +74,9 @@ class OperationLog(Protocol):
         `op_seq` is the last record it covers. A damaged one raises CorruptRecordError."""
 
     def checkpoint(self, txn: Txn, blob: bytes, covered_seq: int) -> None:
-        """Stores `blob` (a WorkspaceState's bytes) as the state after record `covered_seq`
-        and lets go of the records it covers."""
+        """Stores `blob` (a WorkspaceState's bytes, or the manifest `stage_checkpoint`
+        returned for them) as the state after record `covered_seq` and lets go of the
+        records it covers."""
 
 
 class LmdbOperationLog:
@@ -77,12 +100,10 @@ class LmdbOperationLog:
             yield read_u64(key, len(p)), op
 
     def latest_checkpoint(self, txn: Txn) -> WorkspaceState:
-        blob = txn.get("checkpoints", self.prefix)
-        with reading("checkpoints", describe_key("checkpoints", self.prefix)):
-            return WorkspaceState.from_bytes(blob) if blob else WorkspaceState()
+        return read_checkpoint(txn, self.prefix)
 
     def checkpoint(self, txn: Txn, blob: bytes, covered_seq: int) -> None:
-        txn.put("checkpoints", self.prefix, blob)
+        store_checkpoint(txn, self.prefix, blob)
         txn.delete_range("ops", self.prefix + u64(0), self.prefix + u64(covered_seq + 1))
 
 
@@ -111,3 +132,80 @@ def replay_weight(op: Op) -> int:
     if isinstance(op, MembersOp):
         return 1 + len(op.ordinals) // 100
     return 1
+
+
+# -- checkpoints in parts ----------------------------------------------------------------------
+
+
+def stage_checkpoint(store: Store, workspace_prefix: bytes, parts: list[memoryview]) -> bytes:
+    """Stores the pieces of a state's bytes (`parts`, in order) as checkpoint parts, each
+    piece split to at most CHECKPOINT_PART_BYTES per transaction, and returns the manifest
+    to hand to `OperationLog.checkpoint`. Nothing reads the parts until a manifest naming
+    them is stored, so the workspace lock is not needed, and a failure leaves only parts
+    that the next checkpoint drops."""
+    # The stamp keeps these parts apart from the current checkpoint's, whatever they cover.
+    stamp = time.time_ns()
+    chunks = [
+        piece[start : start + CHECKPOINT_PART_BYTES]
+        for piece in parts
+        for start in range(0, len(piece), CHECKPOINT_PART_BYTES)
+    ]
+    for number, chunk in enumerate(chunks):
+        with store.write() as txn:
+            txn.put("checkpoints", _part_key(workspace_prefix, stamp, number), bytes(chunk))
+    size = sum(len(chunk) for chunk in chunks)
+    return _MANIFEST_MARK + seal(msgpack.packb([stamp, len(chunks), size]))
+
+
+def store_checkpoint(txn: Txn, workspace_prefix: bytes, blob: bytes) -> None:
+    """Makes `blob` (a state's bytes or a manifest) the workspace's checkpoint and drops the
+    parts no longer named (the previous checkpoint's, and any a failure left)."""
+    txn.put("checkpoints", workspace_prefix, blob)
+    keep = _manifest(blob)[0] if blob.startswith(_MANIFEST_MARK) else None
+    parts = workspace_prefix + _PART_MARK
+    stop = prefix_end(parts)
+    assert stop is not None
+    if keep is None:
+        txn.delete_range("checkpoints", parts, stop)
+        return
+    txn.delete_range("checkpoints", parts, _part_key(workspace_prefix, keep, 0))
+    txn.delete_range("checkpoints", _part_key(workspace_prefix, keep + 1, 0), stop)
+
+
+def read_checkpoint(txn: Txn, workspace_prefix: bytes) -> WorkspaceState:
+    """The state the workspace's checkpoint stored (an empty state before the first one). A
+    damaged or incomplete one raises CorruptRecordError."""
+    stored = txn.get("checkpoints", workspace_prefix)
+    with reading("checkpoints", describe_key("checkpoints", workspace_prefix)):
+        blob = checkpoint_bytes(txn, workspace_prefix, stored) if stored else None
+        return WorkspaceState.from_bytes(blob) if blob else WorkspaceState()
+
+
+def checkpoint_bytes(txn: Txn, workspace_prefix: bytes, stored: bytes) -> bytes:
+    """The state's bytes of a stored checkpoint: `stored` itself, or its parts put
+    together (DamagedRecord when one is missing)."""
+    if not stored.startswith(_MANIFEST_MARK):
+        return stored
+    stamp, count, size = _manifest(stored)
+    first = _part_key(workspace_prefix, stamp, 0)
+    chunks = [value for _key, value in txn.scan("checkpoints", first[:-4], first)]
+    blob = b"".join(chunks)
+    if len(chunks) != count or len(blob) != size:
+        raise DamagedRecord(
+            f"{len(chunks)} of its {count} parts stored ({len(blob)} of {size} bytes)"
+        )
+    return blob
+
+
+def is_checkpoint_part(key: bytes) -> bool:
+    """Whether a key of the `checkpoints` table is a staged part (not a checkpoint)."""
+    return key.partition(b"\x00")[2].startswith(_PART_MARK)
+
+
+def _manifest(stored: bytes) -> tuple[int, int, int]:
+    stamp, count, size = msgpack.unpackb(unseal(stored[len(_MANIFEST_MARK) :]))
+    return int(stamp), int(count), int(size)
+
+
+def _part_key(workspace_prefix: bytes, stamp: int, number: int) -> bytes:
+    return workspace_prefix + _PART_MARK + u64(stamp) + number.to_bytes(4, "big")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
 from pyroaring import BitMap
 
 from segsvc.engine import conditions
@@ -28,7 +29,7 @@ from segsvc.engine.conditions import (
 from segsvc.engine.conditions import canonical as leaf_id
 from segsvc.engine.event_index import EventLeafIndex, LeafMove
 from segsvc.engine.events import EventStore
-from segsvc.engine.index import IndexDelta, PeopleIndex
+from segsvc.engine.index import IndexDelta, KeyColumn, PeopleIndex
 from segsvc.engine.leaves import EventLeaf, IndexLeaf, Leaf, SegmentLeaf
 from segsvc.engine.ops import (
     ArchiveSegmentsOp,
@@ -42,7 +43,7 @@ from segsvc.engine.ops import (
     UpdateSegmentOp,
 )
 from segsvc.engine.people import PersonRecord
-from segsvc.storage.records import seal, unseal
+from segsvc.storage.records import frame, seal, unseal
 
 ENTERED, EXITED = 1, 2
 CAUSE_DATA, CAUSE_DEFINITION, CAUSE_MANUAL, CAUSE_TIME, CAUSE_DELETED = 1, 2, 3, 4, 5
@@ -493,6 +494,14 @@ class WorkspaceState:
     # -- checkpoints ------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
+        return self.snapshot().to_bytes()
+
+    def snapshot(self) -> StateSnapshot:
+        """What a checkpoint of the state stores, taken in milliseconds (under the workspace
+        lock) and packed later, while writes go on: bitmaps are serialised now (cheaper
+        than copying them), the id / email / phone lists copied, event arrays kept as
+        views of rows that never change. Nothing in it is shared with what `apply`
+        changes."""
         segments = [
             [
                 s.id,
@@ -521,7 +530,7 @@ class WorkspaceState:
             self.events.to_plain(),
             self.event_leaves.to_plain(),
         ]
-        return seal(msgpack.packb(body, use_bin_type=True))
+        return StateSnapshot(self.op_seq, body)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> WorkspaceState:
@@ -560,3 +569,32 @@ class WorkspaceState:
             if seg.expr is not None:
                 state._link(seg, stored)
         return state
+
+
+class StateSnapshot:
+    """A state as one checkpoint stores it (`WorkspaceState.snapshot`): packed into bytes
+    on any thread, as often as needed, whatever the state does meanwhile."""
+
+    def __init__(self, op_seq: int, body: list[Any]) -> None:
+        # The last operation the snapshot includes: what its checkpoint covers.
+        self.op_seq = op_seq
+        self._body = body
+
+    def pieces(self) -> list[bytes]:
+        """The stored bytes in two pieces, the frame and the payload (joined, they are
+        `to_bytes`): a checkpoint is staged in parts anyway, and joining them would copy a
+        payload of hundreds of MB while holding the GIL."""
+        payload = msgpack.packb(self._body, use_bin_type=True, default=_stored_form)
+        return [frame(payload), payload]
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.pieces())
+
+
+def _stored_form(value: object) -> Any:
+    """What msgpack stores for the parts a snapshot leaves unpacked."""
+    if isinstance(value, np.ndarray):
+        return value.tobytes()
+    if isinstance(value, KeyColumn):
+        return value.stored()
+    raise TypeError(f"a checkpoint cannot store a {type(value).__name__}")

@@ -29,7 +29,13 @@ class DamagedRecord(ValueError):
 
 def seal(payload: bytes) -> bytes:
     """The stored form of `payload`: the frame and the payload."""
-    return _pack_head(MARK, _crc32(payload)) + payload
+    return frame(payload) + payload
+
+
+def frame(payload: bytes) -> bytes:
+    """The frame that goes before `payload` in its stored form (for a payload too large to
+    copy once more: `seal` is the frame and the payload joined)."""
+    return _pack_head(MARK, _crc32(payload))
 
 
 def unseal(data: bytes) -> memoryview | bytes:

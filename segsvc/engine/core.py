@@ -237,7 +237,7 @@ class WorkspaceCore:
                     room.where,
                     f"{room.left // MiB} MiB left, {room.reserve // MiB} MiB of it kept in reserve",
                 )
-            manifest = stage_checkpoint(self.store, self.prefix, [memoryview(p) for p in pieces])
+            manifest = stage_checkpoint(self.store, self.prefix, pieces)
             now = self.clock.now()
             with self.lock:
                 with self.store.write() as txn:

@@ -31,7 +31,7 @@ checkpoint, nor of clocks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 import msgpack
@@ -137,24 +137,32 @@ def replay_weight(op: Op) -> int:
 # -- checkpoints in parts ----------------------------------------------------------------------
 
 
-def stage_checkpoint(store: Store, workspace_prefix: bytes, parts: list[memoryview]) -> bytes:
-    """Stores the pieces of a state's bytes (`parts`, in order) as checkpoint parts, each
-    piece split to at most CHECKPOINT_PART_BYTES per transaction, and returns the manifest
-    to hand to `OperationLog.checkpoint`. Nothing reads the parts until a manifest naming
-    them is stored, so the workspace lock is not needed, and a failure leaves only parts
-    that the next checkpoint drops."""
+def stage_checkpoint(store: Store, workspace_prefix: bytes, pieces: Iterable[bytes]) -> bytes:
+    """Stores a state's bytes, given in pieces, as checkpoint parts of at most
+    CHECKPOINT_PART_BYTES, each in a transaction of its own, and returns the manifest to
+    hand to `OperationLog.checkpoint`. Nothing reads the parts until a manifest naming them
+    is stored, so the workspace lock is not needed, and a failure leaves only parts that
+    the next checkpoint drops."""
     # The stamp keeps these parts apart from the current checkpoint's, whatever they cover.
     stamp = time.time_ns()
-    chunks = [
-        piece[start : start + CHECKPOINT_PART_BYTES]
-        for piece in parts
-        for start in range(0, len(piece), CHECKPOINT_PART_BYTES)
-    ]
-    for number, chunk in enumerate(chunks):
+    count = size = 0
+    pending = bytearray()
+
+    def write(chunk: bytes) -> None:
+        nonlocal count, size
         with store.write() as txn:
-            txn.put("checkpoints", _part_key(workspace_prefix, stamp, number), bytes(chunk))
-    size = sum(len(chunk) for chunk in chunks)
-    return _MANIFEST_MARK + seal(msgpack.packb([stamp, len(chunks), size]))
+            txn.put("checkpoints", _part_key(workspace_prefix, stamp, count), chunk)
+        count += 1
+        size += len(chunk)
+
+    for piece in pieces:
+        pending += piece
+        while len(pending) >= CHECKPOINT_PART_BYTES:
+            write(bytes(pending[:CHECKPOINT_PART_BYTES]))
+            del pending[:CHECKPOINT_PART_BYTES]
+    if pending or not count:
+        write(bytes(pending))
+    return _MANIFEST_MARK + seal(msgpack.packb([stamp, count, size]))
 
 
 def store_checkpoint(txn: Txn, workspace_prefix: bytes, blob: bytes) -> None:

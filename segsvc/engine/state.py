@@ -7,6 +7,7 @@ clock and no storage; everything it needs is in the record.
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -581,14 +582,38 @@ class StateSnapshot:
         self._body = body
 
     def pieces(self) -> list[bytes]:
-        """The stored bytes in two pieces, the frame and the payload (joined, they are
-        `to_bytes`): a checkpoint is staged in parts anyway, and joining them would copy a
-        payload of hundreds of MB while holding the GIL."""
-        payload = msgpack.packb(self._body, use_bin_type=True, default=_stored_form)
-        return [frame(payload), payload]
+        """The stored bytes in pieces: the frame, then the payload packed value by value.
+        One `msgpack.packb` of the whole state holds the GIL for its whole run (about 0.4 s
+        at 1M people), and a writer waits as long; between pieces other threads run. The
+        pieces joined are `to_bytes`."""
+        packer = msgpack.Packer(use_bin_type=True, default=_stored_form)
+        payload: list[bytes] = []
+        _pack_in_pieces(self._body, packer, payload)
+        crc = 0
+        for piece in payload:
+            crc = zlib.crc32(piece, crc)
+        return [frame(crc), *payload]
 
     def to_bytes(self) -> bytes:
         return b"".join(self.pieces())
+
+
+def _pack_in_pieces(value: Any, packer: msgpack.Packer, out: list[bytes]) -> None:
+    """Appends msgpack's bytes for `value` to `out`: containers as their header and then
+    their items, each packed on its own (the same bytes as packing the whole at once)."""
+    if isinstance(value, KeyColumn):
+        value = value.stored()
+    if isinstance(value, list | tuple):
+        out.append(packer.pack_array_header(len(value)))
+        for item in value:
+            _pack_in_pieces(item, packer, out)
+    elif isinstance(value, dict):
+        out.append(packer.pack_map_header(len(value)))
+        for key, item in value.items():
+            out.append(packer.pack(key))
+            _pack_in_pieces(item, packer, out)
+    else:
+        out.append(packer.pack(value))
 
 
 def _stored_form(value: object) -> Any:

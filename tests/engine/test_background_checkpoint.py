@@ -46,7 +46,7 @@ class HeldStaging:
         self.reached = threading.Event()
         stage = core_module.stage_checkpoint
 
-        def held(store: Store, workspace_prefix: bytes, parts: list[memoryview]) -> bytes:
+        def held(store: Store, workspace_prefix: bytes, parts: list[bytes]) -> bytes:
             self.reached.set()
             assert self.released.wait(30)
             return stage(store, workspace_prefix, parts)
@@ -148,7 +148,7 @@ def test_a_failed_checkpoint_keeps_the_log_and_the_next_one_stores_it(
     ws.upsert_people([PersonUpsert(f"p{i}") for i in range(20)])
     stage = core_module.stage_checkpoint
 
-    def failing(store: Store, workspace_prefix: bytes, parts: list[memoryview]) -> bytes:
+    def failing(store: Store, workspace_prefix: bytes, parts: list[bytes]) -> bytes:
         stage(store, workspace_prefix, parts)  # parts staged, then the process "fails"
         raise RuntimeError("disk went away")
 

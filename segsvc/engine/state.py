@@ -7,9 +7,10 @@ clock and no storage; everything it needs is in the record.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,9 @@ CHECKPOINT_VERSION = 4
 BULK_THRESHOLD = 256
 # Up to this many changed people, segments are re-evaluated person by person.
 FEW_PEOPLE = 8
+# Packing a checkpoint lets the GIL go for PACK_PAUSE seconds after each PACK_TURN seconds.
+PACK_TURN = 0.002
+PACK_PAUSE = 0.0005
 
 
 @dataclass
@@ -584,42 +588,46 @@ class StateSnapshot:
     def pieces(self) -> list[bytes]:
         """The stored bytes in pieces: the frame, then the payload packed value by value.
         One `msgpack.packb` of the whole state holds the GIL for its whole run (about 0.4 s
-        at 1M people), and a writer waits as long; between pieces other threads run. The
-        pieces joined are `to_bytes`."""
+        at 1M people), and a writer waits as long. Between pieces this thread also lets the
+        GIL go now and then: a writer that waited on I/O would otherwise wait a whole
+        switch interval (5 ms) for it, several times per write. The pieces joined are
+        `to_bytes`."""
         packer = msgpack.Packer(use_bin_type=True, default=_stored_form)
         payload: list[bytes] = []
-        _pack_in_pieces(self._body, packer, payload)
         crc = 0
-        for piece in payload:
+        turn = time.perf_counter()
+        for piece in _pack_in_pieces(self._body, packer):
+            payload.append(piece)
             crc = zlib.crc32(piece, crc)
+            if time.perf_counter() - turn > PACK_TURN:
+                time.sleep(PACK_PAUSE)
+                turn = time.perf_counter()
         return [frame(crc), *payload]
 
     def to_bytes(self) -> bytes:
         return b"".join(self.pieces())
 
 
-def _pack_in_pieces(value: Any, packer: msgpack.Packer, out: list[bytes]) -> None:
-    """Appends msgpack's bytes for `value` to `out`: containers as their header and then
-    their items, each packed on its own (the same bytes as packing the whole at once)."""
+def _pack_in_pieces(value: Any, packer: msgpack.Packer) -> Iterator[bytes]:
+    """msgpack's bytes for `value`: containers as their header and then their items, each
+    packed on its own (reads the same as packing the whole at once)."""
     if isinstance(value, KeyColumn):
-        value = value.stored()
-    if isinstance(value, list | tuple):
-        out.append(packer.pack_array_header(len(value)))
+        yield from value.stored()
+    elif isinstance(value, list | tuple):
+        yield packer.pack_array_header(len(value))
         for item in value:
-            _pack_in_pieces(item, packer, out)
+            yield from _pack_in_pieces(item, packer)
     elif isinstance(value, dict):
-        out.append(packer.pack_map_header(len(value)))
+        yield packer.pack_map_header(len(value))
         for key, item in value.items():
-            out.append(packer.pack(key))
-            _pack_in_pieces(item, packer, out)
+            yield packer.pack(key)
+            yield from _pack_in_pieces(item, packer)
     else:
-        out.append(packer.pack(value))
+        yield packer.pack(value)
 
 
 def _stored_form(value: object) -> Any:
     """What msgpack stores for the parts a snapshot leaves unpacked."""
     if isinstance(value, np.ndarray):
         return value.tobytes()
-    if isinstance(value, KeyColumn):
-        return value.stored()
     raise TypeError(f"a checkpoint cannot store a {type(value).__name__}")

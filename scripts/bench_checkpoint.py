@@ -115,26 +115,31 @@ def writer_pauses(ws: Workspace, people: int, seconds: float) -> None:
     )
 
 
-def write_tail(path: Path, people: int, writes: int, batch: int) -> None:
-    """A checkpoint, then `writes` person updates (`batch` per call) and no checkpoint: the
-    log a crash leaves to replay."""
+def write_tail(path: Path, people: int, writes: int, batch: int, automatic: bool) -> None:
+    """A checkpoint, then `writes` person updates (`batch` per call): with the automatic
+    checkpoints of the default schedule (in the background), or none (`automatic` False:
+    the whole of them is the log a crash leaves to replay)."""
     engine = open_engine(path)
     engine.close(checkpoint=True)
-    engine = open_engine(path, checkpoint_every=NEVER)
+    engine = open_engine(path, checkpoint_every=Config.checkpoint_every_ops if automatic else NEVER)
     ws = engine.workspace(WORKSPACE)
+    # Values no earlier run wrote: an update that changes nothing logs nothing.
+    salt = time.time()
     t0 = time.perf_counter()
     for start in range(0, writes, batch):
         ws.upsert_people(
             [
-                PersonUpsert(gen_data.person_id((i * 7919) % people), attributes={"w": -float(i)})
+                PersonUpsert(gen_data.person_id((i * 7919) % people), attributes={"w": salt + i})
                 for i in range(start, min(writes, start + batch))
             ]
         )
+    ws.core.finish_checkpoint()
     tail = ws.core.items_since_checkpoint
     engine.close(checkpoint=False)
+    schedule = "automatic checkpoints" if automatic else "no checkpoint"
     print(
-        f"wrote {writes:,} updates ({batch} per call) in {time.perf_counter() - t0:.1f} s; "
-        f"tail since the checkpoint {tail:,}",
+        f"wrote {writes:,} updates ({batch} per call, {schedule}) in "
+        f"{time.perf_counter() - t0:.1f} s; tail since the last checkpoint {tail:,}",
         flush=True,
     )
 
@@ -188,9 +193,10 @@ def main() -> None:
     engine = open_engine(args.dir)
     writer_pauses(engine.workspace(WORKSPACE), args.people, args.seconds)
     engine.close(checkpoint=False)
-    write_tail(args.dir, args.people, args.tail, args.batch)
-    print(f"crash restart to SERVING: {restart_to_serving(args.dir):.2f} s (target < 3 s)")
-    print(f"second restart to SERVING: {restart_to_serving(args.dir):.2f} s", flush=True)
+    for automatic in (True, False):
+        write_tail(args.dir, args.people, args.tail, args.batch, automatic)
+        seconds = restart_to_serving(args.dir)
+        print(f"crash restart to SERVING: {seconds:.2f} s (target < 3 s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,9 @@ from segsvc.engine.state import WorkspaceState
 from segsvc.storage.records import DamagedRecord, reading, seal, unseal
 from segsvc.storage.store import MiB, Store, Txn, describe_key, prefix_end, read_u64, u64
 
-# A staged part of a checkpoint: a transaction of this size commits (with its fsync) in
-# about 20 ms on the benchmark machine, which is what a write waits for at most.
-CHECKPOINT_PART_BYTES = 4 * MiB
+# A staged part of a checkpoint: a write waits for at most one such transaction and its
+# fsync (a few ms on the benchmark machine; 4 MiB parts, up to 200 ms under load).
+CHECKPOINT_PART_BYTES = 1 * MiB
 # The stored checkpoint is either the state's bytes (a sealed msgpack frame: 0xC1, or a
 # bare msgpack array from the first schema) or, after this mark, the manifest of its parts.
 # A state blob never starts with 0x00.

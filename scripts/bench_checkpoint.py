@@ -59,10 +59,11 @@ def build(path: Path, people: int, events_per_person: float) -> None:
     print(f"built {people:,} people in {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def update(ws: Workspace, i: int, people: int) -> None:
-    """One person's update that changes a value (an update that changes nothing is cheaper)."""
+def update(ws: Workspace, i: int, people: int, salt: float) -> None:
+    """One person's update that changes a value (an update that changes nothing logs
+    nothing): `salt` differs from run to run."""
     person = (i * 7919) % people
-    ws.upsert_people([PersonUpsert(gen_data.person_id(person), attributes={"w": float(i)})])
+    ws.upsert_people([PersonUpsert(gen_data.person_id(person), attributes={"w": salt + i})])
 
 
 def writer_pauses(ws: Workspace, people: int, seconds: float) -> None:
@@ -71,11 +72,13 @@ def writer_pauses(ws: Workspace, people: int, seconds: float) -> None:
     latencies: list[float] = []
     stop = threading.Event()
 
+    salt = time.time()
+
     def write() -> None:
         i = 0
         while not stop.is_set():
             t0 = time.perf_counter()
-            update(ws, i, people)
+            update(ws, i, people, salt)
             latencies.append(time.perf_counter() - t0)
             i += 1
 

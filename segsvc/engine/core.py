@@ -200,7 +200,7 @@ class WorkspaceCore:
         pending = self._take_snapshot()
         self._checkpointer = threading.Thread(
             target=self._write_checkpoint,
-            args=(pending,),
+            args=(pending, True),
             name=f"segsvc-checkpoint-{self.name}",
             daemon=True,
         )
@@ -208,10 +208,9 @@ class WorkspaceCore:
         return True
 
     def finish_checkpoint(self) -> None:
-        """Waits for the checkpoint under way in the background, if any (before closing
-        storage, or before a checkpoint of its own)."""
-        checkpointer = self._checkpointer
-        if checkpointer is not None:
+        """Waits for the checkpoints under way in the background, if any, including one
+        that follows on (before closing storage, or before a checkpoint of its own)."""
+        while (checkpointer := self._checkpointer) is not None and checkpointer.is_alive():
             checkpointer.join()
 
     def _take_snapshot(self) -> PendingCheckpoint:
@@ -220,7 +219,7 @@ class WorkspaceCore:
         took = time.perf_counter() - started
         return PendingCheckpoint(snapshot, self.items_since_checkpoint, took)
 
-    def _write_checkpoint(self, pending: PendingCheckpoint) -> bool:
+    def _write_checkpoint(self, pending: PendingCheckpoint, background: bool = False) -> bool:
         """Packs and stages the snapshot (no lock held), then makes it the checkpoint in
         one short transaction under the lock. The records it covers are dropped in that
         transaction, so a crash at any point leaves the old checkpoint or the new one, and
@@ -247,6 +246,11 @@ class WorkspaceCore:
                 self.items_since_checkpoint = max(0, self.items_since_checkpoint - pending.weight)
                 self.checkpoint_retry_at = 0
                 self.checkpointed_at = now
+                if background and self.items_since_checkpoint >= self.checkpoint_due():
+                    # Enough was written meanwhile for the next one: it follows on now (a
+                    # write that found this one under way did not start it).
+                    self._checkpointer = None
+                    self.start_checkpoint()
         except Exception as exc:
             with self.lock:
                 self.checkpoint_retry_at = self.items_since_checkpoint + self.checkpoint_due()
@@ -265,11 +269,11 @@ class WorkspaceCore:
             return False
         self.observer.checkpointed(time.perf_counter() - started + pending.snapshot_seconds)
         log.info(
-            "workspace %s: checkpoint at op %d (%d bytes; snapshot under the lock %.1f ms)",
+            "workspace %s: checkpoint at op %d (snapshot under the lock %.1f ms; %d bytes)",
             self.name,
             covered,
-            size,
             pending.snapshot_seconds * 1000,
+            size,
         )
         return True
 

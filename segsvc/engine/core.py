@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 from segsvc.config import Config
@@ -36,12 +37,18 @@ from segsvc.engine.errors import (
 )
 from segsvc.engine.model import ItemResult, PersonKey
 from segsvc.engine.observer import NO_WORKSPACE_OBSERVER, WorkspaceObserver
-from segsvc.engine.oplog import LmdbOperationLog, OperationLog, load_state, replay_weight
+from segsvc.engine.oplog import (
+    LmdbOperationLog,
+    OperationLog,
+    load_state,
+    replay_weight,
+    stage_checkpoint,
+)
 from segsvc.engine.ops import CreateSegmentOp, Op, TickOp, UpdateSegmentOp
 from segsvc.engine.people import PersonRecord
 from segsvc.engine.record_rows import LOOKUP_CHAR, store_rows
 from segsvc.engine.requests import rejected
-from segsvc.engine.state import ChangeBatch, WorkspaceState
+from segsvc.engine.state import ChangeBatch, StateSnapshot, WorkspaceState
 from segsvc.engine.values import check_key, normalize_email, normalize_phone
 from segsvc.storage.errors import CorruptRecordError, StorageError, StorageFullError
 from segsvc.storage.records import reason
@@ -73,6 +80,17 @@ MATERIALISED = b"materialised:"
 # A write refused because other nodes appended first is validated again after catching up,
 # this many times in all.
 WRITE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class PendingCheckpoint:
+    """A checkpoint between its snapshot and its commit."""
+
+    snapshot: StateSnapshot
+    # The replay weight logged before the snapshot: what the checkpoint takes off the tail.
+    weight: int
+    # How long the snapshot held the workspace lock.
+    snapshot_seconds: float
 
 
 class WorkspaceCore:
@@ -110,6 +128,8 @@ class WorkspaceCore:
         self.deaths = 1
         # When the last checkpoint was stored (clock seconds; None: never), for status.
         self.checkpointed_at: int | None = None
+        # The thread storing a checkpoint in the background (None: none started yet).
+        self._checkpointer: threading.Thread | None = None
         self.state = self.load()
         self.committed_head = self.state.change_seq - 1
 
@@ -162,55 +182,116 @@ class WorkspaceCore:
             )
 
     def checkpoint(self) -> bool:
-        """Stores the whole in-memory state and drops the log records it covers; says
-        whether it did. Without room for it, or when storage fails it, one line is logged
-        and nothing changes: the log still holds all the checkpoint would have covered, so
+        """Stores the whole in-memory state and drops the log records it covers, now, on
+        this thread (after any checkpoint under way in the background); says whether it
+        did. Without room for it, or when storage fails it, one line is logged and
+        nothing changes: the log still holds all the checkpoint would have covered, so
         nothing is lost and the next start replays more."""
+        self.finish_checkpoint()
         with self.lock:
-            started = time.perf_counter()
-            blob = self.state.to_bytes()
+            pending = self._take_snapshot()
+        return self._write_checkpoint(pending)
+
+    def start_checkpoint(self) -> bool:
+        """Takes a snapshot now (under the lock, which the caller holds) and stores it on a
+        background thread while writes go on; False when one is under way already."""
+        if self._checkpointer is not None and self._checkpointer.is_alive():
+            return False
+        pending = self._take_snapshot()
+        self._checkpointer = threading.Thread(
+            target=self._write_checkpoint,
+            args=(pending, True),
+            name=f"segsvc-checkpoint-{self.name}",
+            daemon=True,
+        )
+        self._checkpointer.start()
+        return True
+
+    def finish_checkpoint(self) -> None:
+        """Waits for the checkpoints under way in the background, if any, including one
+        that follows on (before closing storage, or before a checkpoint of its own)."""
+        while (checkpointer := self._checkpointer) is not None and checkpointer.is_alive():
+            checkpointer.join()
+
+    def _take_snapshot(self) -> PendingCheckpoint:
+        started = time.perf_counter()
+        snapshot = self.state.snapshot()
+        took = time.perf_counter() - started
+        return PendingCheckpoint(snapshot, self.items_since_checkpoint, took)
+
+    def _write_checkpoint(self, pending: PendingCheckpoint, background: bool = False) -> bool:
+        """Packs and stages the snapshot (no lock held), then makes it the checkpoint in
+        one short transaction under the lock. The records it covers are dropped in that
+        transaction, so a crash at any point leaves the old checkpoint or the new one, and
+        the log after it."""
+        started = time.perf_counter()
+        covered = pending.snapshot.op_seq
+        size = 0
+        try:
+            pieces = pending.snapshot.pieces()
+            size = sum(len(piece) for piece in pieces)
             room = self.store.room()
-            try:
-                if len(blob) > room.left - room.reserve:
-                    raise StorageFullError(
-                        room.where,
-                        f"{room.left // MiB} MiB left, {room.reserve // MiB} MiB of it kept "
-                        "in reserve",
-                    )
-                now = self.clock.now()
+            if size > room.left - room.reserve:
+                raise StorageFullError(
+                    room.where,
+                    f"{room.left // MiB} MiB left, {room.reserve // MiB} MiB of it kept in reserve",
+                )
+            manifest = stage_checkpoint(self.store, self.prefix, pieces)
+            # What a shared log publishes for nodes that join later: the state's bytes whole
+            # (joined here, off the lock; the embedded log publishes nothing).
+            published = b"".join(pieces) if self.oplog.shared else b""
+            now = self.clock.now()
+            with self.lock:
                 with self.store.write() as txn:
-                    self.oplog.checkpoint(txn, blob, self.state.op_seq)
+                    self.oplog.checkpoint(txn, manifest, covered)
                     txn.put("meta", CHECKPOINTED_AT + self.prefix, u64(now))
-            except StorageError as exc:
+                # Under the lock: a shared log takes an LMDB snapshot of the rows now and
+                # uploads it with the state off the lock. The rows may be a few records past
+                # the state; a joining node replays those records over them, which stores
+                # the same rows again.
+                self.oplog.checkpoint_stored(self.store, published)
+                # What was logged while this one was written still counts toward the next.
+                self.items_since_checkpoint = max(0, self.items_since_checkpoint - pending.weight)
+                self.checkpoint_retry_at = 0
+                self.checkpointed_at = now
+                if background and self.items_since_checkpoint >= self.checkpoint_due():
+                    # Enough was written meanwhile for the next one: it follows on now (a
+                    # write that found this one under way did not start it).
+                    self._checkpointer = None
+                    self.start_checkpoint()
+        except Exception as exc:
+            with self.lock:
                 self.checkpoint_retry_at = self.items_since_checkpoint + self.checkpoint_due()
+            if isinstance(exc, StorageError):
                 log.warning(
                     "workspace %s: checkpoint at op %d (%d MiB) skipped, the log keeps it: %s",
                     self.name,
-                    self.state.op_seq,
-                    len(blob) // MiB,
+                    covered,
+                    size // MiB,
                     exc,
                 )
-                return False
-            self.items_since_checkpoint = 0
-            self.checkpoint_retry_at = 0
-            self.checkpointed_at = now
-            # Under the lock: what the log publishes is the state and rows as of this
-            # checkpoint (a shared log takes an LMDB snapshot here and uploads it off-lock).
-            self.oplog.checkpoint_stored(self.store, blob)
-            self.observer.checkpointed(time.perf_counter() - started)
-            log.info(
-                "workspace %s: checkpoint at op %d (%d bytes)",
-                self.name,
-                self.state.op_seq,
-                len(blob),
-            )
-            return True
+            else:
+                # The writes are committed whatever becomes of the checkpoint: logged, not
+                # answered.
+                log.exception("workspace %s: checkpoint at op %d failed", self.name, covered)
+            return False
+        self.observer.checkpointed(time.perf_counter() - started + pending.snapshot_seconds)
+        log.info(
+            "workspace %s: checkpoint at op %d (snapshot under the lock %.1f ms; %d bytes)",
+            self.name,
+            covered,
+            pending.snapshot_seconds * 1000,
+            size,
+        )
+        return True
 
     def checkpoint_due(self) -> int:
-        # A checkpoint costs time in proportion to the workspace, replay in proportion to
-        # the log tail: checkpointing after a tenth of the workspace has changed keeps
-        # both bounded (restart replays at most that tenth).
-        return max(self.config.checkpoint_every_ops, len(self.state.index.live) // 10)
+        # Replay after a crash costs time in proportion to the log tail. Writers no longer
+        # wait for a checkpoint (it is stored in the background), but it still costs a core
+        # for about a second per million people: one after every 2% of the workspace has
+        # changed keeps the tail at a second or so of replay without checkpointing all
+        # the time.
+        return max(self.config.checkpoint_every_ops, len(self.state.index.live) // 50)
 
     # -- the write path -----------------------------------------------------------------------
 
@@ -295,13 +376,7 @@ class WorkspaceCore:
             self.observer.committed(time.perf_counter() - started)
             self.items_since_checkpoint += replay_weight(op)
             if self.items_since_checkpoint >= max(self.checkpoint_due(), self.checkpoint_retry_at):
-                # The write is committed whatever becomes of the checkpoint: a failure other
-                # than storage's (which checkpoint logs itself) is logged, not answered.
-                try:
-                    self.checkpoint()
-                except Exception:
-                    self.checkpoint_retry_at = self.items_since_checkpoint + self.checkpoint_due()
-                    log.exception("workspace %s: checkpoint failed", self.name)
+                self.start_checkpoint()
         if batches:
             self._notify_changes()
         return answer

@@ -238,6 +238,9 @@ class Engine:
             # A list, not all(generator): one refused checkpoint must not skip the others.
             written = [ws.checkpoint() for ws in self.workspaces()] if checkpoint else [False]
         finally:
+            # A checkpoint still being stored in the background needs the storage open.
+            for ws in self.workspaces():
+                ws.core.finish_checkpoint()
             self._close_storage()
         return all(written)
 

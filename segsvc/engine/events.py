@@ -536,24 +536,21 @@ class EventStore:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def to_plain(self) -> Any:
+        """The stored form, but for the arrays: views of the rows so far, turned into bytes
+        when the checkpoint is packed (`tobytes`), off the workspace lock. Rows below a
+        log's size never change and a growing array is a new one, so the views keep
+        showing the rows as they are now."""
         out = {}
         for name, log in self.logs.items():
             n = log.size
             columns = {}
             for key, col in log.columns.items():
-                columns[key] = [col.vocabulary] + [
-                    None if getattr(col, attr) is None else getattr(col, attr)[:n].tobytes()
+                columns[key] = [list(col.vocabulary)] + [
+                    None if getattr(col, attr) is None else getattr(col, attr)[:n]
                     for attr, _, _ in _ARRAYS
                 ]
-            days = [[day, log.day(day).tobytes()] for day in sorted(log.day_rows)]
-            out[name] = [
-                n,
-                log.ordinals[:n].tobytes(),
-                log.times[:n].tobytes(),
-                columns,
-                days,
-                log.max_time,
-            ]
+            days = [[day, log.day(day)] for day in sorted(log.day_rows)]
+            out[name] = [n, log.ordinals[:n], log.times[:n], columns, days, log.max_time]
         return out
 
     @classmethod

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from segsvc.config import Replication
 from segsvc.engine.core import MATERIALISED
 from segsvc.engine.errors import ConcurrentWrite, Unavailable
+from segsvc.engine.oplog import read_checkpoint, store_checkpoint
 from segsvc.engine.ops import Op, decode, encode
 from segsvc.engine.shared_checkpoints import (
     CheckpointPublisher,
@@ -52,7 +53,7 @@ from segsvc.storage.nats import (
     WrongLastSequenceError,
 )
 from segsvc.storage.records import reading
-from segsvc.storage.store import Store, Txn, describe_key, prefix, read_u64, u64
+from segsvc.storage.store import Store, Txn, prefix, read_u64, u64
 
 log = logging.getLogger(__name__)
 
@@ -341,11 +342,9 @@ class JetStreamOperationLog:
         return (0, 0) if raw is None else (read_u64(raw), read_u64(raw, 8))
 
     def latest_checkpoint(self, txn: Txn) -> WorkspaceState:
-        blob = txn.get("checkpoints", self.prefix)
-        if blob is None and self._materialised_nothing(txn):
-            blob = self._restore_shared_checkpoint(txn)
-        with reading("checkpoints", describe_key("checkpoints", self.prefix)):
-            state = WorkspaceState.from_bytes(blob) if blob else WorkspaceState()
+        if txn.get("checkpoints", self.prefix) is None and self._materialised_nothing(txn):
+            self._restore_shared_checkpoint(txn)
+        state = read_checkpoint(txn, self.prefix)
         self.stream_seq_of[state.op_seq] = self._checkpoint_position(txn)[0]
         return state
 
@@ -355,7 +354,7 @@ class JetStreamOperationLog:
         stream_seq = self.stream_seq_of.get(covered_seq)
         if stream_seq is None:
             raise ValueError(f"record {covered_seq} was never read or written by this node")
-        txn.put("checkpoints", self.prefix, blob)
+        store_checkpoint(txn, self.prefix, blob)
         txn.put("meta", self._checkpoint_key(), u64(stream_seq) + u64(covered_seq))
         for seq in [s for s in self.stream_seq_of if s < covered_seq]:
             del self.stream_seq_of[seq]

@@ -29,7 +29,13 @@ class DamagedRecord(ValueError):
 
 def seal(payload: bytes) -> bytes:
     """The stored form of `payload`: the frame and the payload."""
-    return _pack_head(MARK, _crc32(payload)) + payload
+    return frame(_crc32(payload)) + payload
+
+
+def frame(payload_crc: int) -> bytes:
+    """The frame that goes before a payload with this CRC-32 (`zlib.crc32`) in its stored
+    form: for a payload written in pieces, too large to join once more."""
+    return _pack_head(MARK, payload_crc)
 
 
 def unseal(data: bytes) -> memoryview | bytes:

@@ -137,9 +137,10 @@ class WritesUntilFailure:
     to a manual segment, until a call fails: what was acknowledged is kept, for a test that
     kills the server mid-stream and then looks for every acknowledged write."""
 
-    def __init__(self, api: Any, manual_segment_id: int) -> None:
+    def __init__(self, api: Any, manual_segment_id: int, id_prefix: str = "c") -> None:
         self.api = api
         self.segment_id = manual_segment_id
+        self.id_prefix = id_prefix
         self.people: list[str] = []
         self.members: list[str] = []
         self.failures: list[grpc.RpcError] = []
@@ -149,7 +150,7 @@ class WritesUntilFailure:
     def _run(self) -> None:
         batch = 0
         while True:
-            ids = [f"c{batch}-{j}" for j in range(5)]
+            ids = [f"{self.id_prefix}{batch}-{j}" for j in range(5)]
             try:
                 response = self.api.people.UpsertPeople(
                     people_pb2.UpsertPeopleRequest(people=[person(i, n=batch) for i in ids]),

@@ -102,3 +102,45 @@ def test_serve_refuses_open_listening_without_tokens(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "refusing to listen on 0.0.0.0:0 without authentication" in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_sigkill_while_checkpoints_are_written_in_the_background_loses_nothing(
+    server_processes, tmp_path
+):
+    """Checkpoints every few writes, so they are packed and staged in the background all the
+    time the writer runs; each kill lands among them. After each restart (checkpoint + the
+    log after it) every acknowledged write is there, and the dynamic segment (every person
+    has n) holds every acknowledged person and manual member, and only stored people."""
+    data = tmp_path / "data"
+    server = server_processes(data, "--checkpoint-every", "5")
+    client = Stubs.connect(server.address)
+    manual = manual_segment(client, "Crash list")
+    dynamic = dynamic_segment(client, "Has n", attr("n", C.OPERATOR_EXISTS))
+    acknowledged_people: list[str] = []
+    acknowledged_members: set[str] = set()
+    for round_ in range(3):
+        writer = WritesUntilFailure(client, manual, f"r{round_}-")
+        writer.wait_for_members(150, timeout=60)
+        # At least one checkpoint of this server is stored before the kill.
+        deadline = time.monotonic() + 30
+        while "checkpoint at op" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "checkpoint at op" in server.log(), server.log()
+        server.kill()
+        assert writer.join_failed().code() == grpc.StatusCode.UNAVAILABLE
+        acknowledged_people += writer.people
+        acknowledged_members |= set(writer.members)
+        client.channel.close()
+
+        server = server_processes(data, "--checkpoint-every", "5")
+        client = Stubs.connect(server.address)
+        stored = members_of(client, dynamic)
+        assert set(acknowledged_people) <= stored
+        # Everyone has n: the segment holds everyone stored, and only them.
+        for person_id in stored:
+            got = client.people.GetPerson(people_pb2.GetPersonRequest(person=by_id(person_id)))
+            assert got.person.id == person_id
+        assert acknowledged_members <= members_of(client, manual) <= stored
+        seqs = [c.seq for c in stored_changes(client)]
+        assert seqs == list(range(1, len(seqs) + 1)), "gaps or repeats in the change feed"
+    client.channel.close()

@@ -212,6 +212,7 @@ def test_events_count_toward_checkpoints(tmp_path: Path, clock: FakeClock) -> No
     ws = engine.workspace("default")
     ws.upsert_people([PersonUpsert("p")])
     ws.track_events([EventInput(PersonKey("id", "p"), "view") for _ in range(1200)])
+    ws.core.finish_checkpoint()  # stored in the background
     with ws.store.read() as txn:
         logged = list(txn.scan("ops", b"default\x00"))
     assert logged == []  # the checkpoint covered and dropped every logged operation

@@ -19,6 +19,7 @@ from segsvc.engine.conditions import AttributeCondition
 from segsvc.engine.engine import Engine
 from segsvc.engine.errors import DataLoss, Unavailable
 from segsvc.engine.model import AudienceSpec, PersonKey
+from segsvc.engine.oplog import is_checkpoint_part
 from segsvc.engine.people import PersonRecord, PersonUpsert
 from segsvc.engine.values import Timestamp
 from segsvc.storage.errors import CorruptRecordError
@@ -106,6 +107,14 @@ def test_a_store_written_before_checksums_reads_as_before(config: Config) -> Non
     env = lmdb.open(str(config.data_dir), max_dbs=16)
     stripped = 0
     with env.begin(write=True) as txn:
+        # The first schema stored a checkpoint whole, not in parts.
+        checkpoints = env.open_db(b"checkpoints", txn=txn)
+        parts = b"".join(v for k, v in txn.cursor(db=checkpoints) if is_checkpoint_part(k))
+        for key, _ in list(txn.cursor(db=checkpoints)):
+            if is_checkpoint_part(key):
+                txn.delete(key, db=checkpoints)
+            else:
+                txn.put(key, parts, db=checkpoints)
         for table in ("people", "ops", "checkpoints", "changes"):
             db = env.open_db(table.encode(), txn=txn)
             for key, value in list(txn.cursor(db=db)):

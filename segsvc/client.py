@@ -350,6 +350,18 @@ def _resumed(
             time.sleep(RECONNECT_DELAY * 2 ** (failures - 1))
 
 
+# What a failed call raises, for callers that handle errors without importing grpc.
+RpcError = grpc.RpcError
+
+
+def call_status(error: BaseException | None) -> tuple[str, str] | None:
+    """The status code's name (`UNAVAILABLE`, ...) and the details of a failed call; None
+    when `error` is not a call's error."""
+    if isinstance(error, grpc.Call):
+        return error.code().name, error.details() or ""
+    return None
+
+
 def field_violations(error: grpc.RpcError) -> Sequence[tuple[str, str]]:
     """The (field path, what to fix) pairs of an INVALID_ARGUMENT error, from its
     google.rpc.BadRequest detail; empty when the error carries none."""

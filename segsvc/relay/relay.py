@@ -30,7 +30,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
 import nats
 import nats.errors
 import nats.js.errors
@@ -39,7 +38,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
-from segsvc.client import Client
+from segsvc.client import Client, RpcError, call_status
 from segsvc.relay.subjects import (
     STREAM_SUBJECTS,
     change_headers,
@@ -103,7 +102,7 @@ class RelayReport:
 class _FeedEnded:
     """The feed call ended (an error, or the relay closed it): the last item of a pump."""
 
-    def __init__(self, error: grpc.RpcError | None) -> None:
+    def __init__(self, error: RpcError | None) -> None:
         self.error = error
 
 
@@ -137,7 +136,7 @@ class _FeedPump:
                 if not self._hand_over(list(response.changes)):
                     return
             self._hand_over(_FeedEnded(None))
-        except grpc.RpcError as error:
+        except RpcError as error:
             self._hand_over(_FeedEnded(error))
 
     def _hand_over(self, item: list[changes_pb2.Change] | _FeedEnded) -> bool:
@@ -376,15 +375,14 @@ class Relay:
 
     def _check_feed_end(self, ended: _FeedEnded, request: changes_pb2.WatchChangesRequest) -> None:
         """Raises RelayError when following the feed again cannot help."""
-        error = ended.error
-        if error is None or not isinstance(error, grpc.Call):
+        status = call_status(ended.error)
+        if status is None:
             return
-        code = error.code()
+        code, details = status
         # The server restarting, or at its limit of streams for now: follow again later.
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        if code in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
             return
-        details = error.details() or ""
-        if code == grpc.StatusCode.OUT_OF_RANGE:
+        if code == "OUT_OF_RANGE":
             where = (
                 f"after seq {request.after_seq}, where the relay stopped,"
                 if request.after_seq
@@ -398,7 +396,7 @@ class Relay:
                 "server says); to keep this from happening, give the server a longer "
                 "--change-retention-days or restart the relay sooner"
             )
-        raise RelayError(f"the change feed refused the relay: {code.name}: {details}")
+        raise RelayError(f"the change feed refused the relay: {code}: {details}")
 
     async def _wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -566,9 +564,9 @@ async def _log_nats_error(error: Exception) -> None:
 
 
 def _reason(ended: _FeedEnded) -> str:
-    error = ended.error
-    if isinstance(error, grpc.Call):
-        return f"{error.code().name}: {error.details()}"
+    status = call_status(ended.error)
+    if status is not None:
+        return f"{status[0]}: {status[1]}"
     return "the server closed it"
 
 

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from server_harness import REPO, ServerProcess, Stubs, serve_command
 
-from segsvc.api.metrics import PrometheusObserver
+from segsvc.api.engine_metrics import PrometheusObserver
 from segsvc.cli import main
 from segsvc.config import Config
 from segsvc.engine.clock import FakeClock

@@ -48,7 +48,8 @@ from segsvc.engine.ops import CreateSegmentOp, Op, TickOp, UpdateSegmentOp
 from segsvc.engine.people import PersonRecord
 from segsvc.engine.record_rows import LOOKUP_CHAR, store_rows
 from segsvc.engine.requests import rejected
-from segsvc.engine.state import ChangeBatch, StateSnapshot, WorkspaceState
+from segsvc.engine.state import ChangeBatch, WorkspaceState
+from segsvc.engine.state_snapshot import StateSnapshot
 from segsvc.engine.values import check_key, normalize_email, normalize_phone
 from segsvc.storage.errors import CorruptRecordError, StorageError, StorageFullError
 from segsvc.storage.records import reason

@@ -7,15 +7,12 @@ clock and no storage; everything it needs is in the record.
 
 from __future__ import annotations
 
-import time
-import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import numpy as np
 from pyroaring import BitMap
 
 from segsvc.engine import conditions
@@ -31,7 +28,7 @@ from segsvc.engine.conditions import (
 from segsvc.engine.conditions import canonical as leaf_id
 from segsvc.engine.event_index import EventLeafIndex, LeafMove
 from segsvc.engine.events import EventStore
-from segsvc.engine.index import IndexDelta, KeyColumn, PeopleIndex
+from segsvc.engine.index import IndexDelta, PeopleIndex
 from segsvc.engine.leaves import EventLeaf, IndexLeaf, Leaf, SegmentLeaf
 from segsvc.engine.ops import (
     ArchiveSegmentsOp,
@@ -45,7 +42,8 @@ from segsvc.engine.ops import (
     UpdateSegmentOp,
 )
 from segsvc.engine.people import PersonRecord
-from segsvc.storage.records import frame, seal, unseal
+from segsvc.engine.state_snapshot import StateSnapshot
+from segsvc.storage.records import seal, unseal
 
 ENTERED, EXITED = 1, 2
 CAUSE_DATA, CAUSE_DEFINITION, CAUSE_MANUAL, CAUSE_TIME, CAUSE_DELETED = 1, 2, 3, 4, 5
@@ -56,9 +54,6 @@ CHECKPOINT_VERSION = 4
 BULK_THRESHOLD = 256
 # Up to this many changed people, segments are re-evaluated person by person.
 FEW_PEOPLE = 8
-# Packing a checkpoint lets the GIL go for PACK_PAUSE seconds after each PACK_TURN seconds.
-PACK_TURN = 0.002
-PACK_PAUSE = 0.0005
 
 
 @dataclass
@@ -574,60 +569,3 @@ class WorkspaceState:
             if seg.expr is not None:
                 state._link(seg, stored)
         return state
-
-
-class StateSnapshot:
-    """A state as one checkpoint stores it (`WorkspaceState.snapshot`): packed into bytes
-    on any thread, as often as needed, whatever the state does meanwhile."""
-
-    def __init__(self, op_seq: int, body: list[Any]) -> None:
-        # The last operation the snapshot includes: what its checkpoint covers.
-        self.op_seq = op_seq
-        self._body = body
-
-    def pieces(self) -> list[bytes]:
-        """The stored bytes in pieces: the frame, then the payload packed value by value.
-        One `msgpack.packb` of the whole state holds the GIL for its whole run (about 0.4 s
-        at 1M people), and a writer waits as long. Between pieces this thread also lets the
-        GIL go now and then: a writer that waited on I/O would otherwise wait a whole
-        switch interval (5 ms) for it, several times per write. The pieces joined are
-        `to_bytes`."""
-        packer = msgpack.Packer(use_bin_type=True, default=_stored_form)
-        payload: list[bytes] = []
-        crc = 0
-        turn = time.perf_counter()
-        for piece in _pack_in_pieces(self._body, packer):
-            payload.append(piece)
-            crc = zlib.crc32(piece, crc)
-            if time.perf_counter() - turn > PACK_TURN:
-                time.sleep(PACK_PAUSE)
-                turn = time.perf_counter()
-        return [frame(crc), *payload]
-
-    def to_bytes(self) -> bytes:
-        return b"".join(self.pieces())
-
-
-def _pack_in_pieces(value: Any, packer: msgpack.Packer) -> Iterator[bytes]:
-    """msgpack's bytes for `value`: containers as their header and then their items, each
-    packed on its own (reads the same as packing the whole at once)."""
-    if isinstance(value, KeyColumn):
-        yield from value.stored()
-    elif isinstance(value, list | tuple):
-        yield packer.pack_array_header(len(value))
-        for item in value:
-            yield from _pack_in_pieces(item, packer)
-    elif isinstance(value, dict):
-        yield packer.pack_map_header(len(value))
-        for key, item in value.items():
-            yield packer.pack(key)
-            yield from _pack_in_pieces(item, packer)
-    else:
-        yield packer.pack(value)
-
-
-def _stored_form(value: object) -> Any:
-    """What msgpack stores for the parts a snapshot leaves unpacked."""
-    if isinstance(value, np.ndarray):
-        return value.tobytes()
-    raise TypeError(f"a checkpoint cannot store a {type(value).__name__}")
